@@ -1,0 +1,147 @@
+"""The ``conflux`` command line.
+
+    conflux stack up|down|status|env|reset     the local stack (Kafka, Postgres, Dagster)
+    conflux dev [--no-demo] [--rate N]         stack + UI + daemon + demo events, until Ctrl-C
+    conflux produce tpch [...]                 publish demo events (see ``conflux produce -h``)
+
+Exit codes: 0 success, 1 failure (the message names the service / subject / topic involved),
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import time
+
+from conflux.errors import ConfluxError
+
+
+def _stack(args):
+    from conflux.stack import Stack
+
+    return Stack()
+
+
+def cmd_stack_up(args) -> int:
+    _stack(args).up(args.services)
+    return 0
+
+
+def cmd_stack_down(args) -> int:
+    _stack(args).down(args.services)
+    return 0
+
+
+def cmd_stack_status(args) -> int:
+    statuses = _stack(args).status()
+    for status in statuses:
+        print(status.line())
+    return 0 if all(s.running for s in statuses) else 1
+
+
+def cmd_stack_env(args) -> int:
+    from conflux.settings import Settings
+
+    for name, value in Settings.from_env().client_env().items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+def cmd_stack_reset(args) -> int:
+    if not args.yes:
+        print("conflux stack reset wipes the broker's data, the local databases and the lake; "
+              "run it again with --yes to proceed", file=sys.stderr)
+        return 2
+    _stack(args).reset()
+    return 0
+
+
+def cmd_dev(args) -> int:
+    """Stack + Dagster UI and daemon + demo producer in the foreground until Ctrl-C."""
+    stack = _stack(args)
+    started: list[str] = []
+    stop = {"now": False}
+
+    def _on_signal(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        started = stack.up()
+        print(f"\nConflux is up: Dagster UI at {stack.settings.dagster_url}  (Ctrl-C to stop)")
+        if args.no_demo:
+            while not stop["now"]:
+                time.sleep(0.5)
+        else:
+            from conflux.demo import run_demo_producer
+
+            run_demo_producer(stack.settings, rate=args.rate, should_stop=lambda: stop["now"])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if started:
+            print("\nstopping what conflux dev started...")
+            stack.down(started)
+    return 0
+
+
+def cmd_produce_tpch(args) -> int:
+    from conflux.demo import produce_tpch
+
+    produce_tpch(scale=args.scale, rate=args.rate)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conflux", description="Conflux: batch and streaming "
+                                     "pipelines side by side on Dagster, Kafka and Postgres.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="manage the local stack of real services")
+    stack_sub = stack.add_subparsers(dest="stack_command", required=True)
+    services_help = "services to act on: all (default), dagster, postgres, kafka, " \
+                    "dagster-webserver, dagster-daemon"
+    up = stack_sub.add_parser("up", help="start the stack (idempotent)")
+    up.add_argument("services", nargs="*", help=services_help)
+    up.set_defaults(func=cmd_stack_up)
+    down = stack_sub.add_parser("down", help="stop every process the tooling started")
+    down.add_argument("services", nargs="*", help=services_help)
+    down.set_defaults(func=cmd_stack_down)
+    stack_sub.add_parser("status", help="show each service; exit 1 unless all run").set_defaults(
+        func=cmd_stack_status)
+    stack_sub.add_parser("env", help="print export lines to use this stack from another shell"
+                         ).set_defaults(func=cmd_stack_env)
+    reset = stack_sub.add_parser("reset", help="stop and wipe broker data, databases and lake")
+    reset.add_argument("--yes", action="store_true", help="really wipe")
+    reset.set_defaults(func=cmd_stack_reset)
+
+    dev = sub.add_parser("dev", help="run the platform in the foreground until Ctrl-C")
+    dev.add_argument("--no-demo", action="store_true", help="do not run the demo producer")
+    dev.add_argument("--rate", type=float, default=5.0,
+                     help="demo orders per second (default 5)")
+    dev.set_defaults(func=cmd_dev)
+
+    produce = sub.add_parser("produce", help="publish demo data")
+    produce_sub = produce.add_subparsers(dest="produce_command", required=True)
+    tpch = produce_sub.add_parser("tpch", help="TPC-H-shaped demo data into ops tables and Kafka")
+    tpch.add_argument("--scale", type=float, default=0.01, help="TPC-H scale factor (default 0.01)")
+    tpch.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
+    tpch.set_defaults(func=cmd_produce_tpch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfluxError as exc:
+        print(f"conflux: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

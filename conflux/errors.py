@@ -1,0 +1,47 @@
+"""The one error root of Conflux.
+
+Every error the platform raises on purpose derives from :class:`ConfluxError` and carries a stable
+``code`` (for logs, dead-letter headers and CLI exit messages). Messages name the subject, topic,
+partition and offset involved wherever those exist.
+"""
+
+from __future__ import annotations
+
+
+class ConfluxError(Exception):
+    """Root of all Conflux errors. ``code`` is stable across releases."""
+
+    code: str = "CONFLUX_ERROR"
+
+    def __str__(self) -> str:  # "[CODE] message"
+        return f"[{self.code}] {super().__str__()}"
+
+
+class ConfigError(ConfluxError):
+    """A setting is missing or malformed."""
+
+    code = "CONFIG_INVALID"
+
+
+class StackError(ConfluxError):
+    """A local service (Kafka, Postgres, Dagster) failed to start, stop or answer."""
+
+    code = "STACK_SERVICE_FAILED"
+
+
+class SchemaError(ConfluxError):
+    """A JSON Schema is not valid or cannot be interpreted."""
+
+    code = "SCHEMA_INVALID"
+
+
+class IncompatibleSchemaError(ConfluxError):
+    """A schema change breaks the compatibility mode of its subject."""
+
+    code = "SCHEMA_INCOMPATIBLE"
+
+
+class DeclarationError(ConfluxError):
+    """A dataset declaration is invalid (unknown upstream, missing key field, cycle, ...)."""
+
+    code = "DECLARATION_INVALID"

@@ -1,0 +1,156 @@
+"""Where the local stack lives and how to reach it, from environment variables.
+
+Read only when called (never at import time). Every setting has a loopback default so that a
+fresh clone works with no configuration; each can be overridden for another port, another state
+folder, or an existing Postgres server.
+
+| variable | default | meaning |
+|---|---|---|
+| ``CONFLUX_HOME`` | ``<repo>/.conflux`` | state folder: pid files, logs, broker data, Postgres cluster, lake |
+| ``CONFLUX_CACHE`` | ``~/.cache/conflux`` | downloads reused across clones (the Kafka jars) |
+| ``CONFLUX_KAFKA_PORT`` | 9092 | broker listener on 127.0.0.1 |
+| ``CONFLUX_KAFKA_CONTROLLER_PORT`` | 9093 | KRaft controller listener on 127.0.0.1 |
+| ``CONFLUX_KAFKA_HEAP`` | ``1g`` | broker ``-Xmx`` (and ``-Xms`` half of it) |
+| ``CONFLUX_PG_PORT`` | 15432 | local Postgres on 127.0.0.1 (not 5432, to leave a system server alone) |
+| ``CONFLUX_POSTGRES_URL`` | (local cluster) | use an existing server instead of starting one |
+| ``CONFLUX_DAGSTER_PORT`` | 3000 | Dagster webserver on 127.0.0.1 |
+| ``CONFLUX_BIND_HOST`` | ``127.0.0.1`` | address every local server binds to |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from conflux.errors import ConfigError
+
+KAFKA_VERSION = "4.1.1"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _int_env(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise ConfigError(f"{name}={value} is outside 1..65535")
+    return value
+
+
+def to_psycopg2_url(url: str) -> str:
+    """``postgresql://...`` (any driver suffix) → ``postgresql+psycopg2://...``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
+        raise ConfigError(f"not a PostgreSQL URL: {url.split('@')[-1]!r}")
+    return f"postgresql+psycopg2://{rest}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations and ports of the local stack."""
+
+    home: Path
+    cache: Path
+    bind_host: str
+    kafka_port: int
+    kafka_controller_port: int
+    kafka_heap: str
+    pg_port: int
+    external_pg_url: str | None
+    dagster_port: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("CONFLUX_HOME") or REPO_ROOT / ".conflux").expanduser().resolve()
+        cache = Path(env.get("CONFLUX_CACHE") or Path.home() / ".cache" / "conflux").expanduser()
+        heap = env.get("CONFLUX_KAFKA_HEAP", "1g")
+        if not heap[:-1].isdigit() or heap[-1].lower() not in "mg":
+            raise ConfigError(f"CONFLUX_KAFKA_HEAP={heap!r} must look like 512m or 1g")
+        settings = cls(
+            home=home,
+            cache=cache.resolve(),
+            bind_host=env.get("CONFLUX_BIND_HOST", "127.0.0.1"),
+            kafka_port=_int_env(env, "CONFLUX_KAFKA_PORT", 9092),
+            kafka_controller_port=_int_env(env, "CONFLUX_KAFKA_CONTROLLER_PORT", 9093),
+            kafka_heap=heap,
+            pg_port=_int_env(env, "CONFLUX_PG_PORT", 15432),
+            external_pg_url=env.get("CONFLUX_POSTGRES_URL") or None,
+            dagster_port=_int_env(env, "CONFLUX_DAGSTER_PORT", 3000),
+        )
+        ports = [settings.kafka_port, settings.kafka_controller_port, settings.dagster_port]
+        if settings.external_pg_url is None:
+            ports.append(settings.pg_port)
+        if len(set(ports)) != len(ports):
+            raise ConfigError(f"the stack's ports must differ, got {sorted(ports)}")
+        return settings
+
+    # --- derived locations -------------------------------------------------------------------
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.bind_host}:{self.kafka_port}"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.home / "kafka"
+
+    @property
+    def kafka_libs(self) -> Path:
+        return self.cache / f"kafka-{KAFKA_VERSION}" / "libs"
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.home / "postgres"
+
+    @property
+    def postgres_url(self) -> str:
+        if self.external_pg_url:
+            return self.external_pg_url
+        return f"postgresql://conflux@{self.bind_host}:{self.pg_port}/conflux"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster_home"
+
+    @property
+    def lake_path(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files."""
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://{self.bind_host}:{self.dagster_port}"
+
+    @property
+    def dagster_pg_url(self) -> str:
+        """The same database for dagster-postgres, through the psycopg2 driver.
+
+        SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3, whose server-side parameter binding
+        breaks statements dagster-postgres sends (``NOTIFY ..., :id``); psycopg2 binds on the
+        client and works.
+        """
+        return to_psycopg2_url(self.postgres_url)
+
+    def client_env(self) -> dict[str, str]:
+        """The variables a client of this stack needs (printed by ``conflux stack env``)."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            "CONFLUX_POSTGRES_URL": self.postgres_url,
+            "DAGSTER_PG_URL": self.dagster_pg_url,
+            "DAGSTER_HOME": str(self.dagster_home),
+            "CONFLUX_LAKE_PATH": str(self.lake_path),
+            "CONFLUX_DAGSTER_URL": self.dagster_url,
+        }

@@ -1,0 +1,187 @@
+"""Process bookkeeping for the local stack: pid files, ports, health waits, stopping by PID.
+
+Every process the tooling starts gets its own session (process group) and a pid file holding
+``<pid> <marker>``; the marker is a word that must appear in the process's command line, so a
+pid reused by an unrelated process after a crash is never mistaken for ours (and never killed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from conflux.errors import StackError
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    """The command line of ``pid`` ("" when gone).
+
+    Right after ``exec`` the kernel may briefly show an empty command line: wait it out.
+    """
+    for _ in range(20):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return ""
+        if raw:
+            return raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.025)
+    return ""
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # field 3 (after the parenthesised command) is the state; Z = zombie, X = dead
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """Last lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log yet)"
+    return "\n".join(text[-lines:])
+
+
+@dataclass(frozen=True)
+class PidFile:
+    """A pid file that remembers which process is ours."""
+
+    path: Path
+    marker: str
+
+    def write(self, pid: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(f"{pid} {self.marker}\n")
+
+    def live_pid(self) -> int | None:
+        """The recorded pid if that process still runs and is ours; removes a stale file."""
+        try:
+            pid_text, _, marker = self.path.read_text().strip().partition(" ")
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            self.path.unlink(missing_ok=True)
+            return None
+        cmdline = _cmdline(pid)
+        if marker == self.marker and pid_alive(pid) and all(w in cmdline for w in marker.split()):
+            return pid
+        self.path.unlink(missing_ok=True)  # stale: crashed, or pid reused by someone else
+        return None
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> subprocess.Popen:
+    """Start ``argv`` detached in its own session, stdout and stderr appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+        out.flush()
+        return subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            user=user,
+            start_new_session=True,
+        )
+
+
+def wait_for(
+    check: Callable[[], bool],
+    *,
+    service: str,
+    log: Path,
+    timeout: float,
+    proc: subprocess.Popen | None = None,
+    interval: float = 0.2,
+) -> float:
+    """Poll ``check`` until true; returns seconds waited.
+
+    Raises :class:`StackError` naming the service and its log (with its last lines) when the
+    timeout passes or the process exits first.
+    """
+    start = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - start
+        if proc is not None and proc.poll() is not None:
+            raise StackError(
+                f"{service} exited with code {proc.returncode} while starting; see {log}:\n{tail(log)}"
+            )
+        if time.monotonic() - start > timeout:
+            raise StackError(
+                f"{service} did not become healthy within {timeout:.0f}s; see {log}:\n{tail(log)}"
+            )
+        time.sleep(interval)
+
+
+def stop_pid(pid: int, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> str:
+    """Stop a process group we started: ``sig`` (SIGTERM), then SIGKILL after ``timeout``.
+
+    Returns how it ended ("stopped" or "killed").
+    """
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return "already gone"
+    # Only signal the group when the process leads it (it does: spawn() starts a new session).
+    target = (lambda sig: os.killpg(pgid, sig)) if pgid == pid else (lambda sig: os.kill(pid, sig))
+    try:
+        target(sig)
+    except ProcessLookupError:
+        return "already gone"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not pid_alive(pid):
+            return "stopped"
+        time.sleep(0.1)
+    try:
+        target(signal.SIGKILL)
+    except ProcessLookupError:
+        return "stopped"
+    for _ in range(50):
+        _reap(pid)
+        if not pid_alive(pid):
+            break
+        time.sleep(0.1)
+    return "killed"
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if ``pid`` is our child, so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

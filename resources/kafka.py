@@ -1,0 +1,172 @@
+"""Kafka access for Conflux: the only module that imports kafka-python.
+
+Every call here has a timeout: a sensor tick or a CLI command never hangs on a broker that is
+down. Consumers use manual partition assignment and never join a group (the sensor cursor is the
+commit, see ``sensors/``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+from pydantic import Field
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewPartitions, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+# short timeouts: these clients run inside sensor ticks and health checks
+_FAST = {"request_timeout_ms": 5000, "bootstrap_timeout_ms": 5000, "reconnect_backoff_max_ms": 1000}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed record, detached from kafka-python's types."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+def broker_ready(bootstrap: str) -> bool:
+    """True when the broker answers a metadata request (used by health checks)."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, **_FAST)
+    except KafkaError:
+        return False
+    try:
+        admin.describe_cluster()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+class KafkaResource(dg.ConfigurableResource):
+    """How Conflux reaches Kafka. Settings come from the environment through ``dg.EnvVar``."""
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        description="Comma-separated host:port list of brokers (KAFKA_BOOTSTRAP_SERVERS).",
+    )
+    request_timeout_ms: int = Field(
+        default=5000, description="Upper bound of every broker request made by Conflux."
+    )
+
+    # --- clients -----------------------------------------------------------------------------
+    def _common(self) -> dict:
+        return {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "request_timeout_ms": self.request_timeout_ms,
+            "bootstrap_timeout_ms": self.request_timeout_ms,
+            "reconnect_backoff_max_ms": 1000,
+        }
+
+    def admin(self) -> KafkaAdminClient:
+        return KafkaAdminClient(**self._common())
+
+    def producer(self, **overrides) -> KafkaProducer:
+        config = {"acks": "all", "linger_ms": 5, "max_block_ms": self.request_timeout_ms * 2}
+        config.update(overrides)
+        return KafkaProducer(**self._common(), **config)
+
+    def consumer(self, **overrides) -> KafkaConsumer:
+        config = {
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_partition_fetch_bytes": 4 * 1024 * 1024,
+            "fetch_max_wait_ms": 100,
+        }
+        config.update(overrides)
+        return KafkaConsumer(**self._common(), **config)
+
+    # --- topics ------------------------------------------------------------------------------
+    def ensure_topic(self, topic: str, partitions: int = 1, replication: int = 1) -> bool:
+        """Create ``topic`` (or grow it to ``partitions``); returns True when created."""
+        admin = self.admin()
+        try:
+            try:
+                admin.create_topics([NewTopic(topic, partitions, replication)])
+                admin.wait_for_topics([topic], timeout_ms=self.request_timeout_ms * 2)
+                return True
+            except TopicAlreadyExistsError:
+                current = len(admin.describe_topics([topic])[0]["partitions"])
+                if current < partitions:
+                    admin.create_partitions({topic: NewPartitions(partitions)})
+                return False
+        finally:
+            admin.close()
+
+    def end_offsets(self, topic: str) -> dict[int, int] | None:
+        """Next offset to be written, per partition; None when the topic does not exist."""
+        consumer = self.consumer()
+        try:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                return None
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            ends = consumer.end_offsets(tps, timeout_ms=self.request_timeout_ms)
+            return {tp.partition: off for tp, off in ends.items()}
+        finally:
+            consumer.close()
+
+    # --- reading and writing -----------------------------------------------------------------
+    def read_range(self, topic: str, partition: int, start: int, end: int) -> Iterator[Record]:
+        """Yield exactly the records with ``start <= offset < end`` of one partition."""
+        if end <= start:
+            return
+        consumer = self.consumer()
+        tp = TopicPartition(topic, partition)
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            position = start
+            idle_polls = 0
+            while position < end:
+                batch = consumer.poll(timeout_ms=1000, max_records=5000).get(tp, [])
+                if not batch:
+                    idle_polls += 1
+                    if idle_polls > 30:
+                        raise KafkaError(
+                            f"no records from {topic}[{partition}] at offset {position} for 30s "
+                            f"while reading [{start}, {end})"
+                        )
+                    continue
+                idle_polls = 0
+                for msg in batch:
+                    if msg.offset >= end:
+                        return
+                    position = msg.offset + 1
+                    yield Record(msg.topic, msg.partition, msg.offset, msg.timestamp,
+                                 msg.key, msg.value, tuple(msg.headers or ()))
+        finally:
+            consumer.close()
+
+    def send_json(
+        self, topic: str, rows: Iterable[tuple[bytes | None, dict, list[tuple[str, bytes]]]]
+    ) -> int:
+        """Publish (key, value-dict, headers) triples as JSON and wait for every ack."""
+        producer = self.producer()
+        count = 0
+        try:
+            for key, value, headers in rows:
+                producer.send(topic, key=key, value=json.dumps(value).encode(), headers=headers)
+                count += 1
+            producer.flush(timeout=self.request_timeout_ms / 1000 * 6)
+        finally:
+            producer.close(timeout=5)
+        return count
