@@ -2,6 +2,7 @@
 
     conflux stack up|down|status|env|reset     the local stack (Kafka, Postgres, Dagster)
     conflux dev [--no-demo] [--rate N]         stack + UI + daemon + demo events, until Ctrl-C
+    conflux contracts register|check|diff|mode the schema registry
     conflux produce tpch [...]                 publish demo events (see ``conflux produce -h``)
 
 Exit codes: 0 success, 1 failure (the message names the service / subject / topic involved),
@@ -95,6 +96,51 @@ def cmd_produce_tpch(args) -> int:
     return 0
 
 
+def _registry():
+    from conflux.settings import Settings
+    from contracts.registry import SchemaRegistry
+
+    return SchemaRegistry(Settings.from_env().postgres_url)
+
+
+def cmd_contracts_register(args) -> int:
+    from conflux.contracts_cmd import load_catalog, register_all
+
+    register_all(_registry(), load_catalog(args.catalog))
+    return 0
+
+
+def cmd_contracts_check(args) -> int:
+    from conflux.contracts_cmd import check_all, load_catalog
+
+    broken = check_all(_registry(), load_catalog(args.catalog))
+    if broken:
+        print(f"conflux: {broken} contract(s) break their subject's compatibility mode",
+              file=sys.stderr)
+    return 1 if broken else 0
+
+
+def cmd_contracts_diff(args) -> int:
+    from conflux.contracts_cmd import diff_files
+
+    return diff_files(args.old, args.new, args.mode)
+
+
+def cmd_contracts_mode(args) -> int:
+    from contracts.compat import Mode
+
+    try:
+        Mode.parse(args.mode)
+    except ValueError as exc:
+        print(f"conflux: {exc}", file=sys.stderr)
+        return 2
+    registry = _registry()
+    registry.ensure_schema()
+    registry.set_mode(args.subject, args.mode)
+    print(f"{args.subject}: compatibility {registry.mode(args.subject).value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conflux", description="Conflux: batch and streaming "
                                      "pipelines side by side on Dagster, Kafka and Postgres.")
@@ -123,6 +169,32 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--rate", type=float, default=5.0,
                      help="demo orders per second (default 5)")
     dev.set_defaults(func=cmd_dev)
+
+    contracts = sub.add_parser("contracts", help="the schema registry: register, check, diff")
+    contracts_sub = contracts.add_subparsers(dest="contracts_command", required=True)
+    catalog_help = "declarations to use, as module:attribute (default pipelines.catalog:DATASETS)"
+    reg = contracts_sub.add_parser("register", help="register every declared contract")
+    reg.add_argument("--catalog", default="pipelines.catalog:DATASETS", help=catalog_help)
+    reg.set_defaults(func=cmd_contracts_register)
+    chk = contracts_sub.add_parser(
+        "check", help="exit 1 listing incompatibilities when a declared contract breaks its "
+                      "subject's mode against the registered history (the CI gate)")
+    chk.add_argument("--catalog", default="pipelines.catalog:DATASETS", help=catalog_help)
+    chk.set_defaults(func=cmd_contracts_check)
+    diff = contracts_sub.add_parser(
+        "diff", help="compare two JSON Schema files: exit 0 compatible, 1 incompatible, "
+                     "2 usage error or invalid schema")
+    diff.add_argument("old", help="the schema data was written with (JSON file)")
+    diff.add_argument("new", help="the changed schema (JSON file)")
+    diff.add_argument("--mode", default="BACKWARD", help="compatibility mode (default BACKWARD): "
+                      "BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, "
+                      "FULL_TRANSITIVE, NONE")
+    diff.set_defaults(func=cmd_contracts_diff)
+    mode = contracts_sub.add_parser("mode", help="set a subject's compatibility mode")
+    mode.add_argument("subject")
+    mode.add_argument("mode", help="BACKWARD (default), BACKWARD_TRANSITIVE, FORWARD, "
+                      "FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE or NONE")
+    mode.set_defaults(func=cmd_contracts_mode)
 
     produce = sub.add_parser("produce", help="publish demo data")
     produce_sub = produce.add_subparsers(dest="produce_command", required=True)

@@ -1,18 +1,22 @@
 """The declarative API: one declaration per dataset, ``batch`` or ``event``, one contract.
 
-Declarations are plain frozen dataclasses (no Dagster here); ``pipelines.compile`` turns a
-catalog of them into Dagster definitions.
+Declarations are plain frozen dataclasses (no Dagster here). ``validate_catalog`` checks a set
+of them at load time and ``pipelines.compile`` turns them into Dagster definitions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel
 
+from conflux.errors import DeclarationError
+
 Mode = Literal["batch", "event"]
+DEFAULT_EVENT_FRESHNESS = dt.timedelta(seconds=60)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -20,13 +24,15 @@ class Dataset:
     """What every dataset declares.
 
     Args:
-        name: dataset name; also the Dagster asset key.
+        name: dataset name; also the Dagster asset key and the registry subject.
         contract: pydantic model describing one row / event.
         key: fields that identify a row (upserts are idempotent by this key).
         event_time: date field that picks the daily partition, or None for unpartitioned.
-        owner: team or person answering for the dataset.
+        owner: team or person answering for the dataset (``team:name`` or an e-mail).
         description: one paragraph shown in the UI.
         group: domain the dataset belongs to (one Dagster group per domain).
+        freshness: how old the newest data may get before the dataset counts as stale
+            (event datasets default to one minute; batch datasets derive it from their schedule).
     """
 
     name: str
@@ -36,33 +42,75 @@ class Dataset:
     owner: str = "team:data-platform"
     description: str = ""
     group: str = "commerce"
+    freshness: dt.timedelta | None = None
 
     mode: Mode = field(init=False, default="batch")
+
+    @property
+    def subject(self) -> str:
+        """Registry subject of the contract."""
+        return self.name
+
+    @property
+    def partitioned(self) -> bool:
+        return self.event_time is not None
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(self.contract.model_fields)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchFallback:
+    """Where an event dataset can be rebuilt or reconciled from in batch.
+
+    Args:
+        source_table: ``schema.table`` in the operational Postgres holding the same rows.
+        cron: cadence of the fallback schedule (off until turned on in the UI).
+    """
+
+    source_table: str
+    cron: str = "0 * * * *"
 
 
 @dataclass(frozen=True, kw_only=True)
 class EventDataset(Dataset):
-    """A dataset built from a Kafka topic.
+    """A dataset built from Kafka topics.
 
     Args:
-        topic: source topic.
-        partitions: partitions the platform creates the topic with.
-        max_records_per_run: micro-batch bound: a run reads at most this many records per
-            partition range.
+        topics: source topic(s); the first one names the dead-letter topic.
+        dlq_topic: where bad records go (default ``<first topic>.dlq``).
+        partitions: partitions the platform creates each topic with.
+        max_records_per_run: micro-batch bound: at most this many records per range.
+        fallback: optional batch source to rebuild / reconcile from.
+        append_only: event-sourced (audit-critical): rows are never updated in place; a
+            repeated key is ignored instead of replacing the stored row.
 
     Examples:
         >>> EventDataset(name="orders", contract=Order, key=("o_orderkey",),
-        ...              event_time="o_orderdate", topic="tpch.orders")
+        ...              event_time="o_orderdate", topics=("tpch.orders",))
     """
 
-    topic: str
+    topics: tuple[str, ...]
+    dlq_topic: str | None = None
     partitions: int = 3
     max_records_per_run: int = 50_000
+    fallback: BatchFallback | None = None
+    append_only: bool = False
     mode: Mode = field(init=False, default="event")
 
+    def __post_init__(self):
+        if isinstance(self.topics, str):
+            object.__setattr__(self, "topics", (self.topics,))
+        if self.dlq_topic is None and self.topics:
+            object.__setattr__(self, "dlq_topic", f"{self.topics[0]}.dlq")
+        if self.freshness is None:
+            object.__setattr__(self, "freshness", DEFAULT_EVENT_FRESHNESS)
+
     @property
-    def dlq_topic(self) -> str:
-        return f"{self.topic}.dlq"
+    def topic(self) -> str:
+        """The main source topic."""
+        return self.topics[0]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,10 +120,113 @@ class BatchDataset(Dataset):
     Args:
         source_table: ``schema.table`` in the operational Postgres to load from, or None.
         upstream: names of the datasets ``compute`` reads.
-        compute: function computing the dataset (joins), or None for a table load.
+        compute: ``compute(inputs: dict[name, DataFrame]) -> DataFrame`` for joins, or None
+            for a table load.
+        schedule: cron of the schedule that materializes it, or None.
+        automation: also materialize when upstream partitions change (declarative automation).
+        backfill: ``"single_run"`` (a range runs as one vectorized run) or ``"per_partition"``.
+        lineage: extra column lineage ``{column: ("upstream.field", ...)}``; columns named like
+            an upstream field are derived automatically.
     """
 
     source_table: str | None = None
     upstream: tuple[str, ...] = ()
     compute: Callable | None = None
+    schedule: str | None = None
+    automation: bool = False
+    backfill: Literal["single_run", "per_partition"] = "single_run"
+    lineage: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     mode: Mode = field(init=False, default="batch")
+
+
+def _fail(ds_name: str, problem: str) -> None:
+    raise DeclarationError(f"dataset {ds_name!r}: {problem}")
+
+
+def _check_one(ds: Dataset) -> None:
+    if not ds.name or not ds.name.replace("_", "").isalnum() or not ds.name[0].isalpha():
+        _fail(ds.name, "name must start with a letter and use letters, digits and '_' only")
+    if not (isinstance(ds.contract, type) and issubclass(ds.contract, BaseModel)):
+        _fail(ds.name, f"contract must be a pydantic model class, got {ds.contract!r}")
+    if not ds.key:
+        _fail(ds.name, "declares no key fields (a key makes upserts idempotent)")
+    for key in ds.key:
+        if key not in ds.fields:
+            _fail(ds.name, f"key field {key!r} is not in contract {ds.contract.__name__} "
+                           f"(fields: {', '.join(ds.fields)})")
+    if ds.event_time is not None:
+        if ds.event_time not in ds.fields:
+            _fail(ds.name, f"event-time field {ds.event_time!r} is not in contract "
+                           f"{ds.contract.__name__}")
+        ann = ds.contract.model_fields[ds.event_time].annotation
+        if ann not in (dt.date, dt.datetime):
+            _fail(ds.name, f"event-time field {ds.event_time!r} must be a date or datetime, "
+                           f"not {getattr(ann, '__name__', ann)}")
+    if isinstance(ds, EventDataset):
+        if not ds.topics:
+            _fail(ds.name, "an event dataset needs at least one topic")
+        if ds.partitions < 1 or ds.max_records_per_run < 1:
+            _fail(ds.name, "partitions and max_records_per_run must be positive")
+    if isinstance(ds, BatchDataset):
+        if (ds.source_table is None) == (ds.compute is None):
+            _fail(ds.name, "a batch dataset declares exactly one of source_table or compute")
+        if ds.compute is not None and not ds.upstream:
+            _fail(ds.name, "a computed batch dataset must name its upstream datasets")
+        if ds.source_table is not None and "." not in ds.source_table:
+            _fail(ds.name, f"source_table {ds.source_table!r} must be schema.table")
+
+
+def validate_catalog(datasets: Iterable[Dataset]) -> dict[str, Dataset]:
+    """Check declarations together; returns them by name.
+
+    Raises DeclarationError naming the dataset and the problem: bad names, key or event-time
+    fields missing from the contract, duplicate names, topic collisions, unknown upstreams,
+    lineage to unknown fields, and dependency cycles.
+    """
+    by_name: dict[str, Dataset] = {}
+    topic_owner: dict[str, str] = {}
+    for ds in datasets:
+        _check_one(ds)
+        if ds.name in by_name:
+            _fail(ds.name, "is declared twice")
+        by_name[ds.name] = ds
+        if isinstance(ds, EventDataset):
+            for topic in (*ds.topics, ds.dlq_topic):
+                if topic in topic_owner:
+                    _fail(ds.name, f"topic {topic!r} is already used by dataset "
+                                   f"{topic_owner[topic]!r}")
+                topic_owner[topic] = ds.name
+    for ds in by_name.values():
+        if not isinstance(ds, BatchDataset):
+            continue
+        for up in ds.upstream:
+            if up not in by_name:
+                _fail(ds.name, f"upstream {up!r} is not a declared dataset")
+        for column, sources in ds.lineage.items():
+            if column not in ds.fields:
+                _fail(ds.name, f"lineage names column {column!r}, not in its contract")
+            for source in sources:
+                up, _, fld = source.partition(".")
+                if up not in ds.upstream or fld not in by_name[up].fields:
+                    _fail(ds.name, f"lineage source {source!r} is not a field of an upstream")
+    _check_acyclic(by_name)
+    return by_name
+
+
+def _check_acyclic(by_name: dict[str, Dataset]) -> None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name):] + [name]
+            _fail(name, f"dependency cycle: {' -> '.join(cycle)}")
+        state[name] = 1
+        ds = by_name[name]
+        for up in getattr(ds, "upstream", ()):
+            visit(up, [*path, name])
+        state[name] = 2
+
+    for name in by_name:
+        visit(name, [])

@@ -1,23 +1,29 @@
-"""Event path: the ingest job of an event dataset (reads one offset range, upserts by key)."""
+"""Event path: the ingest job of an event dataset.
 
+A run reads exactly one ``[start, end)`` range of one partition, decodes and validates it in
+batches against the contract version each record declares, dead-letters bad records with their
+reason, upserts good rows by key into the event-time daily partitions they belong to, and records
+one materialization per partition it changed.
+"""
 
+import datetime as dt
+import itertools
 import json
 from collections import defaultdict
 
 import dagster as dg
 import pandas as pd
-from pydantic import ValidationError
 
+from contracts.lineage import contract_schema
 from pipelines.datasets import EventDataset
+from pipelines.decode import ContractResolver, decode_batch, dead_letter_headers
 from pipelines.metadata import materialization_metadata
 from resources.kafka import KafkaResource
-from resources.lake import LakeResource
+from resources.lake import UNPARTITIONED, LakeResource
+from resources.registry import SchemaRegistryResource
 
-EVENT_START_DATE = "1992-01-01"
-
-
-def daily_partitions() -> dg.DailyPartitionsDefinition:
-    return dg.DailyPartitionsDefinition(start_date=EVENT_START_DATE, end_offset=1)
+READ_CHUNK = 5000
+CORRELATION_HEADER = "correlation_id"
 
 
 class RangeConfig(dg.Config):
@@ -27,53 +33,90 @@ class RangeConfig(dg.Config):
     end: int
 
 
+def resolver_for(ds: EventDataset, registry: SchemaRegistryResource) -> ContractResolver:
+    """What this code can read: the registered versions of the subject, and its own version."""
+    client = registry.client
+    versions = [v.version for v in client.versions(ds.subject)]
+    mine = client.lookup(ds.subject, contract_schema(ds.contract))
+    return ContractResolver(ds.subject, mine.version if mine else None, versions)
+
+
+def partition_of(ds: EventDataset, row: dict) -> str:
+    if not ds.partitioned:
+        return UNPARTITIONED
+    value = row[ds.event_time]
+    return (value.date() if isinstance(value, dt.datetime) else value).isoformat()
+
+
 def build_ingest_job(ds: EventDataset) -> dg.JobDefinition:
-    """A one-op job reading ``[start, end)`` of one partition into ``ds``'s daily partitions."""
+    """A one-op job reading ``[start, end)`` of one partition into ``ds`` (in-process executor:
+    no per-step subprocess)."""
 
     @dg.op(name=f"{ds.name}__ingest", tags={"conflux/dataset": ds.name})
     def ingest(context: dg.OpExecutionContext, config: RangeConfig, kafka: KafkaResource,
-               lake: LakeResource) -> None:
-        valid: list[dict] = []
-        invalid = 0
-        for record in kafka.read_range(config.topic, config.partition, config.start, config.end):
-            try:
-                row = ds.contract.model_validate_json(record.value or b"")
-            except ValidationError:
-                invalid += 1
-                continue
-            valid.append(row.model_dump())
-        by_partition: dict[str, list[dict]] = defaultdict(list)
-        for row in valid:
-            by_partition[str(row[ds.event_time])].append(row)
-        for partition, rows in sorted(by_partition.items()):
-            df = pd.DataFrame(rows)
-            lake.upsert(ds.name, df, list(ds.key), partition)
+               lake: LakeResource, registry: SchemaRegistryResource) -> None:
+        resolver = resolver_for(ds, registry)
+        rows: list[dict] = []
+        contracts: list[str] = []
+        correlation: list[str] = []
+        dead = []
+        seen = 0
+        records = iter(kafka.read_range(config.topic, config.partition, config.start, config.end))
+        while chunk := list(itertools.islice(records, READ_CHUNK)):
+            seen += len(chunk)
+            decoded = decode_batch(chunk, ds.contract, ds.key, resolver)
+            rows += decoded.rows
+            contracts += decoded.contracts
+            correlation += [(r.header(CORRELATION_HEADER) or b"").decode(errors="replace")
+                            for r in decoded.records]
+            dead += decoded.dead
+        if dead:
+            kafka.send_raw(ds.dlq_topic, [
+                (d.record.key, d.record.value,
+                 dead_letter_headers(d, dataset=ds.name, run_id=context.run_id)) for d in dead])
+        by_partition: dict[str, list[int]] = defaultdict(list)
+        for i, row in enumerate(rows):
+            by_partition[partition_of(ds, row)].append(i)
+        ends = kafka.end_offsets(config.topic) or {}
+        lag = max(ends.get(config.partition, config.end) - config.end, 0)
+        source = {"topic": config.topic, "partition": config.partition,
+                  "start": config.start, "end": config.end}
+        ids = sorted({c for c in correlation if c})
+        if ids:
+            context.instance.add_run_tags(context.run_id, {
+                "conflux/correlation_id": ids[0][:63], "conflux/correlation_ids": str(len(ids))})
+        reasons: dict[str, int] = defaultdict(int)
+        for d in dead:
+            reasons[d.code] += 1
+        for partition, idx in sorted(by_partition.items()):
+            frame = pd.DataFrame([rows[i] for i in idx])
+            changed = lake.upsert(ds.name, frame, list(ds.key),
+                                  None if partition == UNPARTITIONED else partition,
+                                  keep_existing=ds.append_only)
+            part_ids = sorted({correlation[i] for i in idx if correlation[i]})
+            times = frame[ds.event_time] if ds.event_time else None
             context.log_event(dg.AssetMaterialization(
-                asset_key=ds.name, partition=partition,
+                asset_key=ds.name,
+                partition=None if partition == UNPARTITIONED else partition,
                 metadata=materialization_metadata(
-                    ds, rows=len(rows), source_range=json.dumps(config.model_dump()),
-                    invalid=invalid)))
-        context.log.info(f"{ds.name}: {len(valid)} valid, {invalid} invalid records from "
-                         f"{config.topic}[{config.partition}] [{config.start}, {config.end})")
+                    ds, rows=len(idx), contract_version=max(contracts[i] for i in idx),
+                    source_ranges=dg.MetadataValue.json([source]),
+                    rows_in=seen, rows_valid=len(rows), rows_changed=changed,
+                    dead_lettered=len(dead), dead_letter_reasons=dg.MetadataValue.json(dict(reasons)),
+                    correlation_ids=len(part_ids),
+                    correlation_id_examples=", ".join(part_ids[:5]),
+                    event_time_min=str(times.min()) if times is not None else "",
+                    event_time_max=str(times.max()) if times is not None else "",
+                    lag_at_end=lag)))
+        context.log.info(
+            f"{ds.name}: {config.topic}[{config.partition}] [{config.start}, {config.end}): "
+            f"{seen} read, {len(rows)} valid, {len(dead)} dead-lettered to {ds.dlq_topic} "
+            f"({json.dumps(dict(reasons))}), {len(by_partition)} partition(s) touched")
 
     @dg.job(name=f"{ds.name}__ingest_job", tags={"conflux/path": "event"},
-            executor_def=dg.in_process_executor)
+            executor_def=dg.in_process_executor,
+            description=f"Reads one offset range of {', '.join(ds.topics)} into {ds.name}")
     def ingest_job():
         ingest()
 
     return ingest_job
-
-
-def event_asset_spec(ds: EventDataset) -> dg.AssetSpec:
-    """The asset an event dataset shows in the graph (materialized by its ingest runs)."""
-    return dg.AssetSpec(
-        key=ds.name,
-        description=ds.description,
-        group_name=ds.group,
-        owners=[ds.owner],
-        kinds={"kafka", "parquet"},
-        tags={"conflux/mode": "event"},
-        partitions_def=daily_partitions() if ds.event_time else None,
-        metadata={"dagster/column_schema": materialization_metadata(ds, rows=0)["dagster/column_schema"],
-                  "conflux/topic": ds.topic, "conflux/dlq_topic": ds.dlq_topic},
-    )

@@ -1,4 +1,5 @@
-"""One helper for the metadata every materialization carries, on both paths (house rule 4)."""
+"""One helper for the metadata every asset and materialization carries, on both paths
+(house rule 4), so the keys stay consistent."""
 
 from __future__ import annotations
 
@@ -6,30 +7,65 @@ from typing import Any
 
 import dagster as dg
 
-from pipelines.datasets import Dataset
+from contracts.lineage import column_types, contract_fingerprint, derive_column_lineage
+from pipelines.datasets import BatchDataset, Dataset
 
 
-def contract_columns(ds: Dataset) -> dg.TableSchema:
-    """``dagster/column_schema`` from the contract's JSON Schema."""
-    schema = ds.contract.model_json_schema()
-    required = set(schema.get("required", []))
-    cols = []
-    for name, prop in schema.get("properties", {}).items():
-        kind = prop.get("format") or prop.get("type") or "/".join(
-            str(alt.get("format") or alt.get("type")) for alt in prop.get("anyOf", []))
-        cols.append(dg.TableColumn(name=name, type=str(kind or "any"),
-                                   description=prop.get("description"),
-                                   constraints=dg.TableColumnConstraints(nullable=name not in required)))
-    return dg.TableSchema(columns=cols)
+def column_schema(ds: Dataset) -> dg.TableSchema:
+    """``dagster/column_schema`` from the contract."""
+    return dg.TableSchema(columns=[
+        dg.TableColumn(name=name, type=kind, description=desc,
+                       constraints=dg.TableColumnConstraints(nullable=nullable))
+        for name, kind, desc, nullable in column_types(ds.contract)
+    ])
 
 
-def materialization_metadata(ds: Dataset, *, rows: int, **extra: Any) -> dict[str, Any]:
-    """Metadata keys shared by both paths: rows, schema, contract, plus path-specific extras."""
+def column_lineage(ds: Dataset, catalog: dict[str, Dataset]) -> dg.TableColumnLineage | None:
+    """``dagster/column_lineage`` of a batch join, where derivable."""
+    if not isinstance(ds, BatchDataset) or not ds.upstream:
+        return None
+    lineage = derive_column_lineage(ds.fields, {u: catalog[u].fields for u in ds.upstream},
+                                    ds.lineage)
+    if not lineage:
+        return None
+    return dg.TableColumnLineage(deps_by_column={
+        column: [dg.TableColumnDep(asset_key=dg.AssetKey(up), column_name=fld) for up, fld in deps]
+        for column, deps in lineage.items()
+    })
+
+
+def definition_metadata(ds: Dataset, catalog: dict[str, Dataset]) -> dict[str, Any]:
+    """Static metadata of the asset definition (shown before anything materializes)."""
+    meta: dict[str, Any] = {
+        "dagster/column_schema": column_schema(ds),
+        "conflux/mode": ds.mode,
+        "conflux/contract": f"{ds.subject} ({ds.contract.__name__})",
+        "conflux/contract_fingerprint": contract_fingerprint(ds.contract)[:16],
+        "conflux/key": ", ".join(ds.key),
+    }
+    if ds.freshness is not None:
+        meta["conflux/freshness_seconds"] = int(ds.freshness.total_seconds())
+    topics = getattr(ds, "topics", None)
+    if topics:
+        meta["conflux/topics"] = ", ".join(topics)
+        meta["conflux/dlq_topic"] = ds.dlq_topic
+    if getattr(ds, "source_table", None):
+        meta["conflux/source_table"] = ds.source_table
+    lineage = column_lineage(ds, catalog)
+    if lineage is not None:
+        meta["dagster/column_lineage"] = lineage
+    return meta
+
+
+def materialization_metadata(ds: Dataset, *, rows: int, contract_version: str | None = None,
+                             **extra: Any) -> dict[str, Any]:
+    """Metadata of one materialization: rows, schema, contract, plus path-specific extras
+    (``source_ranges``, ``dead_lettered``, ...), each under ``conflux/<name>``."""
     meta: dict[str, Any] = {
         "dagster/row_count": rows,
-        "dagster/column_schema": contract_columns(ds),
+        "dagster/column_schema": column_schema(ds),
         "conflux/mode": ds.mode,
-        "conflux/contract": ds.contract.__name__,
+        "conflux/contract_version": contract_version or f"{ds.subject}@unregistered",
     }
     for key, value in extra.items():
         meta[f"conflux/{key}"] = value

@@ -156,17 +156,22 @@ class KafkaResource(dg.ConfigurableResource):
         finally:
             consumer.close()
 
-    def send_json(
-        self, topic: str, rows: Iterable[tuple[bytes | None, dict, list[tuple[str, bytes]]]]
-    ) -> int:
-        """Publish (key, value-dict, headers) triples as JSON and wait for every ack."""
+    def send_raw(self, topic: str,
+                 rows: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> int:
+        """Publish (key, value, headers) triples as they are and wait for every ack."""
         producer = self.producer()
         count = 0
         try:
             for key, value, headers in rows:
-                producer.send(topic, key=key, value=json.dumps(value).encode(), headers=headers)
+                producer.send(topic, key=key, value=value, headers=list(headers))
                 count += 1
             producer.flush(timeout=self.request_timeout_ms / 1000 * 6)
         finally:
             producer.close(timeout=5)
         return count
+
+    def send_json(
+        self, topic: str, rows: Iterable[tuple[bytes | None, dict, list[tuple[str, bytes]]]]
+    ) -> int:
+        """Publish (key, value-dict, headers) triples as JSON and wait for every ack."""
+        return self.send_raw(topic, ((k, json.dumps(v).encode(), h) for k, v, h in rows))

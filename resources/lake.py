@@ -44,15 +44,21 @@ class LakeResource(dg.ConfigurableResource):
         os.replace(tmp, target)
         return target
 
-    def upsert(self, dataset: str, df: pd.DataFrame, key: list[str], partition: str | None = None) -> int:
-        """Insert or replace rows by ``key`` (last row wins); returns rows changed."""
+    def upsert(self, dataset: str, df: pd.DataFrame, key: list[str], partition: str | None = None,
+               *, keep_existing: bool = False) -> int:
+        """Insert or replace rows by ``key`` (the last row wins); with ``keep_existing`` (an
+        append-only dataset) a stored row is never replaced and the first row wins.
+
+        Returns the number of rows written (0 when nothing changed).
+        """
         current = self.read(dataset, partition)
-        incoming = df.drop_duplicates(subset=key, keep="last")
+        keep = "first" if keep_existing else "last"
+        incoming = df.drop_duplicates(subset=key, keep=keep)
         if current is None or current.empty:
             merged = incoming
         else:
             merged = pd.concat([current, incoming], ignore_index=True).drop_duplicates(
-                subset=key, keep="last")
+                subset=key, keep=keep)
         merged = merged.sort_values(key, kind="stable").reset_index(drop=True)
         if current is not None and list(current.columns) == list(merged.columns):
             if current.sort_values(key, kind="stable").reset_index(drop=True).equals(merged):

@@ -1,12 +1,11 @@
 """The Kafka sensor of an event dataset: the cursor is the commit.
 
-Each tick reads the end offset of every partition of the dataset's topic (manual assignment, no
-consumer group), cuts ``[start, end)`` micro-batches from the cursor, and asks for one run per
-range with a ``run_key`` naming dataset / topic / partition / range, so a tick retried after a
-crash can never launch a range twice (Dagster drops a repeated run_key) nor skip one (the
-cursor only moves with the run requests, in the same tick result).
+Each tick reads the end offset of every partition of the dataset's topics (manual assignment,
+no consumer group), cuts ``[start, end)`` micro-batches from the cursor, and asks for one run per
+range with a ``run_key`` naming dataset / topic / partition / range. Dagster drops a RunRequest
+whose run_key it has already seen, so a tick retried after a crash never launches a range twice;
+and the cursor moves in the same tick result as the requests, so no range is skipped.
 """
-
 
 import json
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ import dagster as dg
 
 from pipelines.datasets import EventDataset
 from resources.kafka import KafkaResource
+
+Cursor = dict[str, dict[int, int]]  # topic -> partition -> next offset to read
 
 
 @dataclass(frozen=True)
@@ -28,24 +29,41 @@ class Range:
         return f"{dataset}|{self.topic}|{self.partition}|{self.start}-{self.end}"
 
 
-def plan_ranges(ds: EventDataset, cursor: dict[int, int], ends: dict[int, int]) -> list[Range]:
+def plan_ranges(ds: EventDataset, cursor: Cursor, ends: Cursor) -> list[Range]:
     """Micro-batches between the cursor and the end offsets (pure: unit-tested)."""
     ranges = []
-    for partition, end in sorted(ends.items()):
-        start = cursor.get(partition, 0)
-        while start < end:
-            stop = min(end, start + ds.max_records_per_run)
-            ranges.append(Range(ds.topic, partition, start, stop))
-            start = stop
+    for topic, parts in sorted(ends.items()):
+        done = cursor.get(topic, {})
+        for partition, end in sorted(parts.items()):
+            start = done.get(partition, 0)
+            while start < end:
+                stop = min(end, start + ds.max_records_per_run)
+                ranges.append(Range(topic, partition, start, stop))
+                start = stop
     return ranges
 
 
-def parse_cursor(raw: str | None) -> dict[int, int]:
-    return {int(p): int(o) for p, o in json.loads(raw).items()} if raw else {}
+def parse_cursor(raw: str | None) -> Cursor:
+    if not raw:
+        return {}
+    return {t: {int(p): int(o) for p, o in parts.items()} for t, parts in json.loads(raw).items()}
+
+
+def dump_cursor(cursor: Cursor) -> str:
+    return json.dumps({t: {str(p): o for p, o in sorted(parts.items())}
+                       for t, parts in sorted(cursor.items())})
+
+
+def advance(cursor: Cursor, ranges: list[Range]) -> Cursor:
+    """The cursor after the given ranges were requested."""
+    out = {t: dict(parts) for t, parts in cursor.items()}
+    for r in ranges:
+        out.setdefault(r.topic, {})[r.partition] = max(out.get(r.topic, {}).get(r.partition, 0), r.end)
+    return out
 
 
 def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefinition:
-    """A sensor turning new offsets of ``ds.topic`` into runs of ``job``.
+    """A sensor turning new offsets of ``ds.topics`` into runs of ``job``.
 
     Args:
         ds: the event dataset.
@@ -53,33 +71,43 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
 
     Returns:
         A running-by-default sensor named ``<dataset>__kafka``.
+
+    Examples:
+        >>> build_kafka_sensor(ORDERS, build_ingest_job(ORDERS)).name
+        'orders__kafka'
     """
 
     @dg.sensor(name=f"{ds.name}__kafka", job=job, minimum_interval_seconds=1,
                default_status=dg.DefaultSensorStatus.RUNNING,
-               description=f"New records on {ds.topic} → ingest runs of {ds.name}")
+               description=f"New records on {', '.join(ds.topics)} → ingest runs of {ds.name}")
     def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
         cursor = parse_cursor(context.cursor)
-        try:
-            ends = kafka.end_offsets(ds.topic)
-        except Exception as exc:  # broker down: report, keep the cursor, try next tick
-            return dg.SkipReason(f"Kafka unavailable for {ds.topic}: {exc}")
-        if ends is None:
-            return dg.SkipReason(f"topic {ds.topic} does not exist yet")
+        ends: Cursor = {}
+        missing = []
+        for topic in ds.topics:
+            try:
+                found = kafka.end_offsets(topic)
+            except Exception as exc:  # broker down: say so, keep the cursor, try next tick
+                return dg.SkipReason(f"Kafka unavailable for {topic}: {exc}")
+            if found is None:
+                missing.append(topic)
+            else:
+                ends[topic] = found
         ranges = plan_ranges(ds, cursor, ends)
         if not ranges:
-            return dg.SkipReason(f"no new records on {ds.topic}")
+            reason = (f"topic(s) {', '.join(missing)} do not exist yet" if missing
+                      else f"no new records on {', '.join(ds.topics)}")
+            return dg.SkipReason(reason)
         requests = [
             dg.RunRequest(
                 run_key=r.run_key(ds.name),
                 run_config={"ops": {f"{ds.name}__ingest": {"config": {
                     "topic": r.topic, "partition": r.partition, "start": r.start, "end": r.end}}}},
-                tags={"conflux/dataset": ds.name, "conflux/range": r.run_key(ds.name)},
+                tags={"conflux/dataset": ds.name, "conflux/topic": r.topic,
+                      "conflux/partition": str(r.partition), "conflux/range": f"{r.start}-{r.end}"},
             )
             for r in ranges
         ]
-        new_cursor = {**cursor, **{p: e for p, e in ends.items()}}
-        return dg.SensorResult(run_requests=requests,
-                               cursor=json.dumps({str(p): o for p, o in new_cursor.items()}))
+        return dg.SensorResult(run_requests=requests, cursor=dump_cursor(advance(cursor, ranges)))
 
     return _sensor

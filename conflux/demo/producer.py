@@ -29,11 +29,16 @@ OPS_KEYS = {
 }
 
 
-def event_headers(correlation_id: str | None = None) -> list[tuple[str, bytes]]:
-    """Headers every Conflux producer sets: a correlation id and a W3C traceparent."""
+def event_headers(correlation_id: str | None = None,
+                  contract: str | None = None) -> list[tuple[str, bytes]]:
+    """Headers every Conflux producer sets: a correlation id (minted when absent), a W3C
+    traceparent and, when known, the contract's ``subject@version``."""
     trace = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
-    return [("correlation_id", (correlation_id or str(uuid.uuid4())).encode()),
-            ("traceparent", trace.encode())]
+    headers = [("correlation_id", (correlation_id or str(uuid.uuid4())).encode()),
+               ("traceparent", trace.encode())]
+    if contract:
+        headers.append(("contract", contract.encode()))
+    return headers
 
 
 def json_rows(df: pd.DataFrame) -> Iterator[dict]:
@@ -60,14 +65,15 @@ def _progress(done: int, total: int, started: float, what: str) -> None:
 
 
 def publish(producer, topic: str, df: pd.DataFrame, key_fields: list[str], *, rate: float = 0.0,
-            should_stop: Callable[[], bool] = lambda: False) -> int:
+            contract: str | None = None, should_stop: Callable[[], bool] = lambda: False) -> int:
     """Publish ``df`` as JSON events keyed by ``key_fields``, paced at ``rate``/s when > 0."""
     started = time.monotonic()
     total = len(df)
     sent = 0
     for row in json_rows(df):
         key = "|".join(str(row[k]) for k in key_fields).encode()
-        producer.send(topic, key=key, value=json.dumps(row).encode(), headers=event_headers())
+        producer.send(topic, key=key, value=json.dumps(row).encode(),
+                      headers=event_headers(contract=contract))
         sent += 1
         if rate > 0:
             delay = started + sent / rate - time.monotonic()
@@ -83,10 +89,13 @@ def publish(producer, topic: str, df: pd.DataFrame, key_fields: list[str], *, ra
 
 
 def produce_tpch(scale: float, rate: float = 0.0, seed: int = 42) -> dict[str, int]:
-    """Load ops tables and publish orders for a scale factor; prints and returns counts."""
+    """Load ops tables and publish orders and lineitems for a scale factor; prints and returns
+    counts."""
+    from conflux.platform import register_contracts
     from resources.kafka import KafkaResource
 
     settings = Settings.from_env()
+    refs = register_contracts(settings, report=lambda line: None)
     gen = TpchGenerator(scale, seed)
     orders = gen.orders()
     tables = {"region": gen.region(), "nation": gen.nation(), "supplier": gen.supplier(),
@@ -99,17 +108,23 @@ def produce_tpch(scale: float, rate: float = 0.0, seed: int = 42) -> dict[str, i
                                                             settings.kafka_bootstrap))
     producer = kafka.producer()
     try:
-        sent = publish(producer, "tpch.orders", orders, ["o_orderkey"], rate=rate)
+        sent = publish(producer, "tpch.orders", orders, ["o_orderkey"], rate=rate,
+                       contract=refs["orders"])
+        lines = publish(producer, "tpch.lineitem", tables["lineitem"],
+                        ["l_orderkey", "l_linenumber"], rate=rate, contract=refs["lineitem"])
     finally:
         producer.close(timeout=10)
     print(f"published: tpch.orders good={sent:,} duplicate=0 invalid=0")
-    return {"orders": sent, **{f"ops.{k}": v for k, v in written.items()}}
+    print(f"published: tpch.lineitem good={lines:,} duplicate=0 invalid=0")
+    return {"orders": sent, "lineitem": lines, **{f"ops.{k}": v for k, v in written.items()}}
 
 
 def run_demo_producer(settings: Settings, *, rate: float, should_stop: Callable[[], bool]) -> None:
     """Gentle endless stream for ``conflux dev``: small ops tables, then orders at ``rate``/s."""
+    from conflux.platform import register_contracts
     from resources.kafka import KafkaResource
 
+    refs = register_contracts(settings, report=lambda line: None)
     gen = TpchGenerator(0.001, seed=int(time.time()))
     load_ops(settings.postgres_url, {"region": gen.region(), "nation": gen.nation(),
                                      "customer": gen.customer(), "supplier": gen.supplier()})
@@ -122,7 +137,7 @@ def run_demo_producer(settings: Settings, *, rate: float, should_stop: Callable[
             orders = TpchGenerator(0.001, seed=batch_no).orders()
             orders["o_orderkey"] += batch_no * 10_000_000  # fresh keys each round
             publish(producer, "tpch.orders", orders, ["o_orderkey"], rate=rate,
-                    should_stop=should_stop)
+                    contract=refs["orders"], should_stop=should_stop)
             batch_no += 1
     finally:
         producer.close(timeout=5)

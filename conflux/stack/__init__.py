@@ -52,10 +52,13 @@ class Stack:
             was_running = service.status().running
             report(service.up())
             if name == "kafka":
-                from conflux.topics import ensure_platform_topics
+                from conflux.platform import ensure_platform_topics
 
-                for line in ensure_platform_topics(self.settings):
-                    report(line)
+                ensure_platform_topics(self.settings, report)
+            if name == "postgres":
+                from conflux.platform import register_contracts
+
+                register_contracts(self.settings, report)
             if not was_running and not isinstance(service, ExternalPostgres):
                 started.append(name)
         return started

@@ -11,13 +11,15 @@ import pytest
 from conflux.demo.producer import event_headers, json_rows, load_ops
 from conflux.demo.tpch import TpchGenerator
 from contracts.tpch import Order
-from pipelines.batch_path import build_table_load_asset
+from pipelines.batch_path import build_batch_asset
+from pipelines.compile import asset_specs
 from pipelines.catalog import NATION
 from pipelines.datasets import EventDataset
 from pipelines.event_path import build_ingest_job
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.postgres import PostgresResource
+from resources.registry import SchemaRegistryResource
 from sensors.kafka_sensor import build_kafka_sensor
 
 
@@ -32,7 +34,7 @@ def publish(kafka: KafkaResource, topic: str, df: pd.DataFrame) -> int:
 
 def test_kafka_records_reach_the_sensor_as_idempotent_run_requests(kafka, topic, instance, lake):
     ds = EventDataset(name="orders", contract=Order, key=("o_orderkey",),
-                      event_time="o_orderdate", topic=topic, max_records_per_run=20)
+                      event_time="o_orderdate", topics=(topic,), max_records_per_run=20)
     sensor = build_kafka_sensor(ds, build_ingest_job(ds))
     resources = {"kafka": kafka}
 
@@ -49,16 +51,18 @@ def test_kafka_records_reach_the_sensor_as_idempotent_run_requests(kafka, topic,
                   for k in keys)
     assert covered == 50, "every record is in exactly one range"
     cursor = result.cursor
-    assert sum(json.loads(cursor).values()) == 50
+    assert sum(json.loads(cursor)[topic].values()) == 50
 
     with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
         again = sensor(ctx)
     assert isinstance(again, dg.SkipReason) or not again.run_requests
 
 
-def test_ingest_job_materializes_event_partitions_in_postgres_storage(kafka, topic, instance, lake):
+def test_ingest_job_materializes_event_partitions_in_postgres_storage(kafka, topic, instance, lake,
+                                                                     stack):
+    registry = SchemaRegistryResource(url=stack.settings.postgres_url)
     ds = EventDataset(name=f"orders_{topic.split('.')[-1]}", contract=Order, key=("o_orderkey",),
-                      event_time="o_orderdate", topic=topic)
+                      event_time="o_orderdate", topics=(topic,))
     df = orders_rows(40)
     publish(kafka, topic, df)
     job = build_ingest_job(ds)
@@ -67,7 +71,7 @@ def test_ingest_job_materializes_event_partitions_in_postgres_storage(kafka, top
         result = job.execute_in_process(
             run_config={"ops": {f"{ds.name}__ingest": {"config": {
                 "topic": topic, "partition": partition, "start": 0, "end": end}}}},
-            instance=instance, resources={"kafka": kafka, "lake": lake})
+            instance=instance, resources={"kafka": kafka, "lake": lake, "registry": registry})
         assert result.success
     materialized = instance.get_materialized_partitions(dg.AssetKey(ds.name))
     assert materialized == {str(d) for d in df["o_orderdate"]}
@@ -77,12 +81,16 @@ def test_ingest_job_materializes_event_partitions_in_postgres_storage(kafka, top
 
 def test_batch_dataset_loads_from_ops_into_the_lake(stack, instance, lake):
     load_ops(stack.settings.postgres_url, {"nation": TpchGenerator(0.001).nation()})
+    spec = asset_specs([NATION])["nation"]
     result = dg.materialize(
-        [build_table_load_asset(NATION)], instance=instance,
-        resources={"postgres": PostgresResource(url=stack.settings.postgres_url), "lake": lake})
+        [build_batch_asset(NATION, spec, {"nation": NATION})], instance=instance,
+        resources={"postgres": PostgresResource(url=stack.settings.postgres_url), "lake": lake,
+                   "registry": SchemaRegistryResource(url=stack.settings.postgres_url)})
     assert result.success
     event = instance.get_latest_materialization_event(dg.AssetKey("nation"))
-    assert event.asset_materialization.metadata["dagster/row_count"].value == 25
+    meta = event.asset_materialization.metadata
+    assert meta["dagster/row_count"].value == 25
+    assert meta["conflux/contract_version"].value.startswith("nation@")
     assert len(lake.read("nation")) == 25
 
 

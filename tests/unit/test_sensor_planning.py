@@ -1,27 +1,38 @@
 from contracts.tpch import Order
 from pipelines.datasets import EventDataset
-from sensors.kafka_sensor import Range, parse_cursor, plan_ranges
+from sensors.kafka_sensor import Range, advance, dump_cursor, parse_cursor, plan_ranges
 
 DS = EventDataset(name="orders", contract=Order, key=("o_orderkey",), event_time="o_orderdate",
-                  topic="tpch.orders", max_records_per_run=100)
+                  topics=("tpch.orders", "tpch.orders.eu"), max_records_per_run=100)
 
 
 def test_ranges_start_at_the_cursor_and_cover_up_to_the_end_without_gaps():
-    ranges = plan_ranges(DS, {0: 10, 1: 0}, {0: 250, 1: 0, 2: 30})
+    ranges = plan_ranges(DS, {"tpch.orders": {0: 10, 1: 0}},
+                         {"tpch.orders": {0: 250, 1: 0, 2: 30}, "tpch.orders.eu": {0: 5}})
     assert ranges == [
         Range("tpch.orders", 0, 10, 110), Range("tpch.orders", 0, 110, 210),
         Range("tpch.orders", 0, 210, 250), Range("tpch.orders", 2, 0, 30),
+        Range("tpch.orders.eu", 0, 0, 5),
     ]
 
 
 def test_nothing_new_means_no_ranges():
-    assert plan_ranges(DS, {0: 5}, {0: 5}) == []
+    assert plan_ranges(DS, {"tpch.orders": {0: 5}}, {"tpch.orders": {0: 5}}) == []
+
+
+def test_a_partition_added_later_is_read_from_its_start():
+    cursor = {"tpch.orders": {0: 5, 1: 5}}
+    assert plan_ranges(DS, cursor, {"tpch.orders": {0: 5, 1: 5, 2: 3}}) == [
+        Range("tpch.orders", 2, 0, 3)]
 
 
 def test_run_key_names_dataset_topic_partition_and_range():
     assert Range("tpch.orders", 2, 0, 30).run_key("orders") == "orders|tpch.orders|2|0-30"
 
 
-def test_cursor_round_trip():
+def test_cursor_advances_exactly_to_the_requested_ends_and_round_trips():
+    cursor = advance({"tpch.orders": {0: 10}}, [Range("tpch.orders", 0, 10, 110),
+                                                Range("tpch.orders", 1, 0, 7)])
+    assert cursor == {"tpch.orders": {0: 110, 1: 7}}
+    assert parse_cursor(dump_cursor(cursor)) == cursor
     assert parse_cursor(None) == {}
-    assert parse_cursor('{"0": 12, "3": 4}') == {0: 12, 3: 4}

@@ -1,0 +1,33 @@
+"""What the platform sets up on its services once they run: topics and registered contracts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from conflux.settings import Settings
+
+
+def ensure_platform_topics(settings: Settings, report: Callable[[str], None] = print) -> None:
+    """Create each event dataset's topics and dead-letter topic with explicit partitions."""
+    from pipelines.catalog import event_datasets
+    from resources.kafka import KafkaResource
+
+    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+    for ds in event_datasets():
+        for topic, partitions in [*((t, ds.partitions) for t in ds.topics), (ds.dlq_topic, 1)]:
+            if kafka.ensure_topic(topic, partitions):
+                report(f"kafka: created topic {topic} ({partitions} partitions)")
+
+
+def register_contracts(settings: Settings, report: Callable[[str], None] = print) -> dict[str, str]:
+    """Register every declared contract; a breaking change stops the deployment here."""
+    from conflux.contracts_cmd import register_all
+    from contracts.registry import SchemaRegistry
+    from pipelines.catalog import DATASETS
+
+    lines: list[str] = []
+    refs = register_all(SchemaRegistry(settings.postgres_url), DATASETS, report=lines.append)
+    created = [line for line in lines if " registered " in line]
+    report(f"registry: {len(refs)} contracts registered"
+           + (f" ({len(created)} new version(s))" if created else ", all unchanged"))
+    return refs

@@ -1,0 +1,1 @@
+"""Compute functions of the batch joins (pure pandas / pyarrow; no Dagster)."""

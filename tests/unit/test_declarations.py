@@ -1,0 +1,72 @@
+"""Declarations are validated at load time with errors naming the dataset and the problem."""
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from conflux.errors import DeclarationError
+from pipelines.catalog import DATASETS
+from pipelines.datasets import BatchDataset, EventDataset, validate_catalog
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int
+    day: dt.date
+    name: str = ""
+
+
+def ev(name="a", **kw):
+    base = dict(name=name, contract=Row, key=("id",), event_time="day", topics=(f"t.{name}",))
+    return EventDataset(**{**base, **kw})
+
+
+def join(name, upstream, **kw):
+    return BatchDataset(name=name, contract=Row, key=("id",), upstream=upstream,
+                        compute=lambda inputs: pd.DataFrame(), **kw)
+
+
+@pytest.mark.parametrize("datasets,message", [
+    ([ev(key=("nope",))], "dataset 'a': key field 'nope' is not in contract Row"),
+    ([ev(event_time="when")], "dataset 'a': event-time field 'when' is not in contract Row"),
+    ([ev(event_time="name")], "dataset 'a': event-time field 'name' must be a date or datetime"),
+    ([ev(key=())], "dataset 'a': declares no key fields"),
+    ([ev(), ev()], "dataset 'a': is declared twice"),
+    ([ev("a"), ev("b", topics=("t.a",))], "dataset 'b': topic 't.a' is already used by dataset 'a'"),
+    ([ev("a"), ev("b", topics=("t.a.dlq",))], "dataset 'b': topic 't.a.dlq' is already used"),
+    ([ev(), join("j", ("missing",))], "dataset 'j': upstream 'missing' is not a declared dataset"),
+    ([join("x", ("y",)), join("y", ("z",)), join("z", ("x",))], "dependency cycle: x -> y -> z -> x"),
+    ([BatchDataset(name="b", contract=Row, key=("id",))], "exactly one of source_table or compute"),
+    ([BatchDataset(name="b", contract=Row, key=("id",), source_table="nodot")], "must be schema.table"),
+    ([ev(), join("j", ("a",), lineage={"id": ("a.ghost",)})], "lineage source 'a.ghost'"),
+    ([ev(name="bad-name")], "name must start with a letter"),
+    ([ev(contract=dict)], "contract must be a pydantic model class"),
+])
+def test_invalid_declarations_are_rejected_with_dataset_and_problem(datasets, message):
+    with pytest.raises(DeclarationError, match="DECLARATION_INVALID") as exc:
+        validate_catalog(datasets)
+    assert message in str(exc.value)
+
+
+def test_event_dataset_defaults():
+    ds = ev()
+    assert ds.mode == "event" and ds.dlq_topic == "t.a.dlq" and ds.topic == "t.a"
+    assert ds.freshness == dt.timedelta(seconds=60)
+    assert EventDataset(name="s", contract=Row, key=("id",), topics="single").topics == ("single",)
+
+
+def test_the_demo_catalog_declares_every_dataset_of_the_design():
+    by_name = {d.name: d for d in DATASETS}
+    assert {n for n, d in by_name.items() if d.mode == "event"} == {"orders", "lineitem",
+                                                                    "customer_ledger"}
+    assert {n for n, d in by_name.items() if d.mode == "batch"} == {
+        "customer", "supplier", "nation", "region", "part", "partsupp",
+        "revenue_by_nation", "customer_balance"}
+    assert by_name["orders"].topics == ("tpch.orders",)
+    assert by_name["lineitem"].key == ("l_orderkey", "l_linenumber")
+    assert by_name["customer_ledger"].topics == ("ledger.customer",)
+    assert by_name["customer_ledger"].append_only
+    assert by_name["customer"].source_table == "ops.customer"
+    assert by_name["orders"].fallback.source_table == "ops.orders"
