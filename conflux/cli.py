@@ -70,6 +70,8 @@ def cmd_dev(args) -> int:
         stop["now"] = True
 
     signal.signal(signal.SIGTERM, _on_signal)
+    # Ctrl-C must stop us even when started from a shell that ignores SIGINT in the background
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         started = stack.up()
         print(f"\nConflux is up: Dagster UI at {stack.settings.dagster_url}  (Ctrl-C to stop)")

@@ -81,7 +81,8 @@ class EventDataset(Dataset):
         topics: source topic(s); the first one names the dead-letter topic.
         dlq_topic: where bad records go (default ``<first topic>.dlq``).
         partitions: partitions the platform creates each topic with.
-        max_records_per_run: micro-batch bound: at most this many records per range.
+        max_records_per_run: micro-batch bound: at most this many records per partition range.
+        max_inflight_runs: backpressure: no new ingest run while this many are queued/running.
         fallback: optional batch source to rebuild / reconcile from.
         append_only: event-sourced (audit-critical): rows are never updated in place; a
             repeated key is ignored instead of replacing the stored row.
@@ -95,6 +96,7 @@ class EventDataset(Dataset):
     dlq_topic: str | None = None
     partitions: int = 3
     max_records_per_run: int = 50_000
+    max_inflight_runs: int = 2
     fallback: BatchFallback | None = None
     append_only: bool = False
     mode: Mode = field(init=False, default="event")
@@ -165,8 +167,8 @@ def _check_one(ds: Dataset) -> None:
     if isinstance(ds, EventDataset):
         if not ds.topics:
             _fail(ds.name, "an event dataset needs at least one topic")
-        if ds.partitions < 1 or ds.max_records_per_run < 1:
-            _fail(ds.name, "partitions and max_records_per_run must be positive")
+        if min(ds.partitions, ds.max_records_per_run, ds.max_inflight_runs) < 1:
+            _fail(ds.name, "partitions, max_records_per_run and max_inflight_runs must be positive")
     if isinstance(ds, BatchDataset):
         if (ds.source_table is None) == (ds.compute is None):
             _fail(ds.name, "a batch dataset declares exactly one of source_table or compute")

@@ -33,6 +33,10 @@ class RangeConfig(dg.Config):
     end: int
 
 
+class IngestConfig(dg.Config):
+    ranges: list[RangeConfig]
+
+
 def resolver_for(ds: EventDataset, registry: SchemaRegistryResource) -> ContractResolver:
     """What this code can read: the registered versions of the subject, and its own version."""
     client = registry.client
@@ -49,11 +53,11 @@ def partition_of(ds: EventDataset, row: dict) -> str:
 
 
 def build_ingest_job(ds: EventDataset) -> dg.JobDefinition:
-    """A one-op job reading ``[start, end)`` of one partition into ``ds`` (in-process executor:
-    no per-step subprocess)."""
+    """A one-op job reading its ``[start, end)`` ranges into ``ds`` (in-process executor: no
+    per-step subprocess)."""
 
     @dg.op(name=f"{ds.name}__ingest", tags={"conflux/dataset": ds.name})
-    def ingest(context: dg.OpExecutionContext, config: RangeConfig, kafka: KafkaResource,
+    def ingest(context: dg.OpExecutionContext, config: IngestConfig, kafka: KafkaResource,
                lake: LakeResource, registry: SchemaRegistryResource) -> None:
         resolver = resolver_for(ds, registry)
         rows: list[dict] = []
@@ -61,7 +65,8 @@ def build_ingest_job(ds: EventDataset) -> dg.JobDefinition:
         correlation: list[str] = []
         dead = []
         seen = 0
-        records = iter(kafka.read_range(config.topic, config.partition, config.start, config.end))
+        records = itertools.chain.from_iterable(
+            kafka.read_range(r.topic, r.partition, r.start, r.end) for r in config.ranges)
         while chunk := list(itertools.islice(records, READ_CHUNK)):
             seen += len(chunk)
             decoded = decode_batch(chunk, ds.contract, ds.key, resolver)
@@ -77,10 +82,12 @@ def build_ingest_job(ds: EventDataset) -> dg.JobDefinition:
         by_partition: dict[str, list[int]] = defaultdict(list)
         for i, row in enumerate(rows):
             by_partition[partition_of(ds, row)].append(i)
-        ends = kafka.end_offsets(config.topic) or {}
-        lag = max(ends.get(config.partition, config.end) - config.end, 0)
-        source = {"topic": config.topic, "partition": config.partition,
-                  "start": config.start, "end": config.end}
+        lag = 0
+        for topic in {r.topic for r in config.ranges}:
+            ends = kafka.end_offsets(topic) or {}
+            lag += sum(max(ends.get(r.partition, r.end) - r.end, 0)
+                       for r in config.ranges if r.topic == topic)
+        sources = [r.model_dump() for r in config.ranges]
         ids = sorted({c for c in correlation if c})
         if ids:
             context.instance.add_run_tags(context.run_id, {
@@ -100,7 +107,7 @@ def build_ingest_job(ds: EventDataset) -> dg.JobDefinition:
                 partition=None if partition == UNPARTITIONED else partition,
                 metadata=materialization_metadata(
                     ds, rows=len(idx), contract_version=max(contracts[i] for i in idx),
-                    source_ranges=dg.MetadataValue.json([source]),
+                    source_ranges=dg.MetadataValue.json(sources),
                     rows_in=seen, rows_valid=len(rows), rows_changed=changed,
                     dead_lettered=len(dead), dead_letter_reasons=dg.MetadataValue.json(dict(reasons)),
                     correlation_ids=len(part_ids),
@@ -108,9 +115,9 @@ def build_ingest_job(ds: EventDataset) -> dg.JobDefinition:
                     event_time_min=str(times.min()) if times is not None else "",
                     event_time_max=str(times.max()) if times is not None else "",
                     lag_at_end=lag)))
+        spans = ", ".join(f"{r.topic}[{r.partition}] [{r.start}, {r.end})" for r in config.ranges)
         context.log.info(
-            f"{ds.name}: {config.topic}[{config.partition}] [{config.start}, {config.end}): "
-            f"{seen} read, {len(rows)} valid, {len(dead)} dead-lettered to {ds.dlq_topic} "
+            f"{ds.name}: {spans}: {seen} read, {len(rows)} valid, {len(dead)} dead-lettered to {ds.dlq_topic} "
             f"({json.dumps(dict(reasons))}), {len(by_partition)} partition(s) touched")
 
     @dg.job(name=f"{ds.name}__ingest_job", tags={"conflux/path": "event"},

@@ -1,10 +1,15 @@
 """The Kafka sensor of an event dataset: the cursor is the commit.
 
 Each tick reads the end offset of every partition of the dataset's topics (manual assignment,
-no consumer group), cuts ``[start, end)`` micro-batches from the cursor, and asks for one run per
-range with a ``run_key`` naming dataset / topic / partition / range. Dagster drops a RunRequest
-whose run_key it has already seen, so a tick retried after a crash never launches a range twice;
-and the cursor moves in the same tick result as the requests, so no range is skipped.
+no consumer group) and cuts ``[start, end)`` micro-batches from the cursor — at most one per
+partition and tick, each at most ``max_records_per_run`` long — into ONE run whose ``run_key``
+names dataset / topic / partition / range of every range in it. Dagster drops a RunRequest whose
+run_key it has already seen, so a tick retried after a crash never launches a range twice; the
+cursor moves in the same tick result as the request, so no range is skipped.
+
+Backpressure: while ``max_inflight_runs`` runs of the dataset are queued or running, ticks skip
+and new records accumulate into bigger ranges — the run count grows with micro-batches, not
+with events, and never outruns the machine.
 """
 
 import json
@@ -25,8 +30,24 @@ class Range:
     start: int
     end: int
 
-    def run_key(self, dataset: str) -> str:
-        return f"{dataset}|{self.topic}|{self.partition}|{self.start}-{self.end}"
+    def label(self) -> str:
+        return f"{self.topic}|{self.partition}|{self.start}-{self.end}"
+
+
+def run_key(dataset: str, ranges: list[Range]) -> str:
+    """``dataset|topic|partition|start-end`` for each range, ``;``-separated."""
+    return f"{dataset}|" + ";".join(r.label() for r in ranges)
+
+
+def next_batch(ranges: list[Range]) -> list[Range]:
+    """The first pending range of every partition: what one run takes on this tick."""
+    seen: set[tuple[str, int]] = set()
+    batch = []
+    for r in ranges:
+        if (r.topic, r.partition) not in seen:
+            seen.add((r.topic, r.partition))
+            batch.append(r)
+    return batch
 
 
 def plan_ranges(ds: EventDataset, cursor: Cursor, ends: Cursor) -> list[Range]:
@@ -98,16 +119,22 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
             reason = (f"topic(s) {', '.join(missing)} do not exist yet" if missing
                       else f"no new records on {', '.join(ds.topics)}")
             return dg.SkipReason(reason)
-        requests = [
-            dg.RunRequest(
-                run_key=r.run_key(ds.name),
-                run_config={"ops": {f"{ds.name}__ingest": {"config": {
-                    "topic": r.topic, "partition": r.partition, "start": r.start, "end": r.end}}}},
-                tags={"conflux/dataset": ds.name, "conflux/topic": r.topic,
-                      "conflux/partition": str(r.partition), "conflux/range": f"{r.start}-{r.end}"},
-            )
-            for r in ranges
-        ]
-        return dg.SensorResult(run_requests=requests, cursor=dump_cursor(advance(cursor, ranges)))
+        inflight = context.instance.get_runs_count(dg.RunsFilter(
+            job_name=job.name, statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                                         dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]))
+        pending = sum(r.end - r.start for r in ranges)
+        if inflight >= ds.max_inflight_runs:
+            return dg.SkipReason(f"{inflight} ingest runs in flight; {pending} records wait "
+                                 f"(backpressure, max_inflight_runs={ds.max_inflight_runs})")
+        batch = next_batch(ranges)
+        request = dg.RunRequest(
+            run_key=run_key(ds.name, batch),
+            run_config={"ops": {f"{ds.name}__ingest": {"config": {"ranges": [
+                {"topic": r.topic, "partition": r.partition, "start": r.start, "end": r.end}
+                for r in batch]}}}},
+            tags={"conflux/dataset": ds.name, "conflux/records": str(sum(r.end - r.start for r in batch)),
+                  "conflux/ranges": str(len(batch))},
+        )
+        return dg.SensorResult(run_requests=[request], cursor=dump_cursor(advance(cursor, batch)))
 
     return _sensor

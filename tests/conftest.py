@@ -52,6 +52,14 @@ def stack():
     stack.down(started)
 
 
+@pytest.fixture(scope="session")
+def webserver(stack):
+    """The stack's Dagster webserver (started on first use, stopped with the session)."""
+    started = stack.up(["dagster-webserver"])
+    yield stack
+    stack.down(started)
+
+
 @pytest.fixture
 def kafka(stack):
     from resources.kafka import KafkaResource

@@ -1,6 +1,7 @@
 from contracts.tpch import Order
 from pipelines.datasets import EventDataset
-from sensors.kafka_sensor import Range, advance, dump_cursor, parse_cursor, plan_ranges
+from sensors.kafka_sensor import (Range, advance, dump_cursor, next_batch, parse_cursor, plan_ranges,
+                                  run_key)
 
 DS = EventDataset(name="orders", contract=Order, key=("o_orderkey",), event_time="o_orderdate",
                   topics=("tpch.orders", "tpch.orders.eu"), max_records_per_run=100)
@@ -26,8 +27,14 @@ def test_a_partition_added_later_is_read_from_its_start():
         Range("tpch.orders", 2, 0, 3)]
 
 
-def test_run_key_names_dataset_topic_partition_and_range():
-    assert Range("tpch.orders", 2, 0, 30).run_key("orders") == "orders|tpch.orders|2|0-30"
+def test_run_key_names_dataset_topic_partition_and_range_of_every_range():
+    assert run_key("orders", [Range("tpch.orders", 2, 0, 30)]) == "orders|tpch.orders|2|0-30"
+    assert run_key("orders", [Range("t", 0, 5, 9), Range("t", 1, 0, 3)]) == "orders|t|0|5-9;t|1|0-3"
+
+
+def test_one_run_takes_the_first_pending_range_of_each_partition():
+    ranges = plan_ranges(DS, {}, {"tpch.orders": {0: 250, 1: 40}})
+    assert next_batch(ranges) == [Range("tpch.orders", 0, 0, 100), Range("tpch.orders", 1, 0, 40)]
 
 
 def test_cursor_advances_exactly_to_the_requested_ends_and_round_trips():
