@@ -61,3 +61,10 @@ def test_up_twice_down_twice_and_recovery_after_kill_9(cli_env):
     assert "kafka: stopped" in down1.stdout and "postgres: stopped" in down1.stdout
     down2 = conflux(cli_env, "stack", "down", *services)
     assert "kafka: not running" in down2.stdout and "postgres: not running" in down2.stdout
+
+    # a format that died half-way leaves a data dir without meta.properties: wiped, formatted again
+    data = Path(cli_env["CONFLUX_HOME"]) / "kafka" / "data"
+    (data / "meta.properties").unlink()
+    fourth = conflux(cli_env, "stack", "up", "kafka")
+    assert fourth.returncode == 0 and "kafka: started" in fourth.stdout, fourth.stderr
+    assert (data / "meta.properties").exists()
