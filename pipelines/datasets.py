@@ -83,6 +83,12 @@ class EventDataset(Dataset):
         partitions: partitions the platform creates each topic with.
         max_records_per_run: micro-batch bound: at most this many records per partition range.
         max_inflight_runs: backpressure: no new ingest run while this many are queued/running.
+        ingest: ``"inline"`` — the sensor applies small backlogs itself, in micro-batches, for
+            seconds-fresh data, and hands large ones (over ``inline_max_backlog`` records) to
+            ingest runs; ``"runs"`` — every micro-batch is an ingest run.
+        tick_budget_s: how long one sensor tick may read and apply (the daemon ticks every 5 s).
+        linger_ms: an inline micro-batch is applied this long after its first record arrives
+            (or at ``flush_records`` records, whichever comes first).
         fallback: optional batch source to rebuild / reconcile from.
         append_only: event-sourced (audit-critical): rows are never updated in place; a
             repeated key is ignored instead of replacing the stored row.
@@ -97,6 +103,11 @@ class EventDataset(Dataset):
     partitions: int = 3
     max_records_per_run: int = 50_000
     max_inflight_runs: int = 2
+    ingest: Literal["inline", "runs"] = "inline"
+    inline_max_backlog: int = 20_000
+    tick_budget_s: float = 4.0
+    linger_ms: int = 200
+    flush_records: int = 5_000
     fallback: BatchFallback | None = None
     append_only: bool = False
     mode: Mode = field(init=False, default="event")
@@ -167,7 +178,9 @@ def _check_one(ds: Dataset) -> None:
     if isinstance(ds, EventDataset):
         if not ds.topics:
             _fail(ds.name, "an event dataset needs at least one topic")
-        if min(ds.partitions, ds.max_records_per_run, ds.max_inflight_runs) < 1:
+        if not 0.5 <= ds.tick_budget_s <= 30:
+            _fail(ds.name, f"tick_budget_s={ds.tick_budget_s} must be within 0.5..30 seconds")
+        if min(ds.partitions, ds.max_records_per_run, ds.max_inflight_runs, ds.flush_records) < 1:
             _fail(ds.name, "partitions, max_records_per_run and max_inflight_runs must be positive")
     if isinstance(ds, BatchDataset):
         if (ds.source_table is None) == (ds.compute is None):

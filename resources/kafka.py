@@ -8,6 +8,7 @@ commit, see ``sensors/``).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -79,7 +80,9 @@ class KafkaResource(dg.ConfigurableResource):
         return KafkaAdminClient(**self._common())
 
     def producer(self, **overrides) -> KafkaProducer:
-        config = {"acks": "all", "linger_ms": 5, "max_block_ms": self.request_timeout_ms * 2}
+        # 8 MiB like the local broker's message.max.bytes: dead letters keep oversize values
+        config = {"acks": "all", "linger_ms": 5, "max_block_ms": self.request_timeout_ms * 2,
+                  "max_request_size": 8 * 1024 * 1024}
         config.update(overrides)
         return KafkaProducer(**self._common(), **config)
 
@@ -88,7 +91,7 @@ class KafkaResource(dg.ConfigurableResource):
             "group_id": None,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
-            "max_partition_fetch_bytes": 4 * 1024 * 1024,
+            "max_partition_fetch_bytes": 8 * 1024 * 1024,
             "fetch_max_wait_ms": 100,
         }
         config.update(overrides)
@@ -153,6 +156,24 @@ class KafkaResource(dg.ConfigurableResource):
                     position = msg.offset + 1
                     yield Record(msg.topic, msg.partition, msg.offset, msg.timestamp,
                                  msg.key, msg.value, tuple(msg.headers or ()))
+        finally:
+            consumer.close()
+
+    def poll_from(self, positions: dict[tuple[str, int], int], *, deadline: float,
+                  max_records: int = 5000) -> Iterator[list[Record]]:
+        """Read forward from ``positions`` ({(topic, partition): next offset}) until the
+        monotonic ``deadline``, yielding each poll's records (possibly an empty list, so the
+        caller can flush on time)."""
+        consumer = self.consumer()
+        try:
+            tps = [TopicPartition(t, p) for t, p in positions]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, positions[(tp.topic, tp.partition)])
+            while (left := deadline - time.monotonic()) > 0:
+                polled = consumer.poll(timeout_ms=int(min(left, 0.1) * 1000), max_records=max_records)
+                yield [Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
+                              tuple(m.headers or ())) for msgs in polled.values() for m in msgs]
         finally:
             consumer.close()
 

@@ -6,8 +6,11 @@ Upserts replace rows by key, so applying the same rows twice leaves the files un
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -44,24 +47,51 @@ class LakeResource(dg.ConfigurableResource):
         os.replace(tmp, target)
         return target
 
-    def upsert(self, dataset: str, df: pd.DataFrame, key: list[str], partition: str | None = None,
-               *, keep_existing: bool = False) -> int:
-        """Insert or replace rows by ``key`` (the last row wins); with ``keep_existing`` (an
-        append-only dataset) a stored row is never replaced and the first row wins.
+    @contextlib.contextmanager
+    def locked(self, dataset: str, partition: str | None = None) -> Iterator[None]:
+        """Exclusive lock on one partition across processes (read-modify-write safety)."""
+        lock = Path(self.path) / dataset / f".{partition or UNPARTITIONED}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
-        Returns the number of rows written (0 when nothing changed).
+    def upsert(self, dataset: str, df: pd.DataFrame, key: list[str], partition: str | None = None,
+               *, order_by: list[str] | None = None, keep_existing: bool = False) -> int:
+        """Insert or replace rows by ``key`` under the partition's lock; see ``_upsert``."""
+        with self.locked(dataset, partition):
+            return self._upsert(dataset, df, key, partition, order_by=order_by,
+                                keep_existing=keep_existing)
+
+    def _upsert(self, dataset: str, df: pd.DataFrame, key: list[str], partition: str | None,
+                *, order_by: list[str] | None, keep_existing: bool) -> int:
+        """Insert or replace rows by ``key``; returns how many incoming rows were written.
+
+        Per key the row that sorts last by ``order_by`` wins (the incoming row when None); with
+        ``keep_existing`` (append-only data) the first one wins and a stored row is never
+        replaced. On a tie the stored row wins, and a result equal to what is stored is not
+        written, so applying the same rows twice changes nothing.
         """
         current = self.read(dataset, partition)
-        keep = "first" if keep_existing else "last"
-        incoming = df.drop_duplicates(subset=key, keep=keep)
+        incoming = df.assign(__new=True)
         if current is None or current.empty:
             merged = incoming
         else:
-            merged = pd.concat([current, incoming], ignore_index=True).drop_duplicates(
-                subset=key, keep=keep)
-        merged = merged.sort_values(key, kind="stable").reset_index(drop=True)
-        if current is not None and list(current.columns) == list(merged.columns):
-            if current.sort_values(key, kind="stable").reset_index(drop=True).equals(merged):
-                return 0  # nothing new: leave the file (and its mtime) alone
-        self.write(dataset, merged, partition)
-        return len(incoming)
+            stored = current.assign(__new=False)
+            # the row meant to win a tie goes last (drop_duplicates keeps the last)
+            first, last = (incoming, stored) if order_by or keep_existing else (stored, incoming)
+            merged = pd.concat([first, last], ignore_index=True)
+            if order_by:
+                merged = merged.sort_values(order_by, kind="stable")
+        if keep_existing:
+            merged = merged.iloc[::-1]  # now the last row of a key is its first arrival
+        merged = merged.drop_duplicates(subset=key, keep="last")
+        result = merged.drop(columns="__new").sort_values(key, kind="stable").reset_index(drop=True)
+        if current is not None and list(current.columns) == list(result.columns) and \
+                current.sort_values(key, kind="stable").reset_index(drop=True).equals(result):
+            return 0  # nothing new: leave the file (and its mtime) alone
+        self.write(dataset, result, partition)
+        return int(merged["__new"].sum())

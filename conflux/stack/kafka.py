@@ -46,6 +46,9 @@ def render_server_properties(settings: Settings, data_dir: Path) -> str:
         "share.coordinator.state.topic.min.isr=1",
         "group.initial.rebalance.delay.ms=0",
         "log.retention.hours=168",
+        # accept messages up to 8 MiB so the platform, not the broker, judges oversize records
+        "message.max.bytes=8388608",
+        "replica.fetch.max.bytes=8388608",
         "num.network.threads=2",
         "num.io.threads=4",
         "",

@@ -32,58 +32,6 @@ def publish(kafka: KafkaResource, topic: str, df: pd.DataFrame) -> int:
                                    for r in json_rows(df)])
 
 
-def test_kafka_records_reach_the_sensor_as_idempotent_run_requests(kafka, topic, instance, lake):
-    ds = EventDataset(name="orders", contract=Order, key=("o_orderkey",),
-                      event_time="o_orderdate", topics=(topic,), max_records_per_run=20)
-    sensor = build_kafka_sensor(ds, build_ingest_job(ds))
-    resources = {"kafka": kafka}
-
-    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
-        first = sensor(ctx)
-    assert isinstance(first, dg.SkipReason) or not first.run_requests
-
-    assert publish(kafka, topic, orders_rows(90)) == 90
-    ends = kafka.end_offsets(topic)
-    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
-        result = sensor(ctx)
-    # ticks until the topic is drained: one run per tick, <= 20 records per partition range
-    seen_keys, covered, cursor = [], 0, None
-    for _ in range(10):
-        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
-            result = sensor(ctx)
-        if isinstance(result, dg.SkipReason) or not result.run_requests:
-            break
-        (request,) = result.run_requests
-        seen_keys.append(request.run_key)
-        ranges = request.run_config["ops"]["orders__ingest"]["config"]["ranges"]
-        assert all(r["end"] - r["start"] <= 20 for r in ranges)
-        covered += sum(r["end"] - r["start"] for r in ranges)
-        cursor = result.cursor
-    assert covered == 90, "every record is in exactly one range"
-    assert len(seen_keys) == len(set(seen_keys)) == max(-(-e // 20) for e in ends.values())
-    assert json.loads(cursor)[topic] == {str(p): e for p, e in ends.items()}
-
-
-def test_ingest_job_materializes_event_partitions_in_postgres_storage(kafka, topic, instance, lake,
-                                                                     stack):
-    registry = SchemaRegistryResource(url=stack.settings.postgres_url)
-    ds = EventDataset(name=f"orders_{topic.split('.')[-1]}", contract=Order, key=("o_orderkey",),
-                      event_time="o_orderdate", topics=(topic,))
-    df = orders_rows(40)
-    publish(kafka, topic, df)
-    job = build_ingest_job(ds)
-    ends = kafka.end_offsets(topic)
-    result = job.execute_in_process(
-        run_config={"ops": {f"{ds.name}__ingest": {"config": {"ranges": [
-            {"topic": topic, "partition": p, "start": 0, "end": end} for p, end in ends.items()]}}}},
-        instance=instance, resources={"kafka": kafka, "lake": lake, "registry": registry})
-    assert result.success
-    materialized = instance.get_materialized_partitions(dg.AssetKey(ds.name))
-    assert materialized == {str(d) for d in df["o_orderdate"]}
-    stored = pd.concat([lake.read(ds.name, p) for p in materialized])
-    assert sorted(stored["o_orderkey"]) == sorted(df["o_orderkey"])
-
-
 def test_batch_dataset_loads_from_ops_into_the_lake(stack, instance, lake):
     load_ops(stack.settings.postgres_url, {"nation": TpchGenerator(0.001).nation()})
     spec = asset_specs([NATION])["nation"]
