@@ -94,7 +94,15 @@ def cmd_dev(args) -> int:
 def cmd_produce_tpch(args) -> int:
     from conflux.demo import produce_tpch
 
-    produce_tpch(scale=args.scale, rate=args.rate)
+    for name in ("duplicates", "invalid"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            print(f"conflux: --{name} must be a fraction between 0 and 1", file=sys.stderr)
+            return 2
+    if args.scale <= 0 or args.rate < 0:
+        print("conflux: --scale must be > 0 and --rate >= 0", file=sys.stderr)
+        return 2
+    produce_tpch(scale=args.scale, rate=args.rate, duplicates=args.duplicates,
+                 shuffle=args.shuffle, invalid=args.invalid, seed=args.seed)
     return 0
 
 
@@ -203,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     tpch = produce_sub.add_parser("tpch", help="TPC-H-shaped demo data into ops tables and Kafka")
     tpch.add_argument("--scale", type=float, default=0.01, help="TPC-H scale factor (default 0.01)")
     tpch.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
+    tpch.add_argument("--duplicates", type=float, default=0.0, metavar="P",
+                      help="also send this fraction of events a second time (0..1)")
+    tpch.add_argument("--shuffle", action="store_true",
+                      help="publish in random order (late and out-of-order events)")
+    tpch.add_argument("--invalid", type=float, default=0.0, metavar="P",
+                      help="add this fraction of invalid records (bad JSON, wrong types, missing "
+                           "fields, undecodable bytes, unknown contract versions)")
+    tpch.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     tpch.set_defaults(func=cmd_produce_tpch)
     return parser
 

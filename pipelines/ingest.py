@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import dagster as dg
-import pandas as pd
+import pyarrow as pa
 
 from contracts.lineage import contract_schema
 from pipelines.datasets import EventDataset
@@ -104,38 +104,41 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
         report.dead.update(d.code for d in decoded.dead)
     if not decoded.rows:
         return report
-    frame = pd.DataFrame(decoded.rows)
     recs = decoded.records
-    frame["__topic"] = [r.topic for r in recs]
-    frame["__partition"] = [r.partition for r in recs]
-    frame["__offset"] = [r.offset for r in recs]
-    frame["__ts"] = [r.timestamp_ms for r in recs]
-    frame["__correlation_id"] = [_header(r, CORRELATION_HEADER) for r in recs]
-    contracts = pd.Series(decoded.contracts)
+    correlation = [_header(r, CORRELATION_HEADER) for r in recs]
+    table = pa.Table.from_pylist(decoded.rows).append_column(
+        "__topic", pa.array([r.topic for r in recs], pa.string())).append_column(
+        "__partition", pa.array([r.partition for r in recs], pa.int32())).append_column(
+        "__offset", pa.array([r.offset for r in recs], pa.int64())).append_column(
+        "__ts", pa.array([r.timestamp_ms for r in recs], pa.int64())).append_column(
+        "__correlation_id", pa.array(correlation, pa.string()))
     report.traceparents = sorted({t for r in recs if (t := _header(r, TRACE_HEADER))})[:20]
-    report.correlation_ids = sorted(set(frame["__correlation_id"]) - {""})
+    report.correlation_ids = sorted(set(correlation) - {""})
 
-    groups = (frame.groupby(frame[ds.event_time].map(lambda v: partition_of(ds, v)), sort=True)
-              if ds.partitioned else [(UNPARTITIONED, frame)])
+    by_partition: dict[str, list[int]] = {}
+    for i, row in enumerate(decoded.rows):
+        key = partition_of(ds, row[ds.event_time]) if ds.partitioned else UNPARTITIONED
+        by_partition.setdefault(key, []).append(i)
     reasons = dict(report.dead)
-    for partition, part in groups:
+    for partition, idx in sorted(by_partition.items()):
+        part = table.take(pa.array(idx))
         key = None if partition == UNPARTITIONED else partition
         written = lake.upsert(ds.name, part, list(ds.key), key, order_by=ORDER_BY,
                               keep_existing=ds.append_only)
         report.partitions[partition] = written
-        ids = sorted(set(part["__correlation_id"]) - {""})
-        times = part[ds.event_time] if ds.event_time else None
+        ids = sorted({correlation[i] for i in idx} - {""})
+        times = [decoded.rows[i][ds.event_time] for i in idx] if ds.event_time else []
         report.materializations.append(dg.AssetMaterialization(
             asset_key=ds.name, partition=key,
             metadata=materialization_metadata(
-                ds, rows=len(part), contract_version=str(contracts[part.index].max()),
+                ds, rows=len(idx), contract_version=max(decoded.contracts[i] for i in idx),
                 source_ranges=dg.MetadataValue.json(sources),
-                rows_in=seen, rows_valid=len(frame), rows_changed=written,
+                rows_in=seen, rows_valid=len(decoded.rows), rows_changed=written,
                 dead_lettered=report.dead_lettered,
                 dead_letter_reasons=dg.MetadataValue.json(reasons),
                 correlation_ids=len(ids), correlation_id_examples=", ".join(ids[:5]),
-                event_time_min=str(times.min()) if times is not None else "",
-                event_time_max=str(times.max()) if times is not None else "",
+                event_time_min=str(min(times)) if times else "",
+                event_time_max=str(max(times)) if times else "",
                 lag_at_end=lag if lag is not None else -1,
                 applied_by=origin)))
     return report

@@ -1,24 +1,30 @@
 """The demo producer: behaves like the operational systems of the demo business.
 
-It loads the dimension tables into the ``ops`` schema, stores orders there too, and publishes
-the same orders as events with ``correlation_id`` and ``traceparent`` headers.
+It loads the TPC-H-shaped tables into the ``ops`` schema (orders and lineitem included, like the
+order service's own database) and publishes the same orders and lineitems, plus customer ledger
+events, to Kafka — JSON values, ``correlation_id`` / ``traceparent`` / ``contract`` headers.
+On request it adds what real streams bring: duplicates, shuffled (late, out-of-order) events and
+invalid records, and says how many of each it sent.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import psycopg
 
-from conflux.demo.tpch import TpchGenerator
+from conflux.demo.tpch import TpchGenerator, ledger
 from conflux.settings import Settings
 
 # ops table -> primary key
@@ -27,6 +33,13 @@ OPS_KEYS = {
     "customer": ["c_custkey"], "part": ["p_partkey"], "partsupp": ["ps_partkey", "ps_suppkey"],
     "orders": ["o_orderkey"], "lineitem": ["l_orderkey", "l_linenumber"],
 }
+# topic -> (dataset / subject, key fields)
+STREAMS = {
+    "tpch.orders": ("orders", ["o_orderkey"]),
+    "tpch.lineitem": ("lineitem", ["l_orderkey", "l_linenumber"]),
+    "ledger.customer": ("customer_ledger", ["event_id"]),
+}
+INVALID_KINDS = ("invalid_json", "wrong_type", "missing_field", "undecodable", "unknown_version")
 
 
 def event_headers(correlation_id: str | None = None,
@@ -41,11 +54,41 @@ def event_headers(correlation_id: str | None = None,
     return headers
 
 
+def bulk_headers(n: int, contract: str | None) -> list[list[tuple[str, bytes]]]:
+    """``event_headers`` for ``n`` events at once (one random block instead of 2n calls)."""
+    block = os.urandom(40 * n).hex()
+    contract_header = [("contract", contract.encode())] if contract else []
+    out = []
+    for i in range(n):
+        h = block[80 * i: 80 * (i + 1)]
+        cid = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
+        out.append([("correlation_id", cid.encode()),
+                    ("traceparent", f"00-{h[32:64]}-{h[64:80]}-01".encode()), *contract_header])
+    return out
+
+
+def _jsonable(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object and len(out) and hasattr(out[col].iloc[0], "isoformat"):
+            out[col] = [v.isoformat() for v in out[col]]
+        elif out[col].dtype.kind == "M":
+            out[col] = out[col].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return out
+
+
 def json_rows(df: pd.DataFrame) -> Iterator[dict]:
     """Rows as JSON-ready dicts (numbers as numbers, dates as ISO strings)."""
-    for row in df.to_dict(orient="records"):
-        yield {k: (v.isoformat() if hasattr(v, "isoformat") else
-                   v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+    for row in _jsonable(df).to_dict(orient="records"):
+        yield {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+
+
+def json_values(df: pd.DataFrame) -> list[bytes]:
+    """Each row as compact JSON bytes (vectorised: pandas writes the JSON)."""
+    if df.empty:
+        return []
+    text = _jsonable(df).to_json(orient="records", lines=True)
+    return [line.encode() for line in text.splitlines()]
 
 
 def load_ops(pg_url: str, tables: dict[str, pd.DataFrame]) -> dict[str, int]:
@@ -59,85 +102,205 @@ def load_ops(pg_url: str, tables: dict[str, pd.DataFrame]) -> dict[str, int]:
     return written
 
 
-def _progress(done: int, total: int, started: float, what: str) -> None:
-    rate = done / max(time.monotonic() - started, 1e-6)
-    print(f"\r  {what}: {done:,}/{total:,} ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
+@dataclass
+class Outgoing:
+    """One record to publish and what it is (good / duplicate / invalid kind)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    kind: str = "good"
 
 
-def publish(producer, topic: str, df: pd.DataFrame, key_fields: list[str], *, rate: float = 0.0,
-            contract: str | None = None, should_stop: Callable[[], bool] = lambda: False) -> int:
-    """Publish ``df`` as JSON events keyed by ``key_fields``, paced at ``rate``/s when > 0."""
+@dataclass
+class SendReport:
+    counts: Counter = field(default_factory=Counter)  # (topic, kind) -> n
+    offsets: list[tuple[str, int, int, float]] = field(default_factory=list)  # topic, p, off, t
+
+    def lines(self) -> list[str]:
+        topics = sorted({t for t, _ in self.counts})
+        out = []
+        for topic in topics:
+            good = self.counts[(topic, "good")]
+            dup = self.counts[(topic, "duplicate")]
+            bad = sum(n for (t, k), n in self.counts.items() if t == topic and k.startswith("invalid"))
+            out.append(f"published: {topic} good={good:,} duplicate={dup:,} invalid={bad:,}")
+        return out
+
+
+def build_stream(topic: str, df: pd.DataFrame, contract: str | None) -> list[Outgoing]:
+    """Good records for ``df`` (keys from the stream's key fields)."""
+    _, key_fields = STREAMS[topic]
+    keys = df[key_fields[0]].astype(str)
+    for extra in key_fields[1:]:
+        keys = keys + "|" + df[extra].astype(str)
+    return [Outgoing(topic, k.encode(), v, h) for k, v, h in
+            zip(keys.tolist(), json_values(df), bulk_headers(len(df), contract))]
+
+
+def corrupt(good: Outgoing, kind: str, rng: random.Random) -> Outgoing:
+    """An invalid variant of a good record (one of ``INVALID_KINDS``)."""
+    headers = [h for h in good.headers if h[0] != "contract"]
+    value = good.value
+    if kind == "invalid_json":
+        value = value[: max(1, len(value) // 2)]
+    elif kind == "wrong_type":
+        doc = json.loads(value)
+        field_name = rng.choice(sorted(doc))
+        doc[field_name] = {"not": "a scalar"}
+        value = json.dumps(doc).encode()
+    elif kind == "missing_field":
+        doc = json.loads(value)
+        doc.pop(STREAMS[good.topic][1][0])  # a key field: required by every contract
+        value = json.dumps(doc).encode()
+    elif kind == "undecodable":
+        value = b"\xff\xfe" + value[2:]
+    elif kind == "unknown_version":
+        subject = STREAMS[good.topic][0]
+        headers.append(("contract", f"{subject}@999".encode()))
+    return Outgoing(good.topic, good.key, value, headers, kind=f"invalid:{kind}")
+
+
+def mix(streams: list[Outgoing], *, duplicates: float, invalid: float, shuffle: bool,
+        seed: int) -> list[Outgoing]:
+    """Add duplicates and invalid records, optionally shuffle (late and out-of-order events)."""
+    rng = random.Random(seed)
+    out = list(streams)
+    if duplicates > 0 and streams:
+        dup = rng.sample(streams, k=int(len(streams) * duplicates))
+        out += [Outgoing(o.topic, o.key, o.value, o.headers, kind="duplicate") for o in dup]
+    if invalid > 0 and streams:
+        victims = rng.sample(streams, k=int(len(streams) * invalid))
+        out += [corrupt(o, INVALID_KINDS[i % len(INVALID_KINDS)], rng)
+                for i, o in enumerate(victims)]
+    if shuffle:
+        rng.shuffle(out)
+    elif len(out) > len(streams):
+        # extras are interleaved at random positions after their originals' region
+        extra = out[len(streams):]
+        out = out[: len(streams)]
+        for rec in extra:
+            out.insert(rng.randint(len(out) // 2, len(out)), rec)
+    return out
+
+
+def publish_all(producer, records: list[Outgoing], *, rate: float = 0.0,
+                should_stop: Callable[[], bool] = lambda: False,
+                progress: bool = True, track_offsets: bool = False) -> SendReport:
+    """Send records (paced at ``rate``/s when > 0), showing progress; waits for every ack."""
+    report = SendReport()
     started = time.monotonic()
-    total = len(df)
-    sent = 0
-    for row in json_rows(df):
-        key = "|".join(str(row[k]) for k in key_fields).encode()
-        producer.send(topic, key=key, value=json.dumps(row).encode(),
-                      headers=event_headers(contract=contract))
-        sent += 1
+    total = len(records)
+    futures = []
+    for i, rec in enumerate(records, 1):
+        fut = producer.send(rec.topic, key=rec.key, value=rec.value, headers=rec.headers)
+        if track_offsets:
+            futures.append((fut, time.time()))
+        report.counts[(rec.topic, "invalid" if rec.kind.startswith("invalid") else rec.kind)] += 1
         if rate > 0:
-            delay = started + sent / rate - time.monotonic()
+            delay = started + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        if sent % 1000 == 0 or sent == total:
-            _progress(sent, total, started, topic)
+        if progress and (i % 5000 == 0 or i == total):
+            done_rate = i / max(time.monotonic() - started, 1e-6)
+            print(f"\r  sent {i:,}/{total:,} records ({done_rate:,.0f}/s)", end="",
+                  file=sys.stderr, flush=True)
         if should_stop():
             break
     producer.flush()
-    print(file=sys.stderr)
-    return sent
+    for fut, sent_at in futures:
+        meta = fut.get(timeout=30)
+        report.offsets.append((meta.topic, meta.partition, meta.offset, sent_at))
+    if progress and total:
+        print(file=sys.stderr)
+    return report
 
 
-def produce_tpch(scale: float, rate: float = 0.0, seed: int = 42) -> dict[str, int]:
-    """Load ops tables and publish orders and lineitems for a scale factor; prints and returns
-    counts."""
+def tpch_tables(scale: float, seed: int) -> dict[str, pd.DataFrame]:
+    gen = TpchGenerator(scale, seed)
+    orders = gen.orders()
+    return {"region": gen.region(), "nation": gen.nation(), "supplier": gen.supplier(),
+            "customer": gen.customer(), "part": gen.part(), "partsupp": gen.partsupp(),
+            "orders": orders, "lineitem": gen.lineitem(orders)}
+
+
+def produce_tpch(scale: float, rate: float = 0.0, *, duplicates: float = 0.0, shuffle: bool = False,
+                 invalid: float = 0.0, seed: int = 42, ledger_per_customer: float = 3.0
+                 ) -> SendReport:
+    """Load ops tables and publish orders, lineitems and ledger events; prints the counts."""
+    for name, value in (("--duplicates", duplicates), ("--invalid", invalid)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a fraction between 0 and 1, got {value}")
     from conflux.platform import register_contracts
     from resources.kafka import KafkaResource
 
     settings = Settings.from_env()
     refs = register_contracts(settings, report=lambda line: None)
-    gen = TpchGenerator(scale, seed)
-    orders = gen.orders()
-    tables = {"region": gen.region(), "nation": gen.nation(), "supplier": gen.supplier(),
-              "customer": gen.customer(), "part": gen.part(), "partsupp": gen.partsupp(),
-              "orders": orders, "lineitem": gen.lineitem(orders)}
+    tables = tpch_tables(scale, seed)
     url = os.environ.get("CONFLUX_POSTGRES_URL", settings.postgres_url)
     written = load_ops(url, tables)
     print("ops tables: " + ", ".join(f"{k}={v:,}" for k, v in written.items()))
+    events = ledger(tables["customer"], ledger_per_customer, seed)
+    streams = (build_stream("tpch.orders", tables["orders"], refs["orders"])
+               + build_stream("tpch.lineitem", tables["lineitem"], refs["lineitem"])
+               + build_stream("ledger.customer", events, refs["customer_ledger"]))
+    records = mix(streams, duplicates=duplicates, invalid=invalid, shuffle=shuffle, seed=seed)
     kafka = KafkaResource(bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS",
                                                             settings.kafka_bootstrap))
-    producer = kafka.producer()
+    producer = kafka.producer(linger_ms=20, batch_size=256 * 1024)
     try:
-        sent = publish(producer, "tpch.orders", orders, ["o_orderkey"], rate=rate,
-                       contract=refs["orders"])
-        lines = publish(producer, "tpch.lineitem", tables["lineitem"],
-                        ["l_orderkey", "l_linenumber"], rate=rate, contract=refs["lineitem"])
+        report = publish_all(producer, records, rate=rate)
     finally:
         producer.close(timeout=10)
-    print(f"published: tpch.orders good={sent:,} duplicate=0 invalid=0")
-    print(f"published: tpch.lineitem good={lines:,} duplicate=0 invalid=0")
-    return {"orders": sent, "lineitem": lines, **{f"ops.{k}": v for k, v in written.items()}}
+    for line in report.lines():
+        print(line)
+    return report
 
 
-def run_demo_producer(settings: Settings, *, rate: float, should_stop: Callable[[], bool]) -> None:
-    """Gentle endless stream for ``conflux dev``: small ops tables, then orders at ``rate``/s."""
+def live_orders(day: pd.Timestamp, n: int, first_key: int, seed: int, late: float = 0.02,
+                scale: float = 0.001) -> pd.DataFrame:
+    """Orders of one business day (a few late ones from the previous month), fresh keys."""
+    df = TpchGenerator(scale, seed).orders().head(n).copy()
+    rng = np.random.default_rng(seed)
+    late_days = np.where(rng.random(len(df)) < late, rng.integers(1, 31, len(df)), 0)
+    df["o_orderdate"] = [(day - pd.Timedelta(days=int(d))).date() for d in late_days]
+    df["o_orderkey"] = np.arange(first_key, first_key + len(df))
+    return df
+
+
+def run_demo_producer(settings: Settings, *, rate: float, should_stop: Callable[[], bool],
+                      day_seconds: float = 30.0) -> None:
+    """A gentle endless stream for ``conflux dev``: small ops tables, then a business day of
+    orders (with their lineitems and some ledger events) every ``day_seconds``, at ``rate``
+    orders/s, 2 % of them late."""
     from conflux.platform import register_contracts
     from resources.kafka import KafkaResource
 
     refs = register_contracts(settings, report=lambda line: None)
-    gen = TpchGenerator(0.001, seed=int(time.time()))
-    load_ops(settings.postgres_url, {"region": gen.region(), "nation": gen.nation(),
-                                     "customer": gen.customer(), "supplier": gen.supplier()})
+    tables = tpch_tables(0.001, seed=7)
+    load_ops(settings.postgres_url, {k: tables[k] for k in
+                                     ("region", "nation", "customer", "supplier", "part", "partsupp")})
     producer = KafkaResource(bootstrap_servers=settings.kafka_bootstrap).producer()
-    print(f"demo producer: publishing orders on tpch.orders at {rate:g}/s (Ctrl-C to stop)",
-          file=sys.stderr)
-    batch_no = 0
+    print(f"demo producer: orders, lineitems and ledger events at {rate:g} orders/s, one "
+          f"business day every {day_seconds:g}s (Ctrl-C to stop)", file=sys.stderr)
+    day = pd.Timestamp("1995-01-01")
+    key = 50_000_000
+    per_day = max(1, int(rate * day_seconds))
+    gen = TpchGenerator(0.001, seed=7)
     try:
         while not should_stop():
-            orders = TpchGenerator(0.001, seed=batch_no).orders()
-            orders["o_orderkey"] += batch_no * 10_000_000  # fresh keys each round
-            publish(producer, "tpch.orders", orders, ["o_orderkey"], rate=rate,
-                    contract=refs["orders"], should_stop=should_stop)
-            batch_no += 1
+            orders = live_orders(day, per_day, key, seed=key)
+            lines = gen.lineitem(orders)
+            events = ledger(tables["customer"].sample(n=min(20, len(tables["customer"])),
+                                                      random_state=key % 1000), 1.0, seed=key)
+            records = (build_stream("tpch.orders", orders, refs["orders"])
+                       + build_stream("tpch.lineitem", lines, refs["lineitem"])
+                       + build_stream("ledger.customer", events, refs["customer_ledger"]))
+            records.sort(key=lambda r: random.random())
+            publish_all(producer, records, rate=rate * len(records) / max(len(orders), 1),
+                        should_stop=should_stop, progress=False)
+            key += per_day
+            day += pd.Timedelta(days=1)
     finally:
         producer.close(timeout=5)

@@ -173,3 +173,28 @@ class TpchGenerator:
             "l_comment": "",
             "o_orderdate": pd.to_datetime(odates).date,
         })
+
+
+LEDGER_KINDS = ["deposit", "withdrawal", "adjustment"]
+
+
+def ledger(customers: pd.DataFrame, per_customer: float = 3.0, seed: int = 42,
+           start_id: int = 0) -> pd.DataFrame:
+    """Customer ledger events (deposit / withdrawal / adjustment) with stable event ids."""
+    rng = np.random.default_rng([seed, 7])
+    n = max(1, int(len(customers) * per_customer))
+    ids = np.arange(start_id, start_id + n)
+    seconds = int((dt.datetime.combine(END_DATE, dt.time()) -
+                   dt.datetime.combine(START_DATE, dt.time())).total_seconds())
+    occurred = (np.datetime64(dt.datetime.combine(START_DATE, dt.time()), "s")
+                + rng.integers(0, seconds, n).astype("timedelta64[s]"))
+    kinds = rng.choice(LEDGER_KINDS, n, p=[0.5, 0.4, 0.1])
+    amounts = np.round(rng.uniform(1.0, 5000.0, n), 2)
+    amounts = np.where(kinds == "adjustment", np.round(rng.uniform(-100, 100, n), 2), amounts)
+    return pd.DataFrame({
+        "event_id": [f"ev-{seed}-{i:012d}" for i in ids],
+        "c_custkey": rng.choice(customers["c_custkey"].to_numpy(), n),
+        "kind": kinds,
+        "amount": amounts,
+        "occurred_at": pd.to_datetime(occurred).to_pydatetime(),
+    })

@@ -50,6 +50,7 @@ def test_batch_dataset_loads_from_ops_into_the_lake(stack, instance, lake):
 def test_running_daemon_turns_demo_events_into_materializations(stack, kafka, instance):
     """End to end: the daemon of the stack runs the catalog's sensor and the ingest runs."""
     df = orders_rows(30, seed=7)
+    df["o_orderkey"] += 90_000_000  # keys of its own: other tests publish demo orders too
     publish(kafka, "tpch.orders", df)
     expected = {str(d) for d in df["o_orderdate"]}
     lake = LakeResource(path=str(stack.settings.lake_path))
