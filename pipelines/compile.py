@@ -25,6 +25,20 @@ def daily_partitions() -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(start_date=EVENT_START_DATE, end_offset=1)
 
 
+def stale_partitions() -> dg.AutomationCondition:
+    """Materialize exactly the partitions whose upstream partitions changed — late events in old
+    partitions included (``eager()`` would only look at the latest day) — once every upstream
+    partition they need exists and nothing of theirs is in progress."""
+    cond = dg.AutomationCondition
+    return (
+        (cond.newly_missing() | cond.any_deps_updated())
+        .since(cond.newly_requested() | cond.newly_updated())
+        & ~cond.any_deps_missing()
+        & ~cond.any_deps_in_progress()
+        & ~cond.in_progress()
+    ).with_label("stale partitions (new or late upstream data)")
+
+
 def kinds_of(ds: Dataset) -> set[str]:
     """Kinds shown as badges in the UI: the mode first, then the technologies."""
     if isinstance(ds, EventDataset):
@@ -37,8 +51,7 @@ def kinds_of(ds: Dataset) -> set[str]:
 def asset_spec(ds: Dataset, catalog: dict[str, Dataset]) -> dg.AssetSpec:
     """The spec of one dataset's asset (pure)."""
     compute = getattr(ds, "compute", None)
-    automation = (dg.AutomationCondition.eager()
-                  if isinstance(ds, BatchDataset) and ds.automation else None)
+    automation = stale_partitions() if isinstance(ds, BatchDataset) and ds.automation else None
     return dg.AssetSpec(
         key=ds.name,
         deps=[dg.AssetDep(up) for up in getattr(ds, "upstream", ())],
