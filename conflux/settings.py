@@ -15,6 +15,7 @@ folder, or an existing Postgres server.
 | ``CONFLUX_POSTGRES_URL`` | (local cluster) | use an existing server instead of starting one |
 | ``CONFLUX_DAGSTER_PORT`` | 3000 | Dagster webserver on 127.0.0.1 |
 | ``CONFLUX_BIND_HOST`` | ``127.0.0.1`` | address every local server binds to |
+| ``CONFLUX_WORKSPACE`` | ``<repo>/workspace.yaml`` | workspace the Dagster webserver and daemon load |
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Settings:
     pg_port: int
     external_pg_url: str | None
     dagster_port: int
+    workspace: Path
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -82,6 +84,7 @@ class Settings:
             pg_port=_int_env(env, "CONFLUX_PG_PORT", 15432),
             external_pg_url=env.get("CONFLUX_POSTGRES_URL") or None,
             dagster_port=_int_env(env, "CONFLUX_DAGSTER_PORT", 3000),
+            workspace=Path(env.get("CONFLUX_WORKSPACE") or REPO_ROOT / "workspace.yaml").resolve(),
         )
         ports = [settings.kafka_port, settings.kafka_controller_port, settings.dagster_port]
         if settings.external_pg_url is None:

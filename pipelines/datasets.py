@@ -104,8 +104,8 @@ class EventDataset(Dataset):
     max_records_per_run: int = 50_000
     max_inflight_runs: int = 2
     ingest: Literal["inline", "runs"] = "inline"
-    inline_max_backlog: int = 2_000
-    tick_budget_s: float = 4.0
+    inline_max_backlog: int = 10_000
+    tick_budget_s: float = 3.5
     linger_ms: int = 200
     flush_records: int = 2_000
     fallback: BatchFallback | None = None

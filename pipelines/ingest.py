@@ -112,13 +112,27 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
         "__offset", pa.array([r.offset for r in recs], pa.int64())).append_column(
         "__ts", pa.array([r.timestamp_ms for r in recs], pa.int64())).append_column(
         "__correlation_id", pa.array(correlation, pa.string()))
-    report.traceparents = sorted({t for r in recs if (t := _header(r, TRACE_HEADER))})[:20]
+    traces: set[str] = set()
+    for r in recs:  # a few examples are enough
+        if (t := _header(r, TRACE_HEADER)) and len(traces) < 20:
+            traces.add(t)
+        elif len(traces) >= 20:
+            break
+    report.traceparents = sorted(traces)
     report.correlation_ids = sorted(set(correlation) - {""})
 
     by_partition: dict[str, list[int]] = {}
-    for i, row in enumerate(decoded.rows):
-        key = partition_of(ds, row[ds.event_time]) if ds.partitioned else UNPARTITIONED
-        by_partition.setdefault(key, []).append(i)
+    if ds.partitioned:
+        names: dict = {}  # event-time value -> partition name (a stream repeats a few days)
+        field_name = ds.event_time
+        for i, row in enumerate(decoded.rows):
+            value = row[field_name]
+            name = names.get(value)
+            if name is None:
+                name = names[value] = partition_of(ds, value)
+            by_partition.setdefault(name, []).append(i)
+    else:
+        by_partition[UNPARTITIONED] = list(range(len(decoded.rows)))
     reasons = dict(report.dead)
     for partition, idx in sorted(by_partition.items()):
         part = table.take(pa.array(idx))
@@ -132,6 +146,7 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
             asset_key=ds.name, partition=key,
             metadata=materialization_metadata(
                 ds, rows=len(idx), contract_version=max(decoded.contracts[i] for i in idx),
+                with_schema=False,
                 source_ranges=dg.MetadataValue.json(sources),
                 rows_in=seen, rows_valid=len(decoded.rows), rows_changed=written,
                 dead_lettered=report.dead_lettered,

@@ -58,15 +58,21 @@ def definition_metadata(ds: Dataset, catalog: dict[str, Dataset]) -> dict[str, A
 
 
 def materialization_metadata(ds: Dataset, *, rows: int, contract_version: str | None = None,
-                             **extra: Any) -> dict[str, Any]:
+                             with_schema: bool = True, **extra: Any) -> dict[str, Any]:
     """Metadata of one materialization: rows, schema, contract, plus path-specific extras
-    (``source_ranges``, ``dead_lettered``, ...), each under ``conflux/<name>``."""
-    meta: dict[str, Any] = {
-        "dagster/row_count": rows,
-        "dagster/column_schema": column_schema(ds),
+    (``source_ranges``, ``dead_lettered``, ...), each under ``conflux/<name>``.
+
+    ``with_schema=False`` leaves the column schema to the asset definition: the event path
+    records a materialization per partition per micro-batch, and serialising the schema into
+    each one cost more than the rest of the event (measured).
+    """
+    meta: dict[str, Any] = {"dagster/row_count": rows}
+    if with_schema:
+        meta["dagster/column_schema"] = column_schema(ds)
+    meta.update({
         "conflux/mode": ds.mode,
         "conflux/contract_version": contract_version or f"{ds.subject}@unregistered",
-    }
+    })
     for key, value in extra.items():
         meta[f"conflux/{key}"] = value
     return meta

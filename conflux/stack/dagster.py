@@ -75,9 +75,6 @@ def _script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-WORKSPACE = REPO_ROOT / "workspace.yaml"
-
-
 class DagsterWebserver(Service):
     name = "dagster-webserver"
     start_timeout = 120.0
@@ -87,13 +84,13 @@ class DagsterWebserver(Service):
         return self.settings.dagster_port
 
     def marker(self) -> str:
-        return f"dagster-webserver {WORKSPACE} --port {self.port}"
+        return f"dagster-webserver {self.settings.workspace} --port {self.port}"
 
     def prepare(self) -> None:
         write_instance(self.settings)
 
     def command(self) -> list[str]:
-        return [_script("dagster-webserver"), "-w", str(WORKSPACE),
+        return [_script("dagster-webserver"), "-w", str(self.settings.workspace),
                 "--host", self.settings.bind_host, "--port", str(self.port)]
 
     def env(self) -> dict[str, str]:
@@ -120,13 +117,13 @@ class DagsterDaemon(Service):
     start_timeout = 120.0
 
     def marker(self) -> str:
-        return f"dagster-daemon run -w {WORKSPACE}"
+        return f"dagster-daemon run -w {self.settings.workspace}"
 
     def prepare(self) -> None:
         write_instance(self.settings)
 
     def command(self) -> list[str]:
-        return [_script("dagster-daemon"), "run", "-w", str(WORKSPACE)]
+        return [_script("dagster-daemon"), "run", "-w", str(self.settings.workspace)]
 
     def env(self) -> dict[str, str]:
         return dagster_env(self.settings)

@@ -72,3 +72,10 @@ def test_unregistered_subject_reads_headerless_events_and_rejects_declared_versi
     resolver = d.ContractResolver("orders", None, [])
     assert resolver.resolve(None)[0] is None
     assert resolver.resolve(b"orders@1")[0] == d.UNKNOWN_SCHEMA
+
+
+def test_rows_equal_what_the_contract_model_gives_and_defaults_are_filled():
+    plain = {k: v for k, v in GOOD.items()}  # no o_comment: the contract defaults it to ""
+    out = decode([rec(plain, 0)])
+    assert out.rows == [Order.model_validate(plain).model_dump()]
+    assert out.rows[0]["o_comment"] == ""
