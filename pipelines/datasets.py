@@ -107,7 +107,7 @@ class EventDataset(Dataset):
     inline_max_backlog: int = 10_000
     tick_budget_s: float = 3.5
     linger_ms: int = 200
-    flush_records: int = 2_000
+    flush_records: int = 5_000
     fallback: BatchFallback | None = None
     append_only: bool = False
     mode: Mode = field(init=False, default="event")

@@ -133,10 +133,12 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
     stats = {"records": 0, "batches": 0, "dead": 0, "partitions": set()}
     buffer: list[Record] = []
     first_at = 0.0
+    linger = ds.linger_ms / 1000
     origin = f"sensor:{ds.name}__kafka"
 
     def flush() -> None:
-        nonlocal cursor, buffer
+        nonlocal cursor, buffer, linger
+        flush_started = time.monotonic()
         ranges = batch_ranges(cursor, buffer)
         report = apply_records(ds, buffer, kafka=kafka, lake=lake, resolver=resolver,
                                origin=origin, sources=[r.as_config() for r in ranges])
@@ -148,13 +150,15 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
         stats["dead"] += report.dead_lettered
         stats["partitions"].update(report.partitions)
         buffer = []
+        # adaptive linger: when applying takes long (many partitions touched), gather more per
+        # micro-batch — the per-partition work, not the record count, is what costs
+        linger = max(ds.linger_ms / 1000, min(2 * (time.monotonic() - flush_started), 1.5))
 
     for polled in kafka.poll_from(positions, deadline=deadline, max_records=ds.flush_records):
         if polled and not buffer:
             first_at = time.monotonic()
         buffer += polled
-        if buffer and (len(buffer) >= ds.flush_records
-                       or time.monotonic() - first_at >= ds.linger_ms / 1000):
+        if buffer and (len(buffer) >= ds.flush_records or time.monotonic() - first_at >= linger):
             flush()
     if buffer:
         flush()
