@@ -136,8 +136,10 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
     linger = ds.linger_ms / 1000
     origin = f"sensor:{ds.name}__kafka"
 
+    last_flush = 0.0
+
     def flush() -> None:
-        nonlocal cursor, buffer, linger
+        nonlocal cursor, buffer, linger, last_flush
         flush_started = time.monotonic()
         ranges = batch_ranges(cursor, buffer)
         report = apply_records(ds, buffer, kafka=kafka, lake=lake, resolver=resolver,
@@ -152,9 +154,12 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
         buffer = []
         # adaptive linger: when applying takes long (many partitions touched), gather more per
         # micro-batch — the per-partition work, not the record count, is what costs
-        linger = max(ds.linger_ms / 1000, min(2 * (time.monotonic() - flush_started), 1.5))
+        last_flush = time.monotonic() - flush_started
+        linger = max(ds.linger_ms / 1000, min(2 * last_flush, 1.5))
 
     for polled in kafka.poll_from(positions, deadline=deadline, max_records=ds.flush_records):
+        if buffer and time.monotonic() + last_flush >= deadline:
+            break  # the final flush must end within the budget, or the daemon skips a tick
         if polled and not buffer:
             first_at = time.monotonic()
         buffer += polled
