@@ -21,7 +21,6 @@ from contracts.lineage import contract_schema
 from contracts.registry import SchemaRegistry
 from pipelines.catalog import ORDERS
 from pipelines.event_path import build_ingest_job
-from resources.kafka import KafkaResource
 from resources.registry import SchemaRegistryResource
 from sensors.kafka_sensor import build_kafka_sensor, parse_cursor
 
@@ -171,7 +170,6 @@ def test_a_run_killed_midway_reruns_to_the_same_result(kafka, topic, instance, r
 import dataclasses, dagster as dg
 from pipelines.catalog import ORDERS
 from pipelines.event_path import build_ingest_job
-from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.registry import SchemaRegistryResource
 ds = dataclasses.replace(ORDERS, name={ds.name!r}, topics=({topic!r},), dlq_topic={ds.dlq_topic!r},

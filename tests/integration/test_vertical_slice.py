@@ -1,7 +1,7 @@
-"""The thin slice: Kafka records reach a sensor, event and batch datasets materialize in Dagster
-with Postgres storage — through a real sensor evaluation and through the running daemon."""
+"""The thin slice through the running stack: a batch dataset loads from ops into the lake with
+Postgres-backed Dagster storage, and the daemon turns demo events into materializations — and
+keeps its sensor cursor across a restart."""
 
-import json
 import time
 
 import dagster as dg
@@ -10,17 +10,13 @@ import pytest
 
 from conflux.demo.producer import event_headers, json_rows, load_ops
 from conflux.demo.tpch import TpchGenerator
-from contracts.tpch import Order
 from pipelines.batch_path import build_batch_asset
 from pipelines.compile import asset_specs
 from pipelines.catalog import NATION
-from pipelines.datasets import EventDataset
-from pipelines.event_path import build_ingest_job
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource
 from resources.postgres import PostgresResource
 from resources.registry import SchemaRegistryResource
-from sensors.kafka_sensor import build_kafka_sensor
 
 
 def orders_rows(n: int, seed: int = 1) -> pd.DataFrame:

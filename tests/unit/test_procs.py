@@ -1,7 +1,6 @@
 """Pid files, ports, health waits and stopping: real processes and sockets, no services."""
 
 import socket
-import subprocess
 import sys
 import time
 
