@@ -162,7 +162,9 @@ class Kafka(Service):
             # never formatted, or a format that died half-way: start from an empty dir
             shutil.rmtree(self.data_dir, ignore_errors=True)
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            run_checked(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
+            # "--cluster-id=ID": a base64 id may start with "-", which argparse would take for
+            # an option (seen in CI: 1 start in 64 failed to format)
+            run_checked(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                                    "-c", str(props), "--standalone"),
                         what="kafka: format storage", log=self.log, timeout=120)
 
