@@ -177,6 +177,28 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else (values or [0])[0]
 
 
+def tick_report(postgres_url: str, sensor: str, since: float) -> dict:
+    """Durations of the sensor's ticks since ``since`` and the slowest tick's own account."""
+    import psycopg
+
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT tick_body FROM job_ticks WHERE timestamp >= to_timestamp(%s)",
+                            (since,)).fetchall()
+    ticks = []
+    for (body,) in rows:
+        data = json.loads(body)
+        if data.get("job_name") == sensor and data.get("end_timestamp"):
+            ticks.append((data["end_timestamp"] - data["timestamp"], data["timestamp"],
+                          data.get("skip_reason") or ""))
+    if not ticks:
+        return {"ticks": 0}
+    ticks.sort(key=lambda t: t[1])
+    gaps = [b[1] - a[1] for a, b in zip(ticks, ticks[1:])]
+    slowest = max(ticks)
+    return {"ticks": len(ticks), "duration_p50": pct([t[0] for t in ticks], 50),
+            "duration_max": slowest[0], "gap_max": max(gaps or [0]), "slowest": slowest[2]}
+
+
 def phase(label, *, stack, kafka, instance, topic, asset, job, ref, rate, duration, key, timeout):
     import dagster as dg
 
@@ -193,6 +215,9 @@ def phase(label, *, stack, kafka, instance, topic, asset, job, ref, rate, durati
     sampler.stop.set()
     sampler.join()
     runs = instance.get_runs_count(dg.RunsFilter(job_name=job)) - runs_before
+    if label == "conflux":
+        ticks = tick_report(os.environ["CONFLUX_POSTGRES_URL"], f"{asset}__kafka", since)
+        print(f"  {label} @ {rate:g}/s ticks: {json.dumps(ticks)}", file=sys.stderr)
     return {"label": label, "rate": rate, "events": len(sent), "missing": missing,
             "p50": pct(lat, 50), "p95": pct(lat, 95), "max": max(lat or [0]),
             "cores": sampler.used() / wall, "runs": runs}
@@ -240,14 +265,14 @@ def throughput(kafka, registry_url: str, n: int) -> dict:
         ds = __import__("dataclasses").replace(ORDERS, topics=(topic,), dlq_topic=f"{topic}.dlq")
         lake = LakeResource(path=tempfile.mkdtemp(prefix="conflux-bench-lake-"))
         resolver = resolver_for(ds, SchemaRegistryResource(url=registry_url))
+        # what one ingest run does with one range per partition (``next_batch``)
+        sources = [{"topic": topic, "partition": p, "start": 0, "end": end}
+                   for p, end in ends.items()]
         t = time.perf_counter()
-        total = 0
-        for p, end in ends.items():
-            report = apply_records(ds, kafka.read_range(topic, p, 0, end), kafka=kafka, lake=lake,
-                                   resolver=resolver, origin="bench",
-                                   sources=[{"topic": topic, "partition": p, "start": 0, "end": end}])
-            total += report.rows_in
-        return total / (time.perf_counter() - t)
+        report = apply_records(ds, kafka.read_ranges([(topic, p, 0, end) for p, end in ends.items()]),
+                               kafka=kafka, lake=lake, resolver=resolver, origin="bench",
+                               sources=sources)
+        return report.rows_in / (time.perf_counter() - t)
 
     raw_rate = max(raw(), raw())
     our_rate = max(ours(), ours())

@@ -149,8 +149,9 @@ def decode_batch(records: Sequence[Record], contract: type[BaseModel], key: Sequ
     rows = validated if not validated or isinstance(validated[0], dict) else adapter.dump_python(validated)
     defaults = _adapters(contract)[2]
     if defaults:  # fields left out by the producer take the contract's defaults
+        n_fields = len(contract.model_fields)
         for row in rows:
-            if len(row) < len(contract.model_fields):
+            if len(row) < n_fields:
                 for name, value in defaults.items():
                     row.setdefault(name, value)
     nullable = [k for k in key if _nullable(contract, k)]

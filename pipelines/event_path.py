@@ -6,7 +6,6 @@ contract version each record declares, dead-letter bad records with their reason
 rows by key into the event-time partitions they belong to, one materialization per partition.
 """
 
-import itertools
 
 import dagster as dg
 
@@ -46,8 +45,7 @@ def build_ingest_job(ds: EventDataset, *, executor: dg.ExecutorDefinition = dg.i
     def ingest(context: dg.OpExecutionContext, config: IngestConfig, kafka: KafkaResource,
                lake: LakeResource, registry: SchemaRegistryResource) -> None:
         sources = [r.model_dump() for r in config.ranges]
-        records = itertools.chain.from_iterable(
-            kafka.read_range(r.topic, r.partition, r.start, r.end) for r in config.ranges)
+        records = kafka.read_ranges([(r.topic, r.partition, r.start, r.end) for r in config.ranges])
         report = apply_records(ds, records, kafka=kafka, lake=lake,
                                resolver=resolver_for(ds, registry), origin=context.run_id,
                                sources=sources, lag=range_lag(kafka, sources))
@@ -56,7 +54,7 @@ def build_ingest_job(ds: EventDataset, *, executor: dg.ExecutorDefinition = dg.i
         if report.correlation_ids or report.traceparents:
             context.instance.add_run_tags(context.run_id, {
                 "conflux/correlation_id": (report.correlation_ids or [""])[0][:63],
-                "conflux/correlation_ids": str(len(report.correlation_ids)),
+                "conflux/correlation_ids": str(report.distinct_correlation_ids),
                 "conflux/traceparent": (report.traceparents or [""])[0][:63],
             })
         spans = ", ".join(f"{r.topic}[{r.partition}] [{r.start}, {r.end})" for r in config.ranges)

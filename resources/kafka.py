@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import dagster as dg
@@ -31,7 +31,7 @@ class Record(NamedTuple):
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: Sequence[tuple[str, bytes]]  # as kafka-python hands them over
 
     def header(self, name: str) -> bytes | None:
         for key, value in self.headers:
@@ -129,32 +129,50 @@ class KafkaResource(dg.ConfigurableResource):
     # --- reading and writing -----------------------------------------------------------------
     def read_range(self, topic: str, partition: int, start: int, end: int) -> Iterator[Record]:
         """Yield exactly the records with ``start <= offset < end`` of one partition."""
-        if end <= start:
+        return self.read_ranges([(topic, partition, start, end)])
+
+    def read_ranges(self, ranges: Iterable[tuple[str, int, int, int]],
+                    idle_timeout_s: float = 30.0) -> Iterator[Record]:
+        """Yield exactly the records of ``(topic, partition, start, end)`` ranges (``start <=
+        offset < end``; one range per partition), read by one consumer assigned to all of them —
+        in per-partition order, interleaved across partitions as fetched.
+
+        Raises:
+            KafkaError: when a range stops yielding records for ``idle_timeout_s`` (the records
+                are gone, e.g. deleted by retention, or the broker is down).
+        """
+        todo = {TopicPartition(t, p): (s, e) for t, p, s, e in ranges if e > s}
+        if not todo:
             return
         consumer = self.consumer()
-        tp = TopicPartition(topic, partition)
         try:
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            position = start
-            idle_polls = 0
-            while position < end:
-                batch = consumer.poll(timeout_ms=1000, max_records=5000).get(tp, [])
-                if not batch:
-                    idle_polls += 1
-                    if idle_polls > 30:
-                        raise KafkaError(
-                            f"no records from {topic}[{partition}] at offset {position} for 30s "
-                            f"while reading [{start}, {end})"
-                        )
+            consumer.assign(list(todo))
+            for tp, (start, _) in todo.items():
+                consumer.seek(tp, start)
+            position = {tp: start for tp, (start, _) in todo.items()}
+            idle_since = time.monotonic()
+            while todo:
+                polled = consumer.poll(timeout_ms=1000, max_records=10_000)
+                if not polled:
+                    if time.monotonic() - idle_since > idle_timeout_s:
+                        stuck = ", ".join(f"{tp.topic}[{tp.partition}] at offset {position[tp]} "
+                                          f"of [{s}, {e})" for tp, (s, e) in todo.items())
+                        raise KafkaError(f"no records for {idle_timeout_s:g}s from {stuck}")
                     continue
-                idle_polls = 0
-                for msg in batch:
-                    if msg.offset >= end:
-                        return
-                    position = msg.offset + 1
-                    yield Record(msg.topic, msg.partition, msg.offset, msg.timestamp,
-                                 msg.key, msg.value, tuple(msg.headers or ()))
+                idle_since = time.monotonic()
+                for tp, msgs in polled.items():
+                    if tp not in todo:
+                        continue
+                    end = todo[tp][1]
+                    for m in msgs:
+                        if m.offset >= end:
+                            break
+                        yield Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
+                                     m.headers or ())
+                    position[tp] = msgs[-1].offset + 1
+                    if position[tp] >= end:
+                        del todo[tp]
+                        consumer.pause(tp)
         finally:
             consumer.close()
 

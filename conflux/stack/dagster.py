@@ -12,6 +12,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from conflux.errors import StackError
 from conflux.settings import REPO_ROOT, Settings
 from conflux.stack.procs import port_open
 from conflux.stack.service import Service
@@ -69,6 +70,30 @@ def write_instance(settings: Settings) -> Path:
     return path
 
 
+def ensure_storage(settings: Settings) -> None:
+    """Create (or upgrade) Dagster's tables in Postgres once, before any Dagster process starts.
+
+    Left to the processes, the webserver, the daemon and its liveness check race to create the
+    same tables on a fresh database ("type snapshots already exists"). A marker per database and
+    Dagster version skips the ~3 s ``dagster instance migrate`` on later starts.
+    """
+    import hashlib
+    import subprocess
+    from importlib.metadata import version
+
+    write_instance(settings)
+    tag = hashlib.sha256(f"{settings.postgres_url}|{version('dagster')}".encode()).hexdigest()[:16]
+    marker = settings.dagster_home / f".storage-{tag}"
+    if marker.exists():
+        return
+    res = subprocess.run([_script("dagster"), "instance", "migrate"], env=dagster_env(settings),
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    if res.returncode != 0:
+        raise StackError(f"dagster instance migrate failed (exit {res.returncode}):\n"
+                         f"{(res.stderr or res.stdout)[-2000:]}")
+    marker.touch()
+
+
 def _script(name: str) -> str:
     """A console script installed beside the running interpreter (the project's venv)."""
     candidate = Path(sys.executable).parent / name
@@ -87,7 +112,7 @@ class DagsterWebserver(Service):
         return f"dagster-webserver {self.settings.workspace} --port {self.port}"
 
     def prepare(self) -> None:
-        write_instance(self.settings)
+        ensure_storage(self.settings)
 
     def command(self) -> list[str]:
         return [_script("dagster-webserver"), "-w", str(self.settings.workspace),
@@ -120,7 +145,7 @@ class DagsterDaemon(Service):
         return f"dagster-daemon run -w {self.settings.workspace}"
 
     def prepare(self) -> None:
-        write_instance(self.settings)
+        ensure_storage(self.settings)
 
     def command(self) -> list[str]:
         return [_script("dagster-daemon"), "run", "-w", str(self.settings.workspace)]

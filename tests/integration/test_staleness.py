@@ -9,6 +9,7 @@ import pandas as pd
 from contracts import tpch
 from pipelines.compile import build_definitions
 from pipelines.datasets import BatchDataset, EventDataset
+from pipelines.events import report_materializations
 
 
 def mini_catalog():
@@ -28,8 +29,23 @@ def mini_catalog():
 
 
 def materialize(instance, name, *partitions):
-    for p in partitions or (None,):
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=name, partition=p))
+    """Record materializations the way the sensor does: one batched write per micro-batch."""
+    report_materializations(instance, [dg.AssetMaterialization(asset_key=name, partition=p)
+                                       for p in partitions or (None,)])
+
+
+def test_batched_materializations_are_stored_like_single_ones(instance):
+    name = f"batched_{uuid.uuid4().hex[:8]}"
+    days = ["1995-02-01", "1995-02-02", "1995-02-03"]
+    report_materializations(instance, [
+        dg.AssetMaterialization(asset_key=name, partition=d, metadata={"conflux/rows": i})
+        for i, d in enumerate(days)])
+    records = instance.fetch_materializations(dg.AssetKey(name), limit=10).records
+    assert sorted((r.partition_key, r.asset_materialization.metadata["conflux/rows"].value)
+                  for r in records) == [(d, i) for i, d in enumerate(days)]
+    assert all(r.run_id == "" for r in records)  # runless, as report_runless_asset_event stores
+    assert instance.get_materialized_partitions(dg.AssetKey(name)) == set(days)
+    assert instance.get_latest_materialization_event(dg.AssetKey(name)) is not None
 
 
 def test_exactly_the_affected_partitions_are_requested(instance):
