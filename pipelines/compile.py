@@ -90,6 +90,7 @@ def build_definitions(datasets: Iterable[Dataset]) -> dg.Definitions:
     """Everything Dagster needs for a catalog: assets, jobs, sensors, schedules, resources."""
     from pipelines.batch_path import build_batch_asset
     from pipelines.event_path import build_ingest_job
+    from pipelines.fallback_path import build_fallback
     from pipelines.resources import platform_resources
     from sensors.kafka_sensor import build_kafka_sensor
 
@@ -100,17 +101,23 @@ def build_definitions(datasets: Iterable[Dataset]) -> dg.Definitions:
     jobs: list = []
     sensors: list = []
     schedules: list = []
+    checks: list = []
     for name, ds in catalog.items():
         if isinstance(ds, EventDataset):
             ingest = build_ingest_job(ds)
             assets.append(specs[name])
             jobs.append(ingest)
             sensors.append(build_kafka_sensor(ds, ingest))
+            if ds.fallback is not None:
+                check, job, schedule = build_fallback(ds)
+                checks.append(check)
+                jobs.append(job)
+                schedules.append(schedule)
         elif isinstance(ds, BatchDataset):
             assets.append(build_batch_asset(ds, specs[name], catalog))
             if ds.schedule:
                 job = dg.define_asset_job(f"{ds.name}__job", selection=[name])
                 jobs.append(job)
                 schedules.append(schedule_for(ds, job))
-    return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, schedules=schedules,
-                          resources=platform_resources())
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors,
+                          schedules=schedules, resources=platform_resources())

@@ -24,7 +24,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -210,6 +210,21 @@ class LakeResource(dg.ConfigurableResource):
         if len(self.deltas(dataset, partition)) >= compact_after:
             self.compact(dataset, partition)
         return len(incoming)
+
+    def rewrite(self, dataset: str, partition: str | None,
+                transform: Callable[[pa.Table | None], pa.Table | None]) -> None:
+        """Replace a partition by ``transform(current content)`` under its lock (pending deltas
+        are folded in first and dropped after); ``None`` from ``transform`` empties it."""
+        with self.locked(dataset, partition):
+            current, deltas = self._read_merged(dataset, partition)
+            result = transform(current)
+            target = self.file(dataset, partition)
+            if result is None:
+                target.unlink(missing_ok=True)
+            else:
+                self._write_file(target, result)
+            for d in deltas:
+                d.unlink(missing_ok=True)
 
     def compact(self, dataset: str, partition: str | None = None) -> int:
         """Fold the partition's delta files into its base file; returns how many were folded.
