@@ -4,6 +4,10 @@
     conflux dev [--no-demo] [--rate N]         stack + UI + daemon + demo events, until Ctrl-C
     conflux contracts register|check|diff|mode the schema registry
     conflux produce tpch [...]                 publish demo events (see ``conflux produce -h``)
+    conflux backfill DATASET --start D --end D backfill a date range (batch: Dagster backfill;
+                                               event: reconcile + repair from the batch source)
+    conflux replay DATASET --since TIME        re-apply an event dataset from Kafka (offsets of TIME)
+    conflux ops apply FILE | relay | status    change ops tables through the transactional outbox
 
 Exit codes: 0 success, 1 failure (the message names the service / subject / topic involved),
 2 usage error.
@@ -60,6 +64,20 @@ def cmd_stack_reset(args) -> int:
     return 0
 
 
+def _start_relay(settings, should_stop) -> None:
+    """The outbox relay, in the background of ``conflux dev``."""
+    import threading
+
+    from pipelines.outbox import run_relay
+    from resources.kafka import KafkaResource
+
+    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+    threading.Thread(target=run_relay, name="outbox-relay", daemon=True,
+                     args=(settings.postgres_url, kafka),
+                     kwargs={"should_stop": should_stop,
+                             "report": lambda line: print(line, file=sys.stderr)}).start()
+
+
 def cmd_dev(args) -> int:
     """Stack + Dagster UI and daemon + demo producer in the foreground until Ctrl-C."""
     stack = _stack(args)
@@ -74,6 +92,7 @@ def cmd_dev(args) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         started = stack.up()
+        _start_relay(stack.settings, lambda: stop["now"])
         print(f"\nConflux is up: Dagster UI at {stack.settings.dagster_url}  (Ctrl-C to stop)")
         if args.no_demo:
             while not stop["now"]:
@@ -102,7 +121,8 @@ def cmd_produce_tpch(args) -> int:
         print("conflux: --scale must be > 0 and --rate >= 0", file=sys.stderr)
         return 2
     produce_tpch(scale=args.scale, rate=args.rate, duplicates=args.duplicates,
-                 shuffle=args.shuffle, invalid=args.invalid, seed=args.seed)
+                 shuffle=args.shuffle, invalid=args.invalid, seed=args.seed,
+                 via_outbox=args.via_outbox)
     return 0
 
 
@@ -148,6 +168,99 @@ def cmd_contracts_mode(args) -> int:
     registry.ensure_schema()
     registry.set_mode(args.subject, args.mode)
     print(f"{args.subject}: compatibility {registry.mode(args.subject).value}")
+    return 0
+
+
+def _dataset(name: str):
+    from conflux.errors import ConfigError
+    from pipelines.catalog import CATALOG
+
+    if name not in CATALOG:
+        raise ConfigError(f"unknown dataset {name!r}; declared: {', '.join(sorted(CATALOG))}")
+    return CATALOG[name]
+
+
+def cmd_backfill(args) -> int:
+    from conflux.backfill import backfill
+    from conflux.settings import Settings
+
+    ok = backfill(_dataset(args.dataset), args.start, args.end, url=Settings.from_env().dagster_url,
+                  wait=args.wait, timeout=args.timeout)
+    return 0 if ok else 1
+
+
+def cmd_replay(args) -> int:
+    from conflux.backfill import replay
+    from conflux.errors import ConfigError
+    from conflux.settings import Settings
+    from pipelines.datasets import EventDataset
+    from resources.kafka import KafkaResource
+
+    ds = _dataset(args.dataset)
+    if not isinstance(ds, EventDataset):
+        raise ConfigError(f"{ds.name} is a batch dataset; use `conflux backfill`")
+    settings = Settings.from_env()
+    ok = replay(ds, args.since, kafka=KafkaResource(bootstrap_servers=settings.kafka_bootstrap),
+                url=settings.dagster_url, wait=args.wait, timeout=args.timeout,
+                dry_run=args.dry_run)
+    return 0 if ok else 1
+
+
+def cmd_ops_apply(args) -> int:
+    import psycopg
+
+    from conflux.settings import Settings
+    from pipelines.catalog import CATALOG
+    from pipelines.outbox import apply_changes, parse_changes, targets
+
+    known = targets(CATALOG)
+    try:
+        with open(args.file) as handle:
+            changes = parse_changes(handle, known)
+    except OSError as exc:
+        print(f"conflux: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    with psycopg.connect(Settings.from_env().postgres_url) as conn:
+        applied = apply_changes(conn, changes, known)
+    rows = ", ".join(f"{n} row(s) to ops.{t}" for t, n in sorted(applied.rows.items()))
+    print(f"applied {rows or 'nothing'} and queued {applied.events} event(s) in ops.outbox "
+          f"(one transaction); the relay publishes them (`conflux ops relay`, or `conflux dev`)")
+    return 0
+
+
+def cmd_ops_relay(args) -> int:
+    import psycopg
+
+    from conflux.settings import Settings
+    from pipelines.outbox import relay_all, run_relay
+    from resources.kafka import KafkaResource
+
+    settings = Settings.from_env()
+    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+    if args.once:
+        with psycopg.connect(settings.postgres_url) as conn:
+            done = relay_all(conn, kafka)
+        print(f"published {done.published} outbox event(s) in {done.batches} batch(es)")
+        return 0
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    print("relaying ops.outbox to Kafka (Ctrl-C to stop)")
+    try:
+        done = run_relay(settings.postgres_url, kafka, should_stop=lambda: stop["now"])
+    except KeyboardInterrupt:
+        return 0
+    print(f"published {done.published} outbox event(s)")
+    return 0
+
+
+def cmd_ops_status(args) -> int:
+    import psycopg
+
+    from conflux.settings import Settings
+    from pipelines.outbox import pending
+
+    with psycopg.connect(Settings.from_env().postgres_url) as conn:
+        print(f"ops.outbox: {pending(conn)} event(s) waiting for the relay")
     return 0
 
 
@@ -219,7 +332,42 @@ def build_parser() -> argparse.ArgumentParser:
                       help="add this fraction of invalid records (bad JSON, wrong types, missing "
                            "fields, undecodable bytes, unknown contract versions)")
     tpch.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    tpch.add_argument("--via-outbox", action="store_true",
+                      help="write orders and lineitems with their events through the "
+                           "transactional outbox (published by the relay) instead of directly")
     tpch.set_defaults(func=cmd_produce_tpch)
+
+    bf = sub.add_parser("backfill", help="backfill a dataset over a date range (through the UI's "
+                        "API: it shows in the UI)")
+    bf.add_argument("dataset", help="dataset name, e.g. revenue_by_nation or orders")
+    bf.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    bf.add_argument("--end", required=True, help="last day (inclusive), YYYY-MM-DD")
+    bf.add_argument("--wait", action="store_true", help="follow it until done; exit 1 on failure")
+    bf.add_argument("--timeout", type=float, default=1800, help="seconds to wait (default 1800)")
+    bf.set_defaults(func=cmd_backfill)
+
+    rp = sub.add_parser("replay", help="re-apply an event dataset from Kafka since a point in "
+                        "time (offsets_for_times); idempotent")
+    rp.add_argument("dataset", help="event dataset name, e.g. orders")
+    rp.add_argument("--since", required=True, help="arrival time, ISO date or date-time (UTC "
+                    "when no zone is given)")
+    rp.add_argument("--dry-run", action="store_true", help="print the plan, launch nothing")
+    rp.add_argument("--wait", action="store_true", help="follow the runs until done")
+    rp.add_argument("--timeout", type=float, default=1800, help="seconds to wait (default 1800)")
+    rp.set_defaults(func=cmd_replay)
+
+    ops = sub.add_parser("ops", help="the operational database: dual-write through the outbox")
+    ops_sub = ops.add_subparsers(dest="ops_command", required=True)
+    apply_ = ops_sub.add_parser("apply", help="upsert rows of a JSON-lines FILE into ops tables "
+                                "and queue their events, in one transaction")
+    apply_.add_argument("file", help='JSON lines: {"table": "orders", "row": {...}, '
+                        '"correlation_id": "optional"}')
+    apply_.set_defaults(func=cmd_ops_apply)
+    relay = ops_sub.add_parser("relay", help="publish queued outbox events to Kafka")
+    relay.add_argument("--once", action="store_true", help="drain the outbox, then exit")
+    relay.set_defaults(func=cmd_ops_relay)
+    ops_sub.add_parser("status", help="events waiting in the outbox").set_defaults(
+        func=cmd_ops_status)
     return parser
 
 

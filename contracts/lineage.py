@@ -71,3 +71,22 @@ def derive_column_lineage(
             if (up, fld) not in deps:
                 deps.append((up, fld))
     return lineage
+
+
+_ARROW_TYPES = {"integer": "int64", "number": "float64", "string": "string", "date": "date32",
+                "boolean": "bool"}
+
+
+def arrow_schema(contract: type[BaseModel]):
+    """The Arrow schema of a contract's rows (used for typed empty tables)."""
+    import pyarrow as pa
+
+    fields = []
+    for name, kind, _, nullable in column_types(contract):
+        base = kind.split(" ")[0].split("/")[0]
+        if base == "date-time":
+            arrow = pa.timestamp("us", tz="UTC")
+        else:
+            arrow = pa.type_for_alias(_ARROW_TYPES.get(base, "string"))
+        fields.append(pa.field(name, arrow, nullable=nullable))
+    return pa.schema(fields)

@@ -2,9 +2,10 @@
 datasets, reading only the partitions they need."""
 
 import dagster as dg
-import pandas as pd
+import pyarrow as pa
 
-from contracts.lineage import contract_schema
+from contracts.lineage import arrow_schema, contract_schema
+from pipelines import ops_load
 from pipelines.datasets import BatchDataset, Dataset
 from pipelines.metadata import column_lineage, materialization_metadata
 from resources.lake import LakeResource
@@ -22,17 +23,19 @@ def contract_ref(ds: Dataset, registry: SchemaRegistryResource) -> str | None:
 
 
 def read_inputs(ds: BatchDataset, catalog: dict[str, Dataset], lake: LakeResource,
-                partitions: list[str] | None) -> dict[str, pd.DataFrame]:
-    """Upstream data for the run: the run's partitions of partitioned upstreams, all of the rest."""
+                partitions: list[str] | None) -> dict[str, pa.Table]:
+    """Upstream data for the run, as Arrow tables of the contract columns: the run's partitions
+    of partitioned upstreams, all of the rest (empty, typed tables when nothing is stored)."""
     inputs = {}
     for up in ds.upstream:
         upstream = catalog[up]
-        if upstream.partitioned and partitions is not None:
-            frames = [f for p in partitions if (f := lake.read(up, p)) is not None]
-        else:
-            frames = [f for p in lake.partitions(up) if (f := lake.read(up, p)) is not None]
-        inputs[up] = (pd.concat(frames, ignore_index=True) if frames
-                      else pd.DataFrame(columns=list(upstream.fields)))
+        wanted = partitions if upstream.partitioned and partitions is not None else None
+        columns = list(ds.reads.get(up, upstream.fields))
+        table = lake.read_partitions(up, wanted, columns=columns)
+        if table is None:
+            schema = arrow_schema(upstream.contract)
+            table = pa.schema([schema.field(c) for c in columns]).empty_table()
+        inputs[up] = table
     return inputs
 
 
@@ -49,12 +52,24 @@ def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
         extra = {} if lineage is None else {"dagster/column_lineage": lineage}
         ref = contract_ref(ds, registry)
         if ds.source_table:
-            schema, table = ds.source_table.split(".", 1)
-            df = postgres.read_table(schema, table, list(ds.fields))
-            lake.write(ds.name, df)
+            previous = context.instance.get_latest_materialization_event(dg.AssetKey(ds.name))
+            meta = previous.asset_materialization.metadata if previous else {}
+            watermark = meta.get("conflux/watermark")
+            since_full = meta.get("conflux/loads_since_full")
+            loaded = ops_load.load(ds, postgres=postgres, lake=lake,
+                                   previous_watermark=watermark.value if watermark else None,
+                                   loads_since_full=since_full.value if since_full else 0)
+            context.log.info(f"{ds.name}: {loaded.mode} load of {ds.source_table}: "
+                             f"{loaded.rows_read} row(s) read ({loaded.reason})")
+            total = lake.read_table(ds.name)
             return dg.MaterializeResult(metadata={
-                **materialization_metadata(ds, rows=len(df), contract_version=ref,
-                                           source_table=ds.source_table), **extra})
+                **materialization_metadata(
+                    ds, rows=len(total) if total is not None else 0, contract_version=ref,
+                    source_table=ds.source_table, load_mode=loaded.mode,
+                    load_reason=loaded.reason, rows_read=loaded.rows_read,
+                    rows_written=loaded.rows_written, watermark=loaded.watermark or "",
+                    loads_since_full=0 if loaded.mode == "snapshot" else
+                    (since_full.value if since_full else 0) + 1), **extra})
         partitions = (list(context.partition_keys) if ds.partitioned else None)
         if partitions:
             context.log.info(f"{ds.name}: computing {len(partitions)} partition(s) "

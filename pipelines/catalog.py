@@ -51,6 +51,10 @@ REVENUE_BY_NATION = BatchDataset(
     compute=revenue_by_nation, schedule="30 * * * *", automation=True,
     lineage={"revenue": ("lineitem.l_extendedprice", "lineitem.l_discount"),
              "o_orderdate": ("orders.o_orderdate",)},
+    reads={"orders": ("o_orderkey", "o_custkey", "o_orderdate"),
+           "lineitem": ("l_orderkey", "l_suppkey", "l_extendedprice", "l_discount"),
+           "customer": ("c_custkey", "c_nationkey"), "supplier": ("s_suppkey", "s_nationkey"),
+           "nation": ("n_nationkey", "n_name")},
     description="Daily revenue per nation where customer and supplier share the nation "
                 "(TPC-H Q5 without the region/year filter).",
 )

@@ -140,6 +140,11 @@ class BatchDataset(Dataset):
         backfill: ``"single_run"`` (a range runs as one vectorized run) or ``"per_partition"``.
         lineage: extra column lineage ``{column: ("upstream.field", ...)}``; columns named like
             an upstream field are derived automatically.
+        reads: the columns ``compute`` needs per upstream (default: every contract field); a
+            join over wide tables reads, and holds in memory, only these.
+        full_every: a table load with an ``updated_at`` column is incremental; every
+            ``full_every``-th load is a full snapshot (incremental reads cannot see deletions).
+        overlap_s: incremental reads go back this far before the watermark (late commits).
     """
 
     source_table: str | None = None
@@ -149,6 +154,9 @@ class BatchDataset(Dataset):
     automation: bool = False
     backfill: Literal["single_run", "per_partition"] = "single_run"
     lineage: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    full_every: int = 24
+    overlap_s: float = 300.0
     mode: Mode = field(init=False, default="batch")
 
 
@@ -187,6 +195,8 @@ def _check_one(ds: Dataset) -> None:
             _fail(ds.name, "a batch dataset declares exactly one of source_table or compute")
         if ds.compute is not None and not ds.upstream:
             _fail(ds.name, "a computed batch dataset must name its upstream datasets")
+        if ds.full_every < 1 or ds.overlap_s < 0:
+            _fail(ds.name, "full_every must be >= 1 and overlap_s >= 0")
         if ds.source_table is not None and "." not in ds.source_table:
             _fail(ds.name, f"source_table {ds.source_table!r} must be schema.table")
 
@@ -217,6 +227,12 @@ def validate_catalog(datasets: Iterable[Dataset]) -> dict[str, Dataset]:
         for up in ds.upstream:
             if up not in by_name:
                 _fail(ds.name, f"upstream {up!r} is not a declared dataset")
+        for up, columns in getattr(ds, "reads", {}).items():
+            if up not in ds.upstream:
+                _fail(ds.name, f"reads names {up!r}, which is not one of its upstream datasets")
+            unknown = [c for c in columns if c not in by_name[up].fields]
+            if unknown:
+                _fail(ds.name, f"reads {up}.{unknown[0]}, not a field of {up}'s contract")
         for column, sources in ds.lineage.items():
             if column not in ds.fields:
                 _fail(ds.name, f"lineage names column {column!r}, not in its contract")

@@ -126,6 +126,25 @@ class KafkaResource(dg.ConfigurableResource):
         finally:
             consumer.close()
 
+    def offsets_at(self, topic: str, timestamp_ms: int) -> dict[int, tuple[int, int, int]] | None:
+        """Per partition: (first offset whose record timestamp is >= ``timestamp_ms`` — the
+        end offset when none is —, earliest retained offset, end offset). None when the topic
+        does not exist. Uses kafka-python's ``offsets_for_times``."""
+        consumer = self.consumer()
+        try:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                return None
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            timeout = self.request_timeout_ms
+            found = consumer.offsets_for_times({tp: timestamp_ms for tp in tps}, timeout_ms=timeout)
+            begins = consumer.beginning_offsets(tps, timeout_ms=timeout)
+            ends = consumer.end_offsets(tps, timeout_ms=timeout)
+            return {tp.partition: (found[tp].offset if found.get(tp) else ends[tp], begins[tp],
+                                   ends[tp]) for tp in tps}
+        finally:
+            consumer.close()
+
     # --- reading and writing -----------------------------------------------------------------
     def read_range(self, topic: str, partition: int, start: int, end: int) -> Iterator[Record]:
         """Yield exactly the records with ``start <= offset < end`` of one partition."""

@@ -143,6 +143,32 @@ class LakeResource(dg.ConfigurableResource):
             return merged, deltas
         raise RuntimeError(f"{dataset}/{partition}: could not read a stable set of delta files")
 
+    def read_partitions(self, dataset: str, partitions: list[str] | None = None,
+                        columns: list[str] | None = None) -> pa.Table | None:
+        """Several partitions (all when None) as one table: base files read together by
+        ``pyarrow.dataset`` (multi-threaded), partitions with pending deltas merged one by one.
+        None when none of them holds data."""
+        import pyarrow.dataset as pads
+
+        names = self.partitions(dataset) if partitions is None else partitions
+        bulk, merged = [], []
+        for name in names:
+            if self.deltas(dataset, name):
+                table = self.read_table(dataset, name)
+                if table is not None:
+                    merged.append(table.select(columns) if columns else table)
+            elif (f := self.file(dataset, name)).exists():
+                bulk.append(str(f))
+        tables = merged
+        if bulk:
+            try:
+                tables = [pads.dataset(bulk, format="parquet").to_table(columns=columns), *merged]
+            except FileNotFoundError:  # a partition was compacted or rewritten meanwhile
+                return self.read_partitions(dataset, partitions, columns)
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
     def read_table(self, dataset: str, partition: str | None = None) -> pa.Table | None:
         return self._read_merged(dataset, partition)[0]
 

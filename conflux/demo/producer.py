@@ -91,14 +91,24 @@ def json_values(df: pd.DataFrame) -> list[bytes]:
     return [line.encode() for line in text.splitlines()]
 
 
-def load_ops(pg_url: str, tables: dict[str, pd.DataFrame]) -> dict[str, int]:
-    """Replace ops tables in one transaction; returns rows per table."""
+def load_ops(pg_url: str, tables: dict[str, pd.DataFrame],
+             empty: tuple[str, ...] = ()) -> dict[str, int]:
+    """Replace ops tables in one transaction; returns rows per table. Tables named in ``empty``
+    are created with their columns' types (taken from the data) but no rows. Each gets an
+    ``updated_at`` column maintained by a trigger."""
+    from pipelines.ops_load import add_updated_at
     from resources.postgres import replace_table
 
     written = {}
     with psycopg.connect(pg_url) as conn:
         for name, df in tables.items():
-            written[name] = replace_table(conn, "ops", name, df, OPS_KEYS[name])
+            if name in empty:
+                replace_table(conn, "ops", name, df.head(1), OPS_KEYS[name])
+                conn.execute(f'delete from ops."{name}"')
+                written[name] = 0
+            else:
+                written[name] = replace_table(conn, "ops", name, df, OPS_KEYS[name])
+            add_updated_at(conn, name)  # like an operational table: incremental loads read it
     return written
 
 
@@ -226,9 +236,13 @@ def tpch_tables(scale: float, seed: int) -> dict[str, pd.DataFrame]:
 
 
 def produce_tpch(scale: float, rate: float = 0.0, *, duplicates: float = 0.0, shuffle: bool = False,
-                 invalid: float = 0.0, seed: int = 42, ledger_per_customer: float = 3.0
-                 ) -> SendReport:
-    """Load ops tables and publish orders, lineitems and ledger events; prints the counts."""
+                 invalid: float = 0.0, seed: int = 42, ledger_per_customer: float = 3.0,
+                 via_outbox: bool = False) -> SendReport:
+    """Load ops tables and publish orders, lineitems and ledger events; prints the counts.
+
+    With ``via_outbox``, orders and lineitems are written like the order service would with a
+    transactional outbox: rows and outbox events in one transaction, published by the relay
+    (``conflux ops relay`` or ``conflux dev``); ledger events are still published directly."""
     for name, value in (("--duplicates", duplicates), ("--invalid", invalid)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be a fraction between 0 and 1, got {value}")
@@ -239,12 +253,16 @@ def produce_tpch(scale: float, rate: float = 0.0, *, duplicates: float = 0.0, sh
     refs = register_contracts(settings, report=lambda line: None)
     tables = tpch_tables(scale, seed)
     url = os.environ.get("CONFLUX_POSTGRES_URL", settings.postgres_url)
-    written = load_ops(url, tables)
+    outboxed = ("orders", "lineitem") if via_outbox else ()
+    written = load_ops(url, tables, empty=outboxed)
+    if via_outbox:
+        written.update(_through_outbox(url, {k: tables[k] for k in outboxed}))
     print("ops tables: " + ", ".join(f"{k}={v:,}" for k, v in written.items()))
     events = ledger(tables["customer"], ledger_per_customer, seed)
-    streams = (build_stream("tpch.orders", tables["orders"], refs["orders"])
-               + build_stream("tpch.lineitem", tables["lineitem"], refs["lineitem"])
-               + build_stream("ledger.customer", events, refs["customer_ledger"]))
+    streams = build_stream("ledger.customer", events, refs["customer_ledger"])
+    if not via_outbox:
+        streams = (build_stream("tpch.orders", tables["orders"], refs["orders"])
+                   + build_stream("tpch.lineitem", tables["lineitem"], refs["lineitem"]) + streams)
     records = mix(streams, duplicates=duplicates, invalid=invalid, shuffle=shuffle, seed=seed)
     kafka = KafkaResource(bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS",
                                                             settings.kafka_bootstrap))
@@ -256,6 +274,19 @@ def produce_tpch(scale: float, rate: float = 0.0, *, duplicates: float = 0.0, sh
     for line in report.lines():
         print(line)
     return report
+
+
+def _through_outbox(url: str, tables: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """Rows and their outbox events in one transaction (what an outbox-using service does)."""
+    from pipelines.catalog import CATALOG
+    from pipelines.outbox import Change, apply_changes, targets
+
+    changes = [Change(name, row) for name, df in tables.items() for row in json_rows(df)]
+    with psycopg.connect(url) as conn:
+        applied = apply_changes(conn, changes, targets(CATALOG))
+    print(f"ops.outbox: {applied.events:,} order and lineitem events queued in the same "
+          f"transaction as their rows; the outbox relay publishes them")
+    return applied.rows
 
 
 def live_orders(day: pd.Timestamp, n: int, first_key: int, seed: int, late: float = 0.02,

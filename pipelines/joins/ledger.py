@@ -7,10 +7,14 @@ import pandas as pd
 SIGN = {"deposit": 1.0, "withdrawal": -1.0, "adjustment": 1.0}
 
 
-def customer_balance(inputs: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def _pandas(data) -> pd.DataFrame | None:
+    return data.to_pandas() if hasattr(data, "to_pandas") and not isinstance(data, pd.DataFrame) else data
+
+
+def customer_balance(inputs: dict) -> pd.DataFrame:
     """Fold ledger events over each customer's opening balance (``ops.customer.c_acctbal``)."""
-    customers = inputs["customer"][["c_custkey", "c_acctbal"]]
-    ledger = inputs["customer_ledger"]
+    customers = _pandas(inputs["customer"])[["c_custkey", "c_acctbal"]]
+    ledger = _pandas(inputs["customer_ledger"])
     if ledger is None or ledger.empty:
         folded = pd.DataFrame({"c_custkey": pd.Series(dtype="int64"),
                                "delta": pd.Series(dtype="float64"),

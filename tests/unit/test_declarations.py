@@ -38,6 +38,8 @@ def join(name, upstream, **kw):
     ([ev("a"), ev("b", topics=("t.a.dlq",))], "dataset 'b': topic 't.a.dlq' is already used"),
     ([ev(), join("j", ("missing",))], "dataset 'j': upstream 'missing' is not a declared dataset"),
     ([join("x", ("y",)), join("y", ("z",)), join("z", ("x",))], "dependency cycle: x -> y -> z -> x"),
+    ([ev(), join("j", ("a",), reads={"b": ("id",)})], "dataset 'j': reads names 'b', which is not"),
+    ([ev(), join("j", ("a",), reads={"a": ("idd",)})], "dataset 'j': reads a.idd, not a field"),
     ([BatchDataset(name="b", contract=Row, key=("id",))], "exactly one of source_table or compute"),
     ([BatchDataset(name="b", contract=Row, key=("id",), source_table="nodot")], "must be schema.table"),
     ([ev(), join("j", ("a",), lineage={"id": ("a.ghost",)})], "lineage source 'a.ghost'"),

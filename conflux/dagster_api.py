@@ -1,0 +1,169 @@
+"""Launching runs and backfills through the Dagster webserver's GraphQL API — the same calls
+the UI makes, so what the CLI launches shows up (and can be followed or cancelled) in the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from conflux.errors import ConfluxError
+
+LOCATION = "conflux"
+REPOSITORY = "__repository__"  # the name Dagster gives the repository of a Definitions object
+DONE_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+DONE_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+class DagsterApiError(ConfluxError):
+    """The Dagster webserver refused or failed a request."""
+
+    code = "DAGSTER_API_ERROR"
+
+
+def graphql(url: str, query: str, variables: dict | None = None, timeout: float = 60) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    req = urllib.request.Request(f"{url.rstrip('/')}/graphql", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            payload = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # the server answered: say what it refused
+        try:
+            payload = json.loads(exc.read())
+        except ValueError:
+            raise DagsterApiError(f"Dagster webserver at {url} answered HTTP {exc.code}") from exc
+    except urllib.error.URLError as exc:
+        raise DagsterApiError(f"Dagster webserver at {url} did not answer ({exc}); is the "
+                              f"platform running (`conflux dev` or `conflux stack up`)?") from exc
+    if payload.get("errors"):
+        raise DagsterApiError("; ".join(e.get("message", str(e)) for e in payload["errors"]))
+    return payload["data"]
+
+
+def _result(data: dict, field: str, success: str) -> dict:
+    out = data[field]
+    if out.get("__typename") != success:
+        message = out.get("message") or out.get("__typename")
+        raise DagsterApiError(f"{field}: {out.get('__typename')}: {message}")
+    return out
+
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on PartitionSetNotFoundError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+
+BACKFILL_STATUS = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { id status numPartitions runs { runId status } }
+    ... on PythonError { message }
+    ... on BackfillNotFoundError { message }
+  }
+}"""
+
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PipelineNotFoundError { message }
+    ... on RunConflict { message }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+
+RUN_STATUS = """
+query($id: ID!) {
+  runOrError(runId: $id) {
+    __typename
+    ... on Run { runId status }
+    ... on RunNotFoundError { message }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def launch_backfill(url: str, asset: str, start: str, end: str, *, title: str = "") -> str:
+    """Backfill the daily partitions ``start..end`` (inclusive) of ``asset``; returns its id."""
+    params = {"partitionsByAssets": [{"assetKey": {"path": [asset]},
+                                      "partitions": {"range": {"start": start, "end": end}}}],
+              "title": title or f"{asset} {start}..{end}",
+              "tags": [{"key": "conflux/launched_by", "value": "cli"}]}
+    data = graphql(url, LAUNCH_BACKFILL, {"params": params})
+    return _result(data, "launchPartitionBackfill", "LaunchBackfillSuccess")["backfillId"]
+
+
+@dataclass
+class BackfillState:
+    id: str
+    status: str
+    partitions: int
+    runs: dict[str, str]  # run id -> status
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE_BACKFILL and all(s in DONE_RUN for s in self.runs.values())
+
+    @property
+    def succeeded(self) -> bool:
+        return (self.done and self.status in {"COMPLETED", "COMPLETED_SUCCESS"}
+                and all(s == "SUCCESS" for s in self.runs.values()))
+
+
+def backfill_state(url: str, backfill_id: str) -> BackfillState:
+    out = _result(graphql(url, BACKFILL_STATUS, {"id": backfill_id}),
+                  "partitionBackfillOrError", "PartitionBackfill")
+    return BackfillState(out["id"], out["status"], out.get("numPartitions") or 0,
+                         {r["runId"]: r["status"] for r in out.get("runs") or []})
+
+
+def launch_run(url: str, job: str, run_config: dict, tags: dict[str, str] | None = None) -> str:
+    """Launch ``job`` of the ``conflux`` code location; returns the run id."""
+    params = {"selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
+                           "jobName": job},
+              "runConfigData": run_config,
+              "executionMetadata": {"tags": [{"key": k, "value": v}
+                                             for k, v in (tags or {}).items()]}}
+    out = graphql(url, LAUNCH_RUN, {"params": params})["launchRun"]
+    if out["__typename"] != "LaunchRunSuccess":
+        detail = out.get("message") or "; ".join(e["message"] for e in out.get("errors", []))
+        raise DagsterApiError(f"launching {job}: {out['__typename']}: {detail}")
+    return out["run"]["runId"]
+
+
+def run_status(url: str, run_id: str) -> str:
+    return _result(graphql(url, RUN_STATUS, {"id": run_id}), "runOrError", "Run")["status"]
+
+
+def wait(poll: Callable[[], tuple[bool, str]], *, timeout: float, every: float = 2.0,
+         report: Callable[[str], None] = print) -> None:
+    """Call ``poll`` until it says done, reporting each new status line; raises on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        done, line = poll()
+        if line != last:
+            report(line)
+            last = line
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise DagsterApiError(f"still not finished after {timeout:g}s: {line}")
+        time.sleep(every)
