@@ -23,22 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH_ENV = {
-    "CONFLUX_HOME": str(REPO / ".conflux" / "bench"),
-    "CONFLUX_KAFKA_PORT": "39092", "CONFLUX_KAFKA_CONTROLLER_PORT": "39093",
-    "CONFLUX_PG_PORT": "35432", "CONFLUX_DAGSTER_PORT": "33000",
-}
-WORKSPACE = """\
-load_from:
-  - python_module: {{module_name: pipelines.definitions, attribute: defs, working_directory: {repo},
-                    location_name: conflux}}
-  - python_module: {{module_name: bench.batch_definitions, attribute: defs,
-                    working_directory: {repo}, location_name: batch_baseline}}
-"""
+from bench.common import REPO, use_bench_stack
 
 OURS = """
-import json, resource, sys, time
+import json, sys, time
 from pipelines.batch_path import read_inputs
 from pipelines.catalog import CATALOG, REVENUE_BY_NATION
 from resources.lake import LakeResource
@@ -46,40 +34,44 @@ t = time.perf_counter()
 inputs = read_inputs(REVENUE_BY_NATION, CATALOG, LakeResource(path=sys.argv[1]), None)
 out = REVENUE_BY_NATION.compute(inputs)
 took = time.perf_counter() - t
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 print(json.dumps({"seconds": took, "rows": len(out), "revenue": float(out.revenue.sum()),
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": int(hwm) / 1024}))
 """
 
 DUCK = """
-import json, resource, sys, time
+import json, sys, time
 import duckdb
 lake = sys.argv[1]
 t = time.perf_counter()
 con = duckdb.connect()
-out = con.execute(f'''
+con.execute('SET enable_progress_bar = false')
+out = con.sql(f'''
 select o.o_orderdate, n.n_name, sum(l.l_extendedprice * (1 - l.l_discount)) as revenue
 from read_parquet('{lake}/lineitem/*.parquet') l
 join read_parquet('{lake}/orders/*.parquet') o on l.l_orderkey = o.o_orderkey
 join read_parquet('{lake}/customer/*.parquet') c on o.o_custkey = c.c_custkey
 join read_parquet('{lake}/supplier/*.parquet') s on l.l_suppkey = s.s_suppkey
 join read_parquet('{lake}/nation/*.parquet') n on s.s_nationkey = n.n_nationkey
-where c.c_nationkey = s.s_nationkey group by 1, 2''').arrow()
+where c.c_nationkey = s.s_nationkey group by 1, 2''').to_arrow_table()
 took = time.perf_counter() - t
 print(json.dumps({"seconds": took, "rows": out.num_rows,
                   "revenue": float(out.column("revenue").to_pandas().sum()),
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": int([l for l in open("/proc/self/status")
+                                  if l.startswith("VmHWM")][0].split()[1]) / 1024}))
 """
 
 
 def engine(code: str, lake: Path) -> dict:
-    """One engine in a fresh process (its own peak RSS); best time of two."""
+    """One engine in a fresh process; best time of two. Peak memory is the process's VmHWM
+    (``ru_maxrss`` would carry over the parent's high-water mark across exec)."""
     best = None
     for _ in range(2):
         res = subprocess.run([sys.executable, "-c", code, str(lake)], cwd=REPO, text=True,
                              capture_output=True, timeout=1800)
         if res.returncode != 0:
             raise SystemExit(f"engine failed:\n{res.stderr[-3000:]}")
-        got = json.loads(res.stdout.strip().splitlines()[-1])
+        got = json.loads([line for line in res.stdout.splitlines() if line.startswith("{")][-1])
         if best is None or got["seconds"] < best["seconds"]:
             best = {**got, "peak_mb": max(got["peak_mb"], (best or got)["peak_mb"])}
     return best
@@ -130,11 +122,7 @@ def main(argv=None) -> int:
                         help="partitions backfilled one run each, extrapolated (default 12)")
     args = parser.parse_args(argv)
 
-    os.environ.update(BENCH_ENV)
-    home = Path(BENCH_ENV["CONFLUX_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "workspace.yaml").write_text(WORKSPACE.format(repo=REPO))
-    os.environ["CONFLUX_WORKSPACE"] = str(home / "workspace.yaml")
+    use_bench_stack("bench.batch_definitions", "batch_baseline")
 
     from conflux.settings import Settings
     from conflux.stack import Stack

@@ -26,19 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH_ENV = {
-    "CONFLUX_HOME": str(REPO / ".conflux" / "bench"),
-    "CONFLUX_KAFKA_PORT": "39092", "CONFLUX_KAFKA_CONTROLLER_PORT": "39093",
-    "CONFLUX_PG_PORT": "35432", "CONFLUX_DAGSTER_PORT": "33000",
-}
-WORKSPACE = """\
-load_from:
-  - python_module: {{module_name: pipelines.definitions, attribute: defs, working_directory: {repo},
-                    location_name: conflux}}
-  - python_module: {{module_name: bench.naive_definitions, attribute: defs,
-                    working_directory: {repo}, location_name: naive}}
-"""
+from bench.common import REPO, use_bench_stack
 
 
 def tree_cpu_seconds(root: int) -> dict[int, float]:
@@ -288,11 +276,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
 
-    os.environ.update(BENCH_ENV)
-    home = Path(BENCH_ENV["CONFLUX_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "workspace.yaml").write_text(WORKSPACE.format(repo=REPO))
-    os.environ["CONFLUX_WORKSPACE"] = str(home / "workspace.yaml")
+    use_bench_stack("bench.naive_definitions", "naive")
 
     from conflux.settings import Settings
     from conflux.stack import Stack
