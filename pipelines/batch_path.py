@@ -24,14 +24,18 @@ def contract_ref(ds: Dataset, registry: SchemaRegistryResource) -> str | None:
 
 def read_inputs(ds: BatchDataset, catalog: dict[str, Dataset], lake: LakeResource,
                 partitions: list[str] | None) -> dict[str, pa.Table]:
-    """Upstream data for the run, as Arrow tables of the contract columns: the run's partitions
-    of partitioned upstreams, all of the rest (empty, typed tables when nothing is stored)."""
+    """Upstream data for the run, as Arrow tables of the columns it reads (lazy scans for the
+    upstreams it streams): the run's partitions of partitioned upstreams, all of the rest
+    (empty, typed tables when nothing is stored)."""
     inputs = {}
     for up in ds.upstream:
         upstream = catalog[up]
         wanted = partitions if upstream.partitioned and partitions is not None else None
         columns = list(ds.reads.get(up, upstream.fields))
-        table = lake.read_partitions(up, wanted, columns=columns)
+        if up in ds.stream:
+            table = lake.scan(up, wanted, columns)
+        else:
+            table = lake.read_partitions(up, wanted, columns=columns)
         if table is None:
             schema = arrow_schema(upstream.contract)
             table = pa.schema([schema.field(c) for c in columns]).empty_table()

@@ -55,6 +55,7 @@ REVENUE_BY_NATION = BatchDataset(
            "lineitem": ("l_orderkey", "l_suppkey", "l_extendedprice", "l_discount"),
            "customer": ("c_custkey", "c_nationkey"), "supplier": ("s_suppkey", "s_nationkey"),
            "nation": ("n_nationkey", "n_name")},
+    stream=("lineitem",),
     description="Daily revenue per nation where customer and supplier share the nation "
                 "(TPC-H Q5 without the region/year filter).",
 )

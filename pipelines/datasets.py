@@ -142,6 +142,8 @@ class BatchDataset(Dataset):
             an upstream field are derived automatically.
         reads: the columns ``compute`` needs per upstream (default: every contract field); a
             join over wide tables reads, and holds in memory, only these.
+        stream: upstreams handed to ``compute`` as lazy scans (``to_batches()`` /
+            ``to_table()``) instead of tables, so a large input is never held whole.
         full_every: a table load with an ``updated_at`` column is incremental; every
             ``full_every``-th load is a full snapshot (incremental reads cannot see deletions).
         overlap_s: incremental reads go back this far before the watermark (late commits).
@@ -155,6 +157,7 @@ class BatchDataset(Dataset):
     backfill: Literal["single_run", "per_partition"] = "single_run"
     lineage: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    stream: tuple[str, ...] = ()
     full_every: int = 24
     overlap_s: float = 300.0
     mode: Mode = field(init=False, default="batch")
@@ -227,6 +230,9 @@ def validate_catalog(datasets: Iterable[Dataset]) -> dict[str, Dataset]:
         for up in ds.upstream:
             if up not in by_name:
                 _fail(ds.name, f"upstream {up!r} is not a declared dataset")
+        for up in getattr(ds, "stream", ()):
+            if up not in ds.upstream:
+                _fail(ds.name, f"stream names {up!r}, which is not one of its upstream datasets")
         for up, columns in getattr(ds, "reads", {}).items():
             if up not in ds.upstream:
                 _fail(ds.name, f"reads names {up!r}, which is not one of its upstream datasets")

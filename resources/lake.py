@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -83,6 +85,26 @@ def merge_by_key(current: pa.Table | None, incoming: pa.Table, key: list[str], *
     kept = kept.drop_columns(["__src", "__rank"])
     kept = kept.take(pc.sort_indices(kept, sort_keys=[(k, "ascending") for k in key]))
     return kept, written
+
+
+@dataclass(frozen=True)
+class LakeScan:
+    """Partitions of a dataset read lazily, batch by batch (bounded memory): what a join that
+    aggregates a large input as it goes consumes. ``to_table`` materializes it."""
+
+    files: tuple[str, ...]
+    columns: tuple[str, ...]
+
+    def to_batches(self, batch_size: int = 1 << 20) -> Iterator[pa.RecordBatch]:
+        if self.files:
+            yield from pads.dataset(list(self.files), format="parquet").to_batches(
+                columns=list(self.columns), batch_size=batch_size)
+
+    def to_table(self) -> pa.Table:
+        return pads.dataset(list(self.files), format="parquet").to_table(columns=list(self.columns))
+
+    def __len__(self) -> int:
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -173,6 +195,16 @@ class LakeResource(dg.ConfigurableResource):
         if not tables:
             return None
         return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+    def scan(self, dataset: str, partitions: list[str] | None, columns: list[str]
+             ) -> LakeScan | pa.Table | None:
+        """Partitions for streaming: a ``LakeScan`` when they are all compacted base files,
+        otherwise (pending deltas need merging) the merged table. None when nothing is stored."""
+        names = self.partitions(dataset) if partitions is None else partitions
+        if any(self.deltas(dataset, n) for n in names):
+            return self.read_partitions(dataset, names, columns)
+        files = tuple(str(f) for n in names if (f := self.file(dataset, n)).exists())
+        return LakeScan(files, tuple(columns)) if files else None
 
     def read_table(self, dataset: str, partition: str | None = None) -> pa.Table | None:
         return self._read_merged(dataset, partition)[0]

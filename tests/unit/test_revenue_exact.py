@@ -46,3 +46,24 @@ def test_empty_inputs_give_an_empty_result():
         ("orders", tpch.Order), ("lineitem", tpch.LineItem), ("customer", tpch.Customer),
         ("supplier", tpch.Supplier), ("nation", tpch.Nation))}
     assert revenue_by_nation(empty).empty
+
+
+def test_a_lazy_lineitem_scan_gives_the_same_answer(tmp_path):
+    from pipelines.batch_path import read_inputs
+    from pipelines.catalog import CATALOG, REVENUE_BY_NATION
+    from resources.lake import LakeResource, LakeScan
+
+    tables = tpch_tables(0.002, seed=4)
+    lake = LakeResource(path=str(tmp_path))
+    for name in ("customer", "supplier", "nation"):
+        lake.write(name, tables[name])
+    for name in ("orders", "lineitem"):
+        df = tables[name]
+        for day, part in df.groupby(df["o_orderdate"].astype(str)):
+            lake.write(name, part.reset_index(drop=True), day)
+    inputs = read_inputs(REVENUE_BY_NATION, CATALOG, lake, None)
+    assert isinstance(inputs["lineitem"], LakeScan)
+    streamed = revenue_by_nation(inputs)
+    whole = revenue_by_nation(tables)
+    assert list(streamed.n_name) == list(whole.n_name)
+    assert np.allclose(streamed.revenue, whole.revenue, rtol=1e-12, atol=0)
