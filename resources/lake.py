@@ -95,10 +95,20 @@ class LakeScan:
     files: tuple[str, ...]
     columns: tuple[str, ...]
 
-    def to_batches(self, batch_size: int = 1 << 20) -> Iterator[pa.RecordBatch]:
-        if self.files:
-            yield from pads.dataset(list(self.files), format="parquet").to_batches(
-                columns=list(self.columns), batch_size=batch_size)
+    def to_batches(self, files_per_batch: int = 128) -> Iterator[pa.RecordBatch]:
+        """One batch per group of files, read by four threads; the next group is read while
+        the caller works on the current one (two groups in memory at most)."""
+        def read(f: str) -> pa.Table:
+            return pq.ParquetFile(f).read(columns=list(self.columns))
+
+        groups = [self.files[i:i + files_per_batch]
+                  for i in range(0, len(self.files), files_per_batch)]
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-scan") as pool:
+            pending = [pool.submit(read, f) for f in groups[0]] if groups else []
+            for i in range(len(groups)):
+                current = [p.result() for p in pending]
+                pending = [pool.submit(read, f) for f in groups[i + 1]] if i + 1 < len(groups) else []
+                yield from pa.concat_tables(current).combine_chunks().to_batches()
 
     def to_table(self) -> pa.Table:
         return pads.dataset(list(self.files), format="parquet").to_table(columns=list(self.columns))
