@@ -53,15 +53,13 @@ def _result(data: dict, field: str, success: str) -> dict:
     return out
 
 
+# Dagster's error types all implement the ``Error`` interface, so one fragment reads them all
 LAUNCH_BACKFILL = """
 mutation($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) {
     __typename
     ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on InvalidSubsetError { message }
-    ... on PartitionSetNotFoundError { message }
-    ... on UnauthorizedError { message }
+    ... on Error { message }
   }
 }"""
 
@@ -70,8 +68,7 @@ query($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
     __typename
     ... on PartitionBackfill { id status numPartitions runs { runId status } }
-    ... on PythonError { message }
-    ... on BackfillNotFoundError { message }
+    ... on Error { message }
   }
 }"""
 
@@ -80,12 +77,8 @@ mutation($params: ExecutionParams!) {
   launchRun(executionParams: $params) {
     __typename
     ... on LaunchRunSuccess { run { runId status } }
-    ... on PythonError { message }
+    ... on Error { message }
     ... on RunConfigValidationInvalid { errors { message } }
-    ... on PipelineNotFoundError { message }
-    ... on RunConflict { message }
-    ... on InvalidSubsetError { message }
-    ... on UnauthorizedError { message }
   }
 }"""
 
@@ -94,8 +87,7 @@ query($id: ID!) {
   runOrError(runId: $id) {
     __typename
     ... on Run { runId status }
-    ... on RunNotFoundError { message }
-    ... on PythonError { message }
+    ... on Error { message }
   }
 }"""
 

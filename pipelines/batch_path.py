@@ -65,10 +65,9 @@ def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
                                    loads_since_full=since_full.value if since_full else 0)
             context.log.info(f"{ds.name}: {loaded.mode} load of {ds.source_table}: "
                              f"{loaded.rows_read} row(s) read ({loaded.reason})")
-            total = lake.read_table(ds.name)
             return dg.MaterializeResult(metadata={
                 **materialization_metadata(
-                    ds, rows=len(total) if total is not None else 0, contract_version=ref,
+                    ds, rows=lake.row_count(ds.name), contract_version=ref,
                     source_table=ds.source_table, load_mode=loaded.mode,
                     load_reason=loaded.reason, rows_read=loaded.rows_read,
                     rows_written=loaded.rows_written, watermark=loaded.watermark or "",

@@ -7,6 +7,7 @@ commit, see ``sensors/``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -113,37 +114,37 @@ class KafkaResource(dg.ConfigurableResource):
         finally:
             admin.close()
 
-    def end_offsets(self, topic: str) -> dict[int, int] | None:
-        """Next offset to be written, per partition; None when the topic does not exist."""
+    @contextlib.contextmanager
+    def _partitions_of(self, topic: str) -> Iterator[tuple[KafkaConsumer, list[TopicPartition]]]:
+        """A short-lived consumer and the topic's partitions (empty when it does not exist)."""
         consumer = self.consumer()
         try:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                return None
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            ends = consumer.end_offsets(tps, timeout_ms=self.request_timeout_ms)
-            return {tp.partition: off for tp, off in ends.items()}
+            parts = consumer.partitions_for_topic(topic) or set()
+            yield consumer, [TopicPartition(topic, p) for p in sorted(parts)]
         finally:
             consumer.close()
+
+    def end_offsets(self, topic: str) -> dict[int, int] | None:
+        """Next offset to be written, per partition; None when the topic does not exist."""
+        with self._partitions_of(topic) as (consumer, tps):
+            if not tps:
+                return None
+            ends = consumer.end_offsets(tps, timeout_ms=self.request_timeout_ms)
+            return {tp.partition: off for tp, off in ends.items()}
 
     def offsets_at(self, topic: str, timestamp_ms: int) -> dict[int, tuple[int, int, int]] | None:
         """Per partition: (first offset whose record timestamp is >= ``timestamp_ms`` — the
         end offset when none is —, earliest retained offset, end offset). None when the topic
         does not exist. Uses kafka-python's ``offsets_for_times``."""
-        consumer = self.consumer()
-        try:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
+        with self._partitions_of(topic) as (consumer, tps):
+            if not tps:
                 return None
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
             timeout = self.request_timeout_ms
             found = consumer.offsets_for_times({tp: timestamp_ms for tp in tps}, timeout_ms=timeout)
             begins = consumer.beginning_offsets(tps, timeout_ms=timeout)
             ends = consumer.end_offsets(tps, timeout_ms=timeout)
             return {tp.partition: (found[tp].offset if found.get(tp) else ends[tp], begins[tp],
                                    ends[tp]) for tp in tps}
-        finally:
-            consumer.close()
 
     # --- reading and writing -----------------------------------------------------------------
     def read_range(self, topic: str, partition: int, start: int, end: int) -> Iterator[Record]:

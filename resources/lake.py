@@ -181,21 +181,12 @@ class LakeResource(dg.ConfigurableResource):
         """Several partitions (all when None) as one table: base files read by a few threads
         at once (Parquet decoding releases the GIL; per-file overhead dominates small daily
         files), partitions with pending deltas merged one by one. None when none holds data."""
-        folder = Path(self.path) / dataset
-        try:
-            present = set(os.listdir(folder))
-        except FileNotFoundError:
-            return None
-        if partitions is None:
-            partitions = self.partitions(dataset)
-        bulk, merged = [], []
-        for name in partitions:
-            if f"{name}{DELTA_SUFFIX}" in present and self.deltas(dataset, name):
-                table = self.read_table(dataset, name)
-                if table is not None:
-                    merged.append(table.select(columns) if columns else table)
-            elif f"{name}.parquet" in present:
-                bulk.append(os.path.join(folder, f"{name}.parquet"))
+        bulk, with_deltas = self._split(dataset, partitions)
+        merged = []
+        for name in with_deltas:
+            table = self.read_table(dataset, name)
+            if table is not None:
+                merged.append(table.select(columns) if columns else table)
         try:
             with ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-read") as pool:
                 tables = list(pool.map(lambda f: pq.ParquetFile(f).read(columns=columns), bulk))
@@ -206,15 +197,39 @@ class LakeResource(dg.ConfigurableResource):
             return None
         return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
+    def _split(self, dataset: str, partitions: list[str] | None) -> tuple[list[str], list[str]]:
+        """(base files of partitions without pending deltas, partitions with deltas), from one
+        directory listing."""
+        folder = Path(self.path) / dataset
+        try:
+            present = set(os.listdir(folder))
+        except FileNotFoundError:
+            return [], []
+        names = self.partitions(dataset) if partitions is None else partitions
+        files, merged = [], []
+        for name in names:
+            if f"{name}{DELTA_SUFFIX}" in present and self.deltas(dataset, name):
+                merged.append(name)
+            elif f"{name}.parquet" in present:
+                files.append(os.path.join(folder, f"{name}.parquet"))
+        return files, merged
+
     def scan(self, dataset: str, partitions: list[str] | None, columns: list[str]
              ) -> LakeScan | pa.Table | None:
         """Partitions for streaming: a ``LakeScan`` when they are all compacted base files,
         otherwise (pending deltas need merging) the merged table. None when nothing is stored."""
-        names = self.partitions(dataset) if partitions is None else partitions
-        if any(self.deltas(dataset, n) for n in names):
-            return self.read_partitions(dataset, names, columns)
-        files = tuple(str(f) for n in names if (f := self.file(dataset, n)).exists())
-        return LakeScan(files, tuple(columns)) if files else None
+        files, merged = self._split(dataset, partitions)
+        if merged:
+            return self.read_partitions(dataset, partitions, columns)
+        return LakeScan(tuple(files), tuple(columns)) if files else None
+
+    def row_count(self, dataset: str, partition: str | None = None) -> int:
+        """Rows stored in a partition (from Parquet metadata unless deltas must be merged)."""
+        if self.deltas(dataset, partition):
+            table = self.read_table(dataset, partition)
+            return len(table) if table is not None else 0
+        f = self.file(dataset, partition)
+        return pq.ParquetFile(f).metadata.num_rows if f.exists() else 0
 
     def read_table(self, dataset: str, partition: str | None = None) -> pa.Table | None:
         return self._read_merged(dataset, partition)[0]
