@@ -144,6 +144,61 @@ def run_status(url: str, run_id: str) -> str:
     return _result(graphql(url, RUN_STATUS, {"id": run_id}), "runOrError", "Run")["status"]
 
 
+SCHEDULE = """
+query($sel: ScheduleSelector!) {
+  scheduleOrError(scheduleSelector: $sel) {
+    __typename
+    ... on Schedule { name cronSchedule
+                      scheduleState { status ticks(limit: 10) { status runIds timestamp } } }
+    ... on Error { message }
+  }
+}"""
+_TOGGLE = """
+mutation($sel: ScheduleSelector!) {
+  %s(scheduleSelector: $sel) {
+    __typename
+    ... on ScheduleStateResult { scheduleState { status } }
+    ... on Error { message }
+  }
+}"""
+START_SCHEDULE = _TOGGLE % "startSchedule"
+RESET_SCHEDULE = _TOGGLE % "resetSchedule"
+
+
+@dataclass
+class ScheduleState:
+    name: str
+    cron: str
+    status: str  # RUNNING / STOPPED
+    ticks: list[dict]  # newest first: {status, runIds, timestamp}
+
+
+def _schedule_selector(name: str, location: str) -> dict:
+    return {"sel": {"repositoryLocationName": location, "repositoryName": REPOSITORY,
+                    "scheduleName": name}}
+
+
+def start_schedule(url: str, name: str, *, location: str = LOCATION) -> str:
+    """Turn a schedule on (what the UI's toggle does); returns its new status."""
+    out = _result(graphql(url, START_SCHEDULE, _schedule_selector(name, location)),
+                  "startSchedule", "ScheduleStateResult")
+    return out["scheduleState"]["status"]
+
+
+def reset_schedule(url: str, name: str, *, location: str = LOCATION) -> str:
+    """Return a schedule to its declared default status (stopped for Conflux's schedules)."""
+    out = _result(graphql(url, RESET_SCHEDULE, _schedule_selector(name, location)),
+                  "resetSchedule", "ScheduleStateResult")
+    return out["scheduleState"]["status"]
+
+
+def schedule_state(url: str, name: str, *, location: str = LOCATION) -> ScheduleState:
+    out = _result(graphql(url, SCHEDULE, _schedule_selector(name, location)),
+                  "scheduleOrError", "Schedule")
+    state = out["scheduleState"]
+    return ScheduleState(out["name"], out["cronSchedule"], state["status"], state["ticks"])
+
+
 def wait(poll: Callable[[], tuple[bool, str]], *, timeout: float, every: float = 2.0,
          report: Callable[[str], None] = print) -> None:
     """Call ``poll`` until it says done, reporting each new status line; raises on timeout."""

@@ -23,6 +23,8 @@ TEST_STACK_ENV = {
     "CONFLUX_KAFKA_CONTROLLER_PORT": "19093",
     "CONFLUX_PG_PORT": "15433",
     "CONFLUX_DAGSTER_PORT": "13000",
+    # the platform plus a probe location whose declared schedules tick every minute
+    "CONFLUX_WORKSPACE": str(REPO / "tests" / "fixtures" / "workspace.yaml"),
 }
 for _name, _value in TEST_STACK_ENV.items():
     os.environ.setdefault(_name, _value)

@@ -162,3 +162,52 @@ def test_replay_from_a_point_in_time_restores_an_event_dataset(platform_data, ca
     # a dry run plans without launching anything
     assert main(["replay", "orders", "--since", since.isoformat(), "--dry-run"]) == 0
     assert "launched" not in capsys.readouterr().out
+
+
+def test_replay_over_a_retention_gap_rebuilds_from_the_batch_source(platform_data, capsys):
+    """When retention has removed records of the window, replaying what Kafka still holds would
+    leave holes: the replay says so and rebuilds the dataset from ops.orders instead."""
+    from kafka import TopicPartition
+
+    data = platform_data
+    lake = data["lake"]
+    kafka = KafkaResource(bootstrap_servers=data["settings"].kafka_bootstrap)
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    df = data["tables"]["orders"].head(5).assign(o_orderkey=range(92_000_001, 92_000_006))
+    producer = kafka.producer()
+    for rec in build_stream("tpch.orders", df, None):
+        producer.send("tpch.orders", key=rec.key, value=rec.value, headers=rec.headers)
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 90  # applied by the live sensor first, as in production
+    while time.monotonic() < deadline:
+        stored = lake.read_partitions("orders", None, ["o_orderkey"]).column("o_orderkey")
+        if pd.Series(stored).between(92_000_001, 92_000_005).sum() == 5:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the orders were not applied by the live sensor within 90 s")
+    # what retention.ms would do: the log of every partition now starts at its end
+    admin = kafka.admin()
+    try:
+        admin.delete_records({TopicPartition("tpch.orders", p): end
+                              for p, end in kafka.end_offsets("tpch.orders").items()})
+    finally:
+        admin.close()
+    day = data["first"]
+    orders = data["tables"]["orders"]
+    expected = sorted(orders[orders.o_orderdate.astype(str) == day].o_orderkey)
+    lake.rewrite("orders", day, lambda current: None)  # the dataset lost a day
+
+    assert main(["replay", "orders", "--since", since.isoformat(), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "retention removed records" in out and "launched" not in out
+    assert main(["replay", "orders", "--since", since.isoformat(), "--wait",
+                 "--timeout", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "rebuilding from the batch source ops.orders instead" in out
+    assert "fallback run" in out and "all runs succeeded" in out
+    assert sorted(lake.read("orders", day).o_orderkey) == expected
+    stored = lake.read_partitions("orders", None, ["o_orderkey"]).column("o_orderkey").to_pylist()
+    assert sorted(stored) == sorted(data["tables"]["orders"].o_orderkey), \
+        "the batch source is the truth: keys only Kafka had are gone with it"

@@ -84,3 +84,52 @@ def test_produced_stream_lands_exactly_once(stack, kafka):
 
     ledger = lake_frame(lake, CUSTOMER_LEDGER)
     assert ledger.event_id.is_unique and len(ledger) >= counts["ledger.customer"][0]
+
+
+def test_produced_through_the_outbox_reaches_the_datasets_once_the_relay_runs(stack, kafka):
+    """`produce tpch --via-outbox`: rows and outbox events commit together, nothing reaches Kafka
+    before the relay, the relay publishes each event once with its dedupe id, and the live
+    sensors turn them into the same rows as the operational tables."""
+    env = {**os.environ, **stack.settings.client_env()}
+    cli = str(Path(sys.executable).parent / "conflux")
+
+    def conflux(*args: str) -> str:
+        res = subprocess.run([cli, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    conflux("ops", "relay", "--once")  # the outbox is shared: start with nothing waiting
+    topics = ("tpch.orders", "tpch.lineitem")
+    before = {t: kafka.end_offsets(t) for t in topics}
+    out = conflux("produce", "tpch", "--scale", "0.0004", "--seed", "23", "--via-outbox")
+    queued = int(re.search(r"ops.outbox: ([\d,]+) order and lineitem events queued", out)[1]
+                 .replace(",", ""))
+    url = stack.settings.postgres_url
+    orders_truth = ops_frame(url, "orders", ["o_orderkey", "o_totalprice"])
+    lines_truth = ops_frame(url, "lineitem", ["l_orderkey", "l_linenumber", "l_extendedprice"])
+    assert queued == len(orders_truth) + len(lines_truth) == 600 + len(lines_truth)
+    assert {t: kafka.end_offsets(t) for t in topics} == before, "nothing published before the relay"
+    assert f"ops.outbox: {queued} event(s) waiting" in conflux("ops", "status")
+
+    assert f"published {queued} outbox event(s)" in conflux("ops", "relay", "--once")
+    assert "ops.outbox: 0 event(s) waiting" in conflux("ops", "status")
+    records = list(kafka.read_ranges([(t, p, start, end) for t in topics
+                                      for p, end in kafka.end_offsets(t).items()
+                                      for start in [before[t].get(p, 0)]]))
+    ids = [r.header("conflux.event_id") for r in records]
+    assert len(records) == queued and all(ids) and len(set(ids)) == queued
+
+    lake = LakeResource(path=str(stack.settings.lake_path))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        orders = lake_frame(lake, ORDERS)[["o_orderkey", "o_totalprice"]]
+        lines = lake_frame(lake, LINEITEM)[["l_orderkey", "l_linenumber", "l_extendedprice"]]
+        got_o = orders.merge(orders_truth, on=["o_orderkey", "o_totalprice"])
+        got_l = lines.merge(lines_truth, on=["l_orderkey", "l_linenumber", "l_extendedprice"])
+        if len(got_o) == len(orders_truth) and len(got_l) == len(lines_truth):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"after 180 s the lake holds {len(got_o)}/{len(orders_truth)} orders and "
+                    f"{len(got_l)}/{len(lines_truth)} lineitems as the outbox published them")

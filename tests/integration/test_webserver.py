@@ -6,12 +6,14 @@ import urllib.request
 from pipelines.catalog import DATASETS
 
 QUERY = """
-{ assetNodes {
+{ repositoryOrError(repositorySelector: {repositoryLocationName: "conflux",
+                                         repositoryName: "__repository__"}) {
+  ... on Repository { assetNodes {
     assetKey { path }
     kinds
     groupName
     metadataEntries { label ... on TableSchemaMetadataEntry { schema { columns { name type } } } }
-} }
+} } } }
 """
 
 
@@ -26,7 +28,7 @@ def graphql(url: str, query: str) -> dict:
 
 def test_ui_lists_every_dataset_with_columns_and_kind(webserver):
     nodes = {"/".join(n["assetKey"]["path"]): n
-             for n in graphql(webserver.settings.dagster_url, QUERY)["assetNodes"]}
+             for n in graphql(webserver.settings.dagster_url, QUERY)["repositoryOrError"]["assetNodes"]}
     assert set(nodes) == {d.name for d in DATASETS}
     for ds in DATASETS:
         node = nodes[ds.name]
