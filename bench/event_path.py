@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO, use_bench_stack
+from bench.common import use_bench_stack
 
 
 def tree_cpu_seconds(root: int) -> dict[int, float]:

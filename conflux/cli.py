@@ -368,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     relay.set_defaults(func=cmd_ops_relay)
     ops_sub.add_parser("status", help="events waiting in the outbox").set_defaults(
         func=cmd_ops_status)
+
+    # operability commands, each module registering its own subcommands
+    from conflux import dlq_cmd, lag_cmd, ledger_cmd, trace_cmd
+
+    for module in (trace_cmd, lag_cmd, dlq_cmd, ledger_cmd):
+        module.register(sub)
     return parser
 
 

@@ -199,6 +199,85 @@ def schedule_state(url: str, name: str, *, location: str = LOCATION) -> Schedule
     return ScheduleState(out["name"], out["cronSchedule"], state["status"], state["ticks"])
 
 
+SENSOR = """
+query($sel: SensorSelector!) {
+  sensorOrError(sensorSelector: $sel) {
+    __typename
+    ... on Sensor { name sensorState { id status
+                                       typeSpecificData { ... on SensorData { lastCursor } } } }
+    ... on Error { message }
+  }
+}"""
+START_SENSOR = """
+mutation($sel: SensorSelector!) {
+  startSensor(sensorSelector: $sel) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on Error { message }
+  }
+}"""
+STOP_SENSOR = """
+mutation($id: String) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on Error { message }
+  }
+}"""
+CHECK_EXECUTIONS = """
+query($key: AssetKeyInput!, $check: String!, $limit: Int!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: $limit) {
+    runId status timestamp
+    evaluation { success severity timestamp
+                 metadataEntries { label ... on IntMetadataEntry { intValue }
+                                   ... on FloatMetadataEntry { floatValue }
+                                   ... on TimestampMetadataEntry { timestamp } } }
+  }
+}"""
+
+
+@dataclass
+class SensorState:
+    name: str
+    id: str  # the instigator state id (what stopping needs)
+    status: str  # RUNNING / STOPPED
+    cursor: str | None
+
+
+def _sensor_selector(name: str, location: str) -> dict:
+    return {"sel": {"repositoryLocationName": location, "repositoryName": REPOSITORY,
+                    "sensorName": name}}
+
+
+def sensor_state(url: str, name: str, *, location: str = LOCATION) -> SensorState:
+    out = _result(graphql(url, SENSOR, _sensor_selector(name, location)), "sensorOrError", "Sensor")
+    state = out["sensorState"]
+    data = state.get("typeSpecificData") or {}
+    return SensorState(out["name"], state["id"], state["status"], data.get("lastCursor"))
+
+
+def start_sensor(url: str, name: str, *, location: str = LOCATION) -> str:
+    """Turn a sensor on (the UI's toggle); returns its new status."""
+    out = _result(graphql(url, START_SENSOR, _sensor_selector(name, location)),
+                  "startSensor", "Sensor")
+    return out["sensorState"]["status"]
+
+
+def stop_sensor(url: str, name: str, *, location: str = LOCATION) -> str:
+    """Turn a sensor off (the UI's toggle); returns its new status."""
+    state = sensor_state(url, name, location=location)
+    out = _result(graphql(url, STOP_SENSOR, {"id": state.id}), "stopSensor",
+                  "StopSensorMutationResult")
+    return out["instigationState"]["status"]
+
+
+def check_executions(url: str, asset: str, check: str, limit: int = 10) -> list[dict]:
+    """Newest first: ``{runId, status, timestamp, evaluation: {success, severity, ...}}``."""
+    data = graphql(url, CHECK_EXECUTIONS, {"key": {"path": [asset]}, "check": check,
+                                           "limit": limit})
+    return data["assetCheckExecutions"]
+
+
 def wait(poll: Callable[[], tuple[bool, str]], *, timeout: float, every: float = 2.0,
          report: Callable[[str], None] = print) -> None:
     """Call ``poll`` until it says done, reporting each new status line; raises on timeout."""

@@ -45,3 +45,30 @@ class DeclarationError(ConfluxError):
     """A dataset declaration is invalid (unknown upstream, missing key field, cycle, ...)."""
 
     code = "DECLARATION_INVALID"
+
+
+class DeadLetterError(ConfluxError):
+    """A dead-letter operation failed: a DLQ topic could not be read, a replay could not publish
+    (nothing unacknowledged is recorded as replayed), or another replay of the topic is running."""
+
+    code = "DLQ_OPERATION_FAILED"
+
+
+class LedgerIntegrityError(ConfluxError):
+    """An append-only ledger no longer holds what a projection folded from it (an event changed
+    in place), or a projection does not add up to its events."""
+
+    code = "LEDGER_INTEGRITY"
+
+
+class LedgerRebuildError(ConfluxError):
+    """A projection cannot be rebuilt from offset zero (topic missing, records already removed
+    by retention)."""
+
+    code = "LEDGER_REBUILD_IMPOSSIBLE"
+
+
+class ProjectionNotFoundError(ConfluxError):
+    """A projection, or a row of it, that was asked for is not stored."""
+
+    code = "PROJECTION_NOT_FOUND"

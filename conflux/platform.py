@@ -8,14 +8,18 @@ from conflux.settings import Settings
 
 
 def ensure_platform_topics(settings: Settings, report: Callable[[str], None] = print) -> None:
-    """Create each event dataset's topics and dead-letter topic with explicit partitions."""
+    """Create each event dataset's topics and dead-letter topic with explicit partitions. An
+    event-sourced (append-only) dataset's topics keep every record (``retention.ms=-1``): its
+    projection must stay rebuildable from offset zero."""
     from pipelines.catalog import event_datasets
     from resources.kafka import KafkaResource
 
     kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
     for ds in event_datasets():
-        for topic, partitions in [*((t, ds.partitions) for t in ds.topics), (ds.dlq_topic, 1)]:
-            if kafka.ensure_topic(topic, partitions):
+        forever = {"retention.ms": "-1"} if ds.append_only else None
+        for topic, partitions, configs in [*((t, ds.partitions, forever) for t in ds.topics),
+                                           (ds.dlq_topic, 1, None)]:
+            if kafka.ensure_topic(topic, partitions, configs=configs):
                 report(f"kafka: created topic {topic} ({partitions} partitions)")
 
 

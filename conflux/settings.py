@@ -16,6 +16,9 @@ folder, or an existing Postgres server.
 | ``CONFLUX_DAGSTER_PORT`` | 3000 | Dagster webserver on 127.0.0.1 |
 | ``CONFLUX_BIND_HOST`` | ``127.0.0.1`` | address every local server binds to |
 | ``CONFLUX_WORKSPACE`` | ``<repo>/workspace.yaml`` | workspace the Dagster webserver and daemon load |
+| ``OPENLINEAGE_URL`` or ``OPENLINEAGE__TRANSPORT__*`` or ``OPENLINEAGE_CONFIG`` | (off) | OpenLineage run events (``pipelines/openlineage.py``: HTTP endpoint, file, ...); not read here, passed unchanged to every Dagster process the stack starts (daemon, webserver, their code servers and runs) |
+| ``OPENLINEAGE_NAMESPACE`` | ``conflux`` | namespace of Conflux's jobs in OpenLineage events |
+| ``OPENLINEAGE_DISABLED`` | (unset) | ``true``: no OpenLineage events, whatever else is set |
 """
 
 from __future__ import annotations

@@ -128,8 +128,19 @@ class RevenueByNation(Contract):
 
 
 class CustomerBalance(Contract):
-    """Projection of the ledger over the customer's opening balance."""
+    """Projection of the ledger over the customer's opening balance:
+    ``balance = opening_balance + ledger_total``, ``ledger_total`` being the sum of the signed
+    amounts of the ``events_applied`` ledger events folded for the customer.
+
+    The last three fields were added later, optional with a default (BACKWARD compatible)."""
 
     c_custkey: int
     balance: float
     events_applied: int
+    opening_balance: float | None = Field(
+        default=None, description="ops.customer.c_acctbal the balance is based on")
+    ledger_total: float | None = Field(
+        default=None, description="Sum of the signed amounts of the ledger events folded")
+    last_event_id: str | None = Field(
+        default=None, max_length=64,
+        description="Latest folded ledger event of the customer (by occurred_at, then event_id)")

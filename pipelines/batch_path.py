@@ -5,7 +5,7 @@ import dagster as dg
 import pyarrow as pa
 
 from contracts.lineage import arrow_schema, contract_schema
-from pipelines import ops_load
+from pipelines import openlineage, ops_load
 from pipelines.datasets import BatchDataset, Dataset
 from pipelines.metadata import column_lineage, materialization_metadata
 from resources.lake import LakeResource
@@ -50,9 +50,8 @@ def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
               else dg.BackfillPolicy.multi_run(1))
     lineage = column_lineage(ds, catalog)
 
-    @dg.multi_asset(name=ds.name, specs=[spec], backfill_policy=policy if ds.partitioned else None)
-    def _asset(context: dg.AssetExecutionContext, postgres: PostgresResource, lake: LakeResource,
-               registry: SchemaRegistryResource) -> dg.MaterializeResult:
+    def _compute(context: dg.AssetExecutionContext, postgres: PostgresResource,
+                 lake: LakeResource, registry: SchemaRegistryResource) -> dg.MaterializeResult:
         extra = {} if lineage is None else {"dagster/column_lineage": lineage}
         ref = contract_ref(ds, registry)
         if ds.source_table:
@@ -78,6 +77,15 @@ def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
             context.log.info(f"{ds.name}: computing {len(partitions)} partition(s) "
                              f"{partitions[0]} .. {partitions[-1]} in one run")
         inputs = read_inputs(ds, catalog, lake, partitions)
+        projection = getattr(ds.compute, "projection", None)
+        if projection is not None:  # folds only what is new, commits with its checkpoint
+            folded = projection.materialize(inputs, lake=lake, dataset=ds.name)
+            context.log.info(folded.summary(ds.name))
+            return dg.MaterializeResult(metadata={
+                **materialization_metadata(ds, rows=folded.rows, contract_version=ref,
+                                           upstream=", ".join(ds.upstream),
+                                           partitions_computed=0, **folded.metadata()),
+                **extra})
         out = ds.compute(inputs)
         if ds.partitioned:
             key_col = out[ds.event_time].astype(str)
@@ -92,5 +100,19 @@ def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
             **materialization_metadata(ds, rows=len(out), contract_version=ref,
                                        upstream=", ".join(ds.upstream),
                                        partitions_computed=len(partitions or [])), **extra})
+
+    @dg.multi_asset(name=ds.name, specs=[spec], backfill_policy=policy if ds.partitioned else None)
+    def _asset(context: dg.AssetExecutionContext, postgres: PostgresResource, lake: LakeResource,
+               registry: SchemaRegistryResource) -> dg.MaterializeResult:
+        # OpenLineage START, then COMPLETE or FAIL, around the work (nothing when lineage is off)
+        with openlineage.lineage_run(
+                lambda: openlineage.batch_io(ds, catalog, lake_path=lake.path,
+                                             postgres_url=postgres.url),
+                parent=openlineage.dagster_parent(context)) as run:
+            result = _compute(context, postgres, lake, registry)
+            meta = result.metadata or {}
+            run.add_rows(openlineage.DATA,
+                         meta.get("conflux/rows_written", meta.get("dagster/row_count", 0)))
+        return result
 
     return _asset

@@ -77,10 +77,9 @@ def schedule_for(ds: BatchDataset, job: dg.UnresolvedAssetJobDefinition) -> dg.S
     """The declared schedule; a partitioned dataset gets its latest partition each day."""
     name = f"{ds.name}__schedule"
     if ds.partitioned:
-        minute, hour = (ds.schedule.split() + ["0", "0"])[:2]
+        minute, hour = ds.schedule_cron.split()[:2]
         return dg.build_schedule_from_partitioned_job(
-            job, name=name, minute_of_hour=int(minute) if minute.isdigit() else 0,
-            hour_of_day=int(hour) if hour.isdigit() else 0,
+            job, name=name, minute_of_hour=int(minute), hour_of_day=int(hour),
             default_status=dg.DefaultScheduleStatus.STOPPED)
     return dg.ScheduleDefinition(name=name, job=job, cron_schedule=ds.schedule,
                                  default_status=dg.DefaultScheduleStatus.STOPPED)
@@ -91,7 +90,9 @@ def build_definitions(datasets: Iterable[Dataset]) -> dg.Definitions:
     from pipelines.batch_path import build_batch_asset
     from pipelines.event_path import build_ingest_job
     from pipelines.fallback_path import build_fallback
+    from pipelines.freshness_path import build_freshness
     from pipelines.resources import platform_resources
+    from sensors.dlq_monitor import build_dlq_monitor
     from sensors.kafka_sensor import build_kafka_sensor
 
     datasets = tuple(datasets)
@@ -119,6 +120,12 @@ def build_definitions(datasets: Iterable[Dataset]) -> dg.Definitions:
                 job = dg.define_asset_job(f"{ds.name}__job", selection=[name])
                 jobs.append(job)
                 schedules.append(schedule_for(ds, job))
+    freshness_checks, freshness_sensor = build_freshness(catalog.values())
+    checks += freshness_checks
+    sensors += [freshness_sensor] if freshness_sensor else []
+    dlq_checks, dlq_sensor = build_dlq_monitor(datasets=catalog.values())
+    checks += dlq_checks
+    sensors += [dlq_sensor] if dlq_sensor else []
     # in-process: a run is one step (a table load, a join, a reconciliation); a process per
     # step would add ~1.2 s to each
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors,

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from conflux.errors import DeclarationError
 
 Mode = Literal["batch", "event"]
-DEFAULT_EVENT_FRESHNESS = dt.timedelta(seconds=60)
+DEFAULT_EVENT_FRESHNESS = dt.timedelta(seconds=30)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +32,8 @@ class Dataset:
         description: one paragraph shown in the UI.
         group: domain the dataset belongs to (one Dagster group per domain).
         freshness: how old the newest data may get before the dataset counts as stale
-            (event datasets default to one minute; batch datasets derive it from their schedule).
+            (event datasets default to 30 seconds; a scheduled batch dataset derives it from its
+            schedule — one period plus a grace of a quarter period, at most an hour).
     """
 
     name: str
@@ -74,6 +75,41 @@ class BatchFallback:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeadLetterPolicy:
+    """When an event dataset's dead letters are a problem: its ``dead_letters`` asset check.
+
+    Over the trailing ``window``, the check counts the records that arrived on the dataset's
+    topics and the dead letters written to its DLQ topic. The *rate* is dead letters / records;
+    a window holding fewer than ``min_records`` records is judged as if it held
+    ``min_records``, so a handful of bad records in a quiet hour is neither missed nor read as
+    a 33 % failure rate. The check fails with severity ERROR when the rate reaches
+    ``error_rate`` or the count reaches ``error_count``, with WARN at ``warn_rate`` /
+    ``warn_count``, and passes otherwise. A threshold set to None is not applied.
+
+    Args:
+        window: trailing time window the counts cover (default one hour).
+        warn_rate: rate from which the check warns (default 0.01, 1 %).
+        error_rate: rate from which the check fails with ERROR (default 0.05, 5 %).
+        warn_count: dead letters in the window from which the check warns (default None).
+        error_count: dead letters in the window from which it errors (default None; e.g. 1 for
+            an audit-critical dataset, where any dead letter is an incident).
+        min_records: smallest number of records a rate is computed over (default 100).
+        every: how often the ``dlq_monitor`` sensor evaluates the check (default one minute).
+
+    Examples:
+        >>> DeadLetterPolicy(window=dt.timedelta(minutes=15), warn_rate=0.001, error_count=500)
+    """
+
+    window: dt.timedelta = dt.timedelta(hours=1)
+    warn_rate: float | None = 0.01
+    error_rate: float | None = 0.05
+    warn_count: int | None = None
+    error_count: int | None = None
+    min_records: int = 100
+    every: dt.timedelta = dt.timedelta(minutes=1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EventDataset(Dataset):
     """A dataset built from Kafka topics.
 
@@ -89,7 +125,12 @@ class EventDataset(Dataset):
         tick_budget_s: how long one sensor tick may read and apply (the daemon ticks every 5 s).
         linger_ms: an inline micro-batch is applied this long after its first record arrives
             (or at ``flush_records`` records, whichever comes first).
+        inline_max_partitions: an inline micro-batch applies records up to the first one that
+            would make it touch more lake partitions than this (the rest follow in the next
+            micro-batch): each partition costs a write and an event, and a tick must end in time
+            however widely a backlog's event times are spread.
         fallback: optional batch source to rebuild / reconcile from.
+        dlq: thresholds of the ``dead_letters`` asset check (:class:`DeadLetterPolicy`).
         append_only: event-sourced (audit-critical): rows are never updated in place; a
             repeated key is ignored instead of replacing the stored row.
 
@@ -108,7 +149,9 @@ class EventDataset(Dataset):
     tick_budget_s: float = 3.5
     linger_ms: int = 200
     flush_records: int = 5_000
+    inline_max_partitions: int = 64
     fallback: BatchFallback | None = None
+    dlq: DeadLetterPolicy = field(default_factory=DeadLetterPolicy)
     append_only: bool = False
     mode: Mode = field(init=False, default="event")
 
@@ -162,6 +205,15 @@ class BatchDataset(Dataset):
     overlap_s: float = 300.0
     mode: Mode = field(init=False, default="batch")
 
+    @property
+    def schedule_cron(self) -> str | None:
+        """The cron the schedule really runs on: a partitioned dataset's schedule materializes
+        the latest day once a day, at the declared minute and hour (``0`` where they are ``*``)."""
+        if not self.schedule or not self.partitioned:
+            return self.schedule
+        minute, hour = (self.schedule.split() + ["0", "0"])[:2]
+        return f"{minute if minute.isdigit() else 0} {hour if hour.isdigit() else 0} * * *"
+
 
 def _fail(ds_name: str, problem: str) -> None:
     raise DeclarationError(f"dataset {ds_name!r}: {problem}")
@@ -191,8 +243,10 @@ def _check_one(ds: Dataset) -> None:
             _fail(ds.name, "an event dataset needs at least one topic")
         if not 0.5 <= ds.tick_budget_s <= 30:
             _fail(ds.name, f"tick_budget_s={ds.tick_budget_s} must be within 0.5..30 seconds")
-        if min(ds.partitions, ds.max_records_per_run, ds.max_inflight_runs, ds.flush_records) < 1:
+        if min(ds.partitions, ds.max_records_per_run, ds.max_inflight_runs, ds.flush_records,
+               ds.inline_max_partitions) < 1:
             _fail(ds.name, "partitions, max_records_per_run and max_inflight_runs must be positive")
+        _check_dlq(ds)
     if isinstance(ds, BatchDataset):
         if (ds.source_table is None) == (ds.compute is None):
             _fail(ds.name, "a batch dataset declares exactly one of source_table or compute")
@@ -202,6 +256,30 @@ def _check_one(ds: Dataset) -> None:
             _fail(ds.name, "full_every must be >= 1 and overlap_s >= 0")
         if ds.source_table is not None and "." not in ds.source_table:
             _fail(ds.name, f"source_table {ds.source_table!r} must be schema.table")
+
+
+def _check_dlq(ds: EventDataset) -> None:
+    policy = ds.dlq
+    if not isinstance(policy, DeadLetterPolicy):
+        _fail(ds.name, f"dlq must be a DeadLetterPolicy, got {policy!r}")
+    if policy.window < dt.timedelta(minutes=1) or policy.every < dt.timedelta(seconds=10):
+        _fail(ds.name, f"dlq.window ({policy.window}) must be at least a minute and dlq.every "
+                       f"({policy.every}) at least 10 seconds")
+    for name in ("warn_rate", "error_rate"):
+        rate = getattr(policy, name)
+        if rate is not None and not 0 < rate <= 1:
+            _fail(ds.name, f"dlq.{name}={rate} must be a fraction within (0, 1]")
+    for name in ("warn_count", "error_count"):
+        count = getattr(policy, name)
+        if count is not None and (not isinstance(count, int) or count < 1):
+            _fail(ds.name, f"dlq.{name}={count!r} must be a positive whole number of dead letters")
+    for kind in ("rate", "count"):
+        warn, error = getattr(policy, f"warn_{kind}"), getattr(policy, f"error_{kind}")
+        if warn is not None and error is not None and warn > error:
+            _fail(ds.name, f"dlq.warn_{kind}={warn} is above dlq.error_{kind}={error}; "
+                           f"a check warns before it errors")
+    if policy.min_records < 1:
+        _fail(ds.name, f"dlq.min_records={policy.min_records} must be at least 1")
 
 
 def validate_catalog(datasets: Iterable[Dataset]) -> dict[str, Dataset]:

@@ -9,6 +9,7 @@ rows by key into the event-time partitions they belong to, one materialization p
 
 import dagster as dg
 
+from pipelines import openlineage
 from pipelines.datasets import EventDataset
 from pipelines.ingest import apply_records, range_lag, resolver_for, summarize
 from resources.kafka import KafkaResource
@@ -45,10 +46,19 @@ def build_ingest_job(ds: EventDataset, *, executor: dg.ExecutorDefinition = dg.i
     def ingest(context: dg.OpExecutionContext, config: IngestConfig, kafka: KafkaResource,
                lake: LakeResource, registry: SchemaRegistryResource) -> None:
         sources = [r.model_dump() for r in config.ranges]
-        records = kafka.read_ranges([(r.topic, r.partition, r.start, r.end) for r in config.ranges])
-        report = apply_records(ds, records, kafka=kafka, lake=lake,
-                               resolver=resolver_for(ds, registry), origin=context.run_id,
-                               sources=sources, lag=range_lag(kafka, sources))
+        # OpenLineage START, then COMPLETE or FAIL, around the work (nothing when lineage is off)
+        with openlineage.lineage_run(
+                lambda: openlineage.ingest_io(ds, lake_path=lake.path,
+                                              bootstrap_servers=kafka.bootstrap_servers,
+                                              job_name=f"{ds.name}__ingest"),
+                parent=openlineage.dagster_parent(context)) as run:
+            records = kafka.read_ranges([(r.topic, r.partition, r.start, r.end)
+                                         for r in config.ranges])
+            report = apply_records(ds, records, kafka=kafka, lake=lake,
+                                   resolver=resolver_for(ds, registry), origin=context.run_id,
+                                   sources=sources, lag=range_lag(kafka, sources))
+            run.add_rows(openlineage.DATA, report.rows_valid)
+            run.add_rows(openlineage.DLQ, report.dead_lettered)
         for materialization in report.materializations:
             context.log_event(materialization)
         if report.correlation_ids or report.traceparents:

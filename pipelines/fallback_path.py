@@ -8,6 +8,7 @@ import datetime as dt
 import dagster as dg
 from pydantic import Field
 
+from pipelines import openlineage
 from pipelines.datasets import EventDataset
 from pipelines.fallback import reconcile
 from pipelines.metadata import materialization_metadata
@@ -67,8 +68,13 @@ def build_fallback(ds: EventDataset) -> "tuple[dg.AssetChecksDefinition, " \
             raise dg.Failure(f"start {start} is after end {end}")
         span = f"{start or 'beginning'} .. {end or 'end'}"
         context.log.info(f"{ds.name}: reconciling with {source} over {span}")
-        result = reconcile(ds, postgres=postgres, lake=lake, start=start, end=end,
-                           repair=config.repair, remove_extra=config.remove_extra)
+        # OpenLineage START, then COMPLETE or FAIL, around the work (nothing when lineage is off)
+        with openlineage.lineage_run(
+                lambda: openlineage.fallback_io(ds, lake_path=lake.path, postgres_url=postgres.url,
+                                                repair=config.repair),
+                parent=openlineage.dagster_parent(context)):
+            result = reconcile(ds, postgres=postgres, lake=lake, start=start, end=end,
+                               repair=config.repair, remove_extra=config.remove_extra)
         counts = result.diff.counts()
         examples = result.diff.examples(list(ds.key))
         context.log.info(f"{ds.name}: {result.partitions_compared} partition(s) compared, "

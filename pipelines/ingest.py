@@ -14,7 +14,7 @@ import heapq
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -50,6 +50,7 @@ class IngestReport:
     traceparents: list[str] = field(default_factory=list)
     materializations: list[dg.AssetMaterialization] = field(default_factory=list)
     seconds: Counter = field(default_factory=Counter)  # phase -> wall seconds (decode, dlq, lake)
+    consumed: int = 0  # records applied: all of them, or a prefix (``max_partitions``)
 
     @property
     def dead_lettered(self) -> int:
@@ -108,22 +109,58 @@ def _header(rec: Record, name: str) -> str:
     return value.decode(errors="replace") if value else ""
 
 
+def partition_prefix(ds: EventDataset, decoded: Decoded, max_partitions: int) -> int | None:
+    """Index of the first decoded row that would make the rows before it span more than
+    ``max_partitions`` daily partitions; None when they all fit (pure)."""
+    if not ds.partitioned:
+        return None
+    days: set = set()
+    for i, row in enumerate(decoded.rows):
+        value = row[ds.event_time]
+        day = value.date() if isinstance(value, dt.datetime) else value
+        if day not in days:
+            if len(days) >= max_partitions:
+                return i
+            days.add(day)
+    return None
+
+
+def _cut(decoded: Decoded, records: list[Record], row: int) -> tuple[Decoded, int]:
+    """The rows before ``row`` and the dead letters before its record; and how many input
+    records that prefix is."""
+    position = {id(r): i for i, r in enumerate(records)}
+    stop = position[id(decoded.records[row])]
+    return Decoded(rows=decoded.rows[:row], records=decoded.records[:row],
+                   contracts=decoded.contracts[:row],
+                   dead=[d for d in decoded.dead if position[id(d.record)] < stop]), stop
+
+
 def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaResource,
                   lake: LakeResource, resolver: ContractResolver, origin: str,
-                  sources: list[dict], lag: int | None = None,
-                  append: bool = False) -> IngestReport:
+                  sources: list[dict] | Callable[[list[Record]], list[dict]],
+                  lag: int | None = None, append: bool = False,
+                  max_partitions: int | None = None) -> IngestReport:
     """Apply records to ``ds``; returns the report with one materialization per partition touched.
 
     Args:
         origin: who applied them (a run id, or ``sensor:<name>``), recorded in dead letters.
-        sources: the ``[start, end)`` ranges the records came from (materialization metadata).
+        sources: the ``[start, end)`` ranges the records came from (materialization metadata),
+            or a function giving them for the records applied (with ``max_partitions``).
         lag: records left behind the ranges when they were read.
         append: store rows as delta files merged on read (the inline path: no partition
             rewrite per micro-batch) instead of upserting in place (runs: exact change counts).
+        max_partitions: apply only the longest prefix of ``records`` touching at most this many
+            partitions; ``report.consumed`` says how many records that was.
     """
     t0 = time.perf_counter()
+    records = list(records)
     decoded, seen = decode_records(ds, records, resolver)
-    report = IngestReport(rows_in=seen, rows_valid=len(decoded.rows))
+    cut = partition_prefix(ds, decoded, max_partitions) if max_partitions else None
+    if cut is not None:
+        decoded, seen = _cut(decoded, records, cut)
+    if callable(sources):
+        sources = sources(records[:seen])
+    report = IngestReport(rows_in=seen, rows_valid=len(decoded.rows), consumed=seen)
     t1 = time.perf_counter()
     report.seconds["decode"] += t1 - t0
     if decoded.dead:
@@ -151,6 +188,7 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
     report.distinct_correlation_ids = len(distinct)
     report.correlation_ids = heapq.nsmallest(20, distinct)
 
+    newest_s = pc.max(table["__ts"]).as_py() / 1000  # how current the batch makes the dataset
     contracts = np.array(decoded.contracts, dtype=object)
     reasons = dict(report.dead)
     for partition, idx in split_by_partition(ds, table):
@@ -172,7 +210,7 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
             asset_key=ds.name, partition=key,
             metadata=materialization_metadata(
                 ds, rows=len(part), contract_version=newest_ref(set(contracts[idx])),
-                with_schema=False,
+                with_schema=False, current_as_of=newest_s,
                 source_ranges=dg.MetadataValue.json(sources),
                 rows_in=seen, rows_valid=len(decoded.rows), **counts,
                 dead_lettered=report.dead_lettered,

@@ -10,6 +10,8 @@ import dagster as dg
 from contracts.lineage import column_types, contract_fingerprint, derive_column_lineage
 from pipelines.datasets import BatchDataset, Dataset
 
+LAST_UPDATED = "dagster/last_updated_timestamp"  # read by Dagster's freshness checks
+
 
 def column_schema(ds: Dataset) -> dg.TableSchema:
     """``dagster/column_schema`` from the contract."""
@@ -58,15 +60,22 @@ def definition_metadata(ds: Dataset, catalog: dict[str, Dataset]) -> dict[str, A
 
 
 def materialization_metadata(ds: Dataset, *, rows: int, contract_version: str | None = None,
-                             with_schema: bool = True, **extra: Any) -> dict[str, Any]:
+                             with_schema: bool = True, current_as_of: float | None = None,
+                             **extra: Any) -> dict[str, Any]:
     """Metadata of one materialization: rows, schema, contract, plus path-specific extras
     (``source_ranges``, ``dead_lettered``, ...), each under ``conflux/<name>``.
 
     ``with_schema=False`` leaves the column schema to the asset definition: the event path
     records a materialization per partition per micro-batch, and serialising the schema into
     each one cost more than the rest of the event (measured).
+
+    ``current_as_of`` (epoch seconds): how current the data is — on the event path the time of
+    the newest record applied — as ``dagster/last_updated_timestamp``, which Dagster's freshness
+    checks read instead of the time the event was stored.
     """
     meta: dict[str, Any] = {"dagster/row_count": rows}
+    if current_as_of is not None:
+        meta[LAST_UPDATED] = dg.MetadataValue.timestamp(current_as_of)
     if with_schema:
         meta["dagster/column_schema"] = column_schema(ds)
     meta.update({

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import dagster as dg
 from pydantic import Field
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewPartitions, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 # short timeouts: these clients run inside sensor ticks and health checks
@@ -98,18 +98,24 @@ class KafkaResource(dg.ConfigurableResource):
         return KafkaConsumer(**self._common(), **config)
 
     # --- topics ------------------------------------------------------------------------------
-    def ensure_topic(self, topic: str, partitions: int = 1, replication: int = 1) -> bool:
-        """Create ``topic`` (or grow it to ``partitions``); returns True when created."""
+    def ensure_topic(self, topic: str, partitions: int = 1, replication: int = 1,
+                     configs: dict[str, str] | None = None) -> bool:
+        """Create ``topic`` (or grow it to ``partitions``) with topic-level ``configs`` (also
+        applied to an existing topic); returns True when created."""
         admin = self.admin()
         try:
             try:
-                admin.create_topics([NewTopic(topic, partitions, replication)])
+                admin.create_topics([NewTopic(topic, partitions, replication,
+                                              topic_configs=configs or {})])
                 admin.wait_for_topics([topic], timeout_ms=self.request_timeout_ms * 2)
                 return True
             except TopicAlreadyExistsError:
                 current = len(admin.describe_topics([topic])[0]["partitions"])
                 if current < partitions:
                     admin.create_partitions({topic: NewPartitions(partitions)})
+                if configs:
+                    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                        configs=configs)])
                 return False
         finally:
             admin.close()
@@ -233,3 +239,92 @@ class KafkaResource(dg.ConfigurableResource):
     ) -> int:
         """Publish (key, value-dict, headers) triples as JSON and wait for every ack."""
         return self.send_raw(topic, ((k, json.dumps(v).encode(), h) for k, v, h in rows))
+
+    # --- dead-letter operations (conflux dlq) ------------------------------------------------
+    @contextlib.contextmanager
+    def publisher(self, topic: str) -> Iterator[Callable[[Sequence[Outgoing]], list[tuple[int, int]]]]:
+        """A producer for ``topic``; the yielded function publishes a batch of :class:`Outgoing`
+        records (explicit partition and timestamp when given), waits for every ack and returns
+        each record's ``(partition, offset)``, in order.
+
+        Raises:
+            KafkaError: naming the topic, the partition and the batch position of the first
+                record the broker did not acknowledge (the batch may be partly published).
+        """
+        producer = self.producer()
+        wait_s = self.request_timeout_ms / 1000 * 6
+
+        def publish(batch: Sequence[Outgoing]) -> list[tuple[int, int]]:
+            futures = [producer.send(topic, key=o.key, value=o.value, headers=list(o.headers),
+                                     partition=o.partition, timestamp_ms=o.timestamp_ms)
+                       for o in batch]
+            producer.flush(timeout=wait_s)
+            acks = []
+            for i, future in enumerate(futures):
+                if not future.succeeded():
+                    where = f"{topic}[{batch[i].partition}]" if batch[i].partition is not None \
+                        else topic
+                    raise KafkaError(f"{where}: record {i + 1} of {len(batch)} not acknowledged: "
+                                     f"{future.exception or 'timed out'}")
+                acks.append((future.value.partition, future.value.offset))
+            return acks
+
+        try:
+            yield publish
+        finally:
+            producer.close(timeout=5)
+
+    def record_timestamps(self, wanted: Mapping[tuple[str, int], Iterable[int]],
+                          idle_timeout_s: float = 10.0) -> dict[tuple[str, int, int], int]:
+        """Timestamps of the records at the given offsets of each ``(topic, partition)``, read
+        by one consumer; offsets no longer in the log (retention, compaction) are left out.
+        Nearby offsets are read on sequentially (decoding no more records than needed), far
+        ones are sought."""
+        found: dict[tuple[str, int, int], int] = {}
+        todo_by_tp = {TopicPartition(t, p): sorted(set(offs)) for (t, p), offs in wanted.items()}
+        todo_by_tp = {tp: offs for tp, offs in todo_by_tp.items() if offs}
+        if not todo_by_tp:
+            return found
+        consumer = self.consumer()
+        try:
+            timeout = self.request_timeout_ms
+            begins = consumer.beginning_offsets(list(todo_by_tp), timeout_ms=timeout)
+            ends = consumer.end_offsets(list(todo_by_tp), timeout_ms=timeout)
+            for tp, offsets in todo_by_tp.items():
+                todo = [o for o in offsets if begins[tp] <= o < ends[tp]]
+                consumer.assign([tp])
+                i, position = 0, None
+                while i < len(todo):
+                    target = todo[i]
+                    if position is None or not position <= target < position + 5000:
+                        consumer.seek(tp, target)  # far ahead (or behind): jump; near: read on
+                        position = target
+                    want = max(1, min(5000, todo[-1] - position + 1))
+                    idle_since = time.monotonic()
+                    got = []
+                    while not got:
+                        got = consumer.poll(timeout_ms=500, max_records=want).get(tp, [])
+                        if not got and time.monotonic() - idle_since > idle_timeout_s:
+                            break  # the log ends early (deleted meanwhile)
+                    if not got:
+                        break
+                    for m in got:
+                        while i < len(todo) and todo[i] < m.offset:
+                            i += 1  # not in the log any more (compacted)
+                        if i < len(todo) and todo[i] == m.offset:
+                            found[(tp.topic, tp.partition, m.offset)] = m.timestamp
+                            i += 1
+                    position = got[-1].offset + 1
+            return found
+        finally:
+            consumer.close()
+
+
+class Outgoing(NamedTuple):
+    """A record to publish as it is: partition and timestamp are the producer's when None."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    partition: int | None = None
+    timestamp_ms: int | None = None

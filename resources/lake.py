@@ -2,7 +2,8 @@
 
 Layout: ``<lake>/<dataset>/<partition>.parquet`` (``_all.parquet`` for unpartitioned datasets),
 plus, for the event path's fast appends, ``<partition>.delta/*.parquet`` delta files and the
-dataset's merge rule in ``_merge.json``.
+dataset's merge rule in ``_merge.json``; a partition written together with a checkpoint (a
+projection and what it has folded) keeps it in ``_checkpoint/<partition>/<generation>/``.
 
 * ``upsert`` replaces rows by key under a per-partition lock (read, merge, rewrite), so
   concurrent writers never lose each other's rows and applying the same rows twice leaves the
@@ -12,6 +13,10 @@ dataset's merge rule in ``_merge.json``.
   the result is exactly what ``upsert`` would have stored, and replays stay harmless. Every
   ``compact_after`` deltas the partition is compacted into its base file. A micro-batch that
   touches thirty partitions (late events) costs thirty small writes instead of thirty rewrites.
+* append-only datasets (``keep_existing``) never replace a stored row: the earliest write of a
+  key wins — base file first, then delta files in write order — whatever the timestamps of
+  later copies say, so compaction and replays cannot change a stored row either.
+* ``rewrite_checkpointed`` replaces a partition and its checkpoint in one atomic commit.
 
 Merging is done in Arrow, not pandas.
 """
@@ -22,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +47,8 @@ from pydantic import Field
 UNPARTITIONED = "_all"
 DELTA_SUFFIX = ".delta"
 MERGE_RULE = "_merge.json"
+CHECKPOINT_DIR = "_checkpoint"
+CHECKPOINT_KEY = b"conflux.checkpoint"  # Parquet metadata naming a partition's checkpoint
 
 
 def _as_table(data: pd.DataFrame | pa.Table) -> pa.Table:
@@ -62,17 +70,32 @@ def merge_by_key(current: pa.Table | None, incoming: pa.Table, key: list[str], *
     """Upsert ``incoming`` into ``current``; returns (result sorted by key, incoming rows kept).
 
     Per key the row that sorts last by ``order_by`` wins (the incoming row when None); with
-    ``keep_existing`` the first one wins. On a tie the stored row wins.
+    ``keep_existing`` the stored row always wins, and ``order_by`` (first = oldest) only picks
+    among the incoming rows of a key that is not stored yet. On a tie the stored row wins.
     """
-    parts = [incoming.append_column("__src", pa.array(np.ones(len(incoming), dtype=np.int8)))]
-    if current is not None and len(current):
-        incoming = _align(incoming, current)
-        parts = [current.append_column("__src", pa.array(np.zeros(len(current), dtype=np.int8))),
-                 incoming.append_column("__src", pa.array(np.ones(len(incoming), dtype=np.int8)))]
-    table = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+    return merge_writes(current, [incoming], key, order_by=order_by, keep_existing=keep_existing)
+
+
+def merge_writes(current: pa.Table | None, writes: list[pa.Table], key: list[str], *,
+                 order_by: list[str] | None = None,
+                 keep_existing: bool = False) -> tuple[pa.Table, int]:
+    """``merge_by_key`` of several writes at once, in the order they were written (a base file
+    and its delta files); returns the result and how many rows of the *last* write were kept.
+
+    With ``keep_existing`` (append-only datasets) the earliest write holding a key wins — a row
+    once stored is never replaced, whatever the timestamps of later copies say — and
+    ``order_by`` only ranks the rows of one write. Otherwise all writes rank as one incoming batch.
+    """
+    stored = current is not None and len(current) > 0
+    parts = [current, *(_align(w, current) for w in writes)] if stored else list(writes)
+    # source rank: 0 = stored, then the writes 1.. in order (all 1 unless keep_existing)
+    ranks = ([0] if stored else []) + [i + 1 if keep_existing else 1 for i in range(len(writes))]
+    tagged = [t.append_column("__src", pa.array(np.full(len(t), r, dtype=np.int32)))
+              for t, r in zip(parts, ranks)]
+    table = pa.concat_tables(tagged, promote_options="permissive") if len(tagged) > 1 else tagged[0]
     # precedence: later in this order wins; ties between stored and incoming go to stored
     if keep_existing:
-        sort_keys = [(c, "descending") for c in (order_by or [])] + [("__src", "descending")]
+        sort_keys = [("__src", "descending")] + [(c, "descending") for c in (order_by or [])]
     elif order_by:
         sort_keys = [(c, "ascending") for c in order_by] + [("__src", "descending")]
     else:
@@ -81,7 +104,7 @@ def merge_by_key(current: pa.Table | None, incoming: pa.Table, key: list[str], *
     ranked = table.take(order).append_column("__rank", pa.array(np.arange(len(table))))
     winners = ranked.group_by(key, use_threads=False).aggregate([("__rank", "max")])
     kept = ranked.filter(pc.is_in(ranked["__rank"], winners["__rank_max"]))
-    written = int(pc.sum(kept["__src"]).as_py() or 0)
+    written = int(pc.sum(pc.equal(kept["__src"], ranks[-1])).as_py() or 0)
     kept = kept.drop_columns(["__src", "__rank"])
     kept = kept.take(pc.sort_indices(kept, sort_keys=[(k, "ascending") for k in key]))
     return kept, written
@@ -164,14 +187,15 @@ class LakeResource(dg.ConfigurableResource):
                 base = pq.read_table(f) if f.exists() else None
                 if not deltas:
                     return base, []
-                incoming = pa.concat_tables([pq.read_table(d) for d in deltas],
-                                            promote_options="permissive")
+                writes = [pq.read_table(d) for d in deltas]  # in write order (by name)
             except FileNotFoundError:
                 continue
             rule = self.merge_rule(dataset)
             if rule is None:
                 raise RuntimeError(f"{dataset}: delta files without {MERGE_RULE}")
-            merged, _ = merge_by_key(base, incoming, rule["key"], order_by=rule["order_by"],
+            if not rule["keep_existing"]:  # one incoming batch: the newest by order_by wins
+                writes = [pa.concat_tables(writes, promote_options="permissive")]
+            merged, _ = merge_writes(base, writes, rule["key"], order_by=rule["order_by"],
                                      keep_existing=rule["keep_existing"])
             return merged, deltas
         raise RuntimeError(f"{dataset}/{partition}: could not read a stable set of delta files")
@@ -222,6 +246,42 @@ class LakeResource(dg.ConfigurableResource):
         if merged:
             return self.read_partitions(dataset, partitions, columns)
         return LakeScan(tuple(files), tuple(columns)) if files else None
+
+    def find(self, dataset: str, column: str, value: str) -> list[tuple[str, dict]]:
+        """Every stored row whose ``column`` equals ``value``, with its partition — base files
+        and pending delta files alike (a row a later write superseded in a delta may show
+        too: this answers "where did it go", not "what is current"). One multi-threaded Arrow
+        scan over all the dataset's files, reading the column and the matching rows only."""
+        folder = Path(self.path) / dataset
+        for _ in range(5):  # a file compacted away meanwhile: list again
+            if not folder.exists():
+                return []
+            files = [str(f) for f in folder.glob("*.parquet")]
+            files += [str(f) for d in folder.glob(f"*{DELTA_SUFFIX}") for f in d.glob("*.parquet")]
+            if not files:
+                return []
+            try:  # the column alone locates the files; then those files' matching rows
+                located = pads.dataset(files, format="parquet").to_table(
+                    filter=pc.field(column) == value, columns=["__filename"])
+                matched = sorted(set(located.column("__filename").to_pylist()))
+                table = pads.dataset(matched, format="parquet").to_table(
+                    filter=pc.field(column) == value,
+                    columns=[*pads.dataset(matched[:1]).schema.names, "__filename"]
+                ) if matched else None
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise RuntimeError(f"{dataset}: files kept changing while searching {column}")
+        hits = []
+        for row in table.to_pylist() if table is not None else []:
+            path = Path(row.pop("__filename"))
+            parent = path.parent.name
+            partition = parent[:-len(DELTA_SUFFIX)] if parent.endswith(DELTA_SUFFIX) else path.stem
+            hits.append((partition, row))
+        unique = {(p, tuple(sorted((k, str(v)) for k, v in row.items()))): (p, row)
+                  for p, row in hits}
+        return sorted(unique.values(), key=lambda hit: (hit[0], str(hit[1].get("__offset"))))
 
     def row_count(self, dataset: str, partition: str | None = None) -> int:
         """Rows stored in a partition (from Parquet metadata unless deltas must be merged)."""
@@ -313,6 +373,64 @@ class LakeResource(dg.ConfigurableResource):
                 self._write_file(target, result)
             for d in deltas:
                 d.unlink(missing_ok=True)
+
+    def checkpoint_dir(self, dataset: str, partition: str | None = None) -> Path:
+        return Path(self.path) / dataset / CHECKPOINT_DIR / (partition or UNPARTITIONED)
+
+    def read_checkpointed(self, dataset: str, partition: str | None = None
+                          ) -> tuple[pa.Table | None, str | None, dict[str, pa.Table]]:
+        """A partition and the checkpoint committed with it by ``rewrite_checkpointed``:
+        (content, generation, checkpoint tables by name). A partition written another way has
+        no checkpoint (None, {}); nothing stored gives (None, None, {})."""
+        for _ in range(20):
+            try:
+                content = self.read_table(dataset, partition)
+                meta = json.loads(((content.schema.metadata or {}) if content is not None
+                                   else {}).get(CHECKPOINT_KEY, b"null"))
+                if not meta:
+                    return content, None, {}
+                folder = self.checkpoint_dir(dataset, partition) / meta["generation"]
+                return content, meta["generation"], {
+                    name: pq.read_table(folder / f"{name}.parquet") for name in meta["tables"]}
+            except FileNotFoundError:  # a newer generation replaced it meanwhile: read again
+                continue
+        raise RuntimeError(f"{dataset}/{partition}: could not read a stable checkpoint")
+
+    def rewrite_checkpointed(
+            self, dataset: str,
+            transform: Callable[[pa.Table | None, dict[str, pa.Table]],
+                                tuple[pa.Table | pd.DataFrame, dict[str, pa.Table | pd.DataFrame]] | None],
+            partition: str | None = None) -> str | None:
+        """Replace a partition *and* its checkpoint together, under the partition's lock:
+        ``transform(content, checkpoint)`` returns the new content and checkpoint tables (or
+        None to leave both alone); returns the new generation (None when left alone).
+
+        The commit is one rename: the checkpoint tables are written first under a new
+        generation folder, then the partition file — naming that generation in its Parquet
+        metadata — replaces the old one atomically, then older generations are removed. A crash
+        at any point leaves the old pair or the new pair, never a mix; readers
+        (``read_checkpointed``) always see a matching pair."""
+        with self.locked(dataset, partition):
+            content, _, checkpoint = self.read_checkpointed(dataset, partition)
+            result = transform(content, checkpoint)
+            if result is None:
+                return None
+            data, tables = result
+            generation = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+            folder = self.checkpoint_dir(dataset, partition) / generation
+            for name, table in tables.items():
+                self._write_file(folder / f"{name}.parquet", table)
+            data = _as_table(data)
+            meta = {**(data.schema.metadata or {}),
+                    CHECKPOINT_KEY: json.dumps({"generation": generation,
+                                                "tables": sorted(tables)}).encode()}
+            self._write_file(self.file(dataset, partition), data.replace_schema_metadata(meta))
+            for d in self.deltas(dataset, partition):
+                d.unlink(missing_ok=True)
+            for old in folder.parent.iterdir():
+                if old.name != generation:
+                    shutil.rmtree(old, ignore_errors=True)
+            return generation
 
     def compact(self, dataset: str, partition: str | None = None) -> int:
         """Fold the partition's delta files into its base file; returns how many were folded.

@@ -25,9 +25,11 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from pipelines import openlineage
 from pipelines.datasets import EventDataset
 from pipelines.events import prepare_instance, report_materializations
 from pipelines.ingest import apply_records, resolver_for
+from pipelines.metadata import LAST_UPDATED
 from resources.kafka import KafkaResource, Record
 from resources.lake import LakeResource
 from resources.registry import SchemaRegistryResource
@@ -122,6 +124,38 @@ def end_offsets(ds: EventDataset, kafka: KafkaResource) -> tuple[Cursor, list[st
     return ends, missing
 
 
+def lag_by_partition(cursor: Cursor, ends: Cursor) -> dict[str, int]:
+    """Records between the cursor and the end offsets, per ``topic[partition]`` (pure)."""
+    return {f"{t}[{p}]": max(end - cursor.get(t, {}).get(p, 0), 0)
+            for t, parts in sorted(ends.items()) for p, end in sorted(parts.items())}
+
+
+_last_observed: dict[str, float] = {}  # dataset -> monotonic time (per code-server process)
+_capped: dict[str, bool] = {}  # dataset -> its last inline tick had capped micro-batches
+
+
+def observe_every_s(ds: EventDataset) -> float:
+    """How often a tick records the dataset's lag: a third of its freshness window, 5..60 s."""
+    return min(max(ds.freshness.total_seconds() / 3, 5.0), 60.0)
+
+
+def lag_observation(ds: EventDataset, lag: dict[str, int], caught_up_as_of: float | None,
+                    *, force: bool = False) -> list[dg.AssetObservation]:
+    """At most one observation per ``observe_every_s``: consumer lag, and — when caught up —
+    ``dagster/last_updated_timestamp``, the time up to which everything that arrived is applied
+    (what Dagster's freshness check reads; an idle topic stays fresh, a stuck sensor does not).
+    """
+    now = time.monotonic()
+    if not force and now - _last_observed.get(ds.name, -1e9) < observe_every_s(ds):
+        return []
+    _last_observed[ds.name] = now
+    meta = {"conflux/lag_records": sum(lag.values()),
+            "conflux/lag_by_partition": dg.MetadataValue.json(lag)}
+    if caught_up_as_of is not None:
+        meta[LAST_UPDATED] = dg.MetadataValue.timestamp(caught_up_as_of)
+    return [dg.AssetObservation(asset_key=ds.name, metadata=meta)]
+
+
 def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: Cursor,
                  ends: Cursor, kafka: KafkaResource, lake: LakeResource,
                  registry: SchemaRegistryResource, deadline: float) -> tuple[Cursor, dict]:
@@ -131,11 +165,18 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
     instance = context.instance
     prepare_instance(instance)  # pooled connections for the tick's event writes
     positions = {(t, p): cursor.get(t, {}).get(p, 0) for t, parts in ends.items() for p in parts}
-    stats = {"records": 0, "batches": 0, "dead": 0, "partitions": set(), "seconds": Counter()}
+    stats = {"records": 0, "batches": 0, "dead": 0, "partitions": set(), "seconds": Counter(),
+             "capped": 0}
     buffer: list[Record] = []
     first_at = 0.0
     linger = ds.linger_ms / 1000
     origin = f"sensor:{ds.name}__kafka"
+    # a tick that applies records is one OpenLineage run (OFF, doing nothing, when lineage is off)
+    lineage = openlineage.open_run(
+        lambda: openlineage.ingest_io(ds, lake_path=lake.path,
+                                      bootstrap_servers=kafka.bootstrap_servers,
+                                      job_name=f"{ds.name}__kafka", job_type="MICRO_BATCH"),
+        flush_timeout=None)  # the code server lives on: events leave in the background
 
     last_flush = 0.0
     stats["seconds"]["setup"] = time.monotonic() - setup_started
@@ -143,36 +184,60 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
     def flush() -> None:
         nonlocal cursor, buffer, linger, last_flush
         flush_started = time.monotonic()
-        ranges = batch_ranges(cursor, buffer)
-        report = apply_records(ds, buffer, kafka=kafka, lake=lake, resolver=resolver,
-                               origin=origin, sources=[r.as_config() for r in ranges],
-                               append=True)
+        lineage.start()  # START once, at the tick's first micro-batch
+        start = cursor
+        report = apply_records(
+            ds, buffer, kafka=kafka, lake=lake, resolver=resolver, origin=origin,
+            sources=lambda recs: [r.as_config() for r in batch_ranges(start, recs)],
+            append=True, max_partitions=ds.inline_max_partitions)
+        applied, rest = buffer[:report.consumed], buffer[report.consumed:]
+        ranges = batch_ranges(cursor, applied)
+        lineage.add_rows(openlineage.DATA, report.rows_valid)
+        lineage.add_rows(openlineage.DLQ, report.dead_lettered)
         events_started = time.perf_counter()
         report_materializations(instance, report.materializations)
         stats["seconds"].update(report.seconds)
         stats["seconds"]["events"] += time.perf_counter() - events_started
         cursor = advance(cursor, ranges)
-        stats["records"] += len(buffer)
+        stats["records"] += len(applied)
         stats["batches"] += 1
         stats["dead"] += report.dead_lettered
         stats["partitions"].update(report.partitions)
-        buffer = []
+        stats["capped"] += bool(rest)
+        buffer = rest
         # adaptive linger: when applying takes long (many partitions touched), gather more per
         # micro-batch — the per-partition work, not the record count, is what costs
         last_flush = time.monotonic() - flush_started
         stats["seconds"]["flush_max"] = max(stats["seconds"]["flush_max"], last_flush)
         linger = max(ds.linger_ms / 1000, min(2 * last_flush, 1.5))
 
-    for polled in kafka.poll_from(positions, deadline=deadline, max_records=ds.flush_records):
-        if buffer and time.monotonic() + last_flush >= deadline:
-            break  # the final flush must end within the budget, or the daemon skips a tick
-        if polled and not buffer:
-            first_at = time.monotonic()
-        buffer += polled
-        if buffer and (len(buffer) >= ds.flush_records or time.monotonic() - first_at >= linger):
+    try:
+        for polled in kafka.poll_from(positions, deadline=deadline, max_records=ds.flush_records):
+            if buffer and time.monotonic() + last_flush >= deadline:
+                break  # the final flush must end within the budget, or the daemon skips a tick
+            if polled and not buffer:
+                first_at = time.monotonic()
+            buffer += polled
+            if buffer and (len(buffer) >= ds.flush_records
+                           or time.monotonic() - first_at >= linger):
+                flush()
+                # a micro-batch capped at inline_max_partitions leaves the rest of the buffer:
+                # apply it while the budget lasts; what is left is re-read by the next tick
+                while buffer and time.monotonic() + last_flush < deadline:
+                    flush()
+                if buffer:
+                    buffer = []  # not applied: the cursor stays before it
+                    break
+                first_at = time.monotonic()
+        if buffer:
             flush()
-    if buffer:
-        flush()
+    except Exception as exc:
+        lineage.fail(exc)
+        raise
+    except BaseException:
+        lineage.abort()
+        raise
+    lineage.complete()  # COMPLETE with the rows applied, if the tick applied any
     return cursor, stats
 
 
@@ -198,6 +263,7 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
     def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, lake: LakeResource,
                 registry: SchemaRegistryResource):
         started = time.monotonic()
+        as_of = time.time()  # everything acknowledged before this is below the end offsets
         cursor = parse_cursor(context.cursor)
         try:
             ends, missing = end_offsets(ds, kafka)
@@ -207,24 +273,44 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
         pending = sum(r.end - r.start for r in ranges)
         if not ends:
             return dg.SkipReason(f"topic(s) {', '.join(missing)} do not exist yet")
-        if ds.ingest == "inline" and pending <= ds.inline_max_backlog:
+        # a backlog whose event times spread over many partitions capped the last tick's
+        # micro-batches: one run applies it far faster than capped micro-batches would
+        wide = _capped.get(ds.name, False) and pending > 4 * ds.inline_max_partitions
+        if ds.ingest == "inline" and pending <= ds.inline_max_backlog and not wide:
             new_cursor, stats = apply_inline(context, ds, cursor, ends, kafka, lake, registry,
                                              deadline=started + ds.tick_budget_s)
             text = (f"applied {stats['records']} records inline in {stats['batches']} "
                     f"micro-batch(es), {stats['dead']} dead-lettered, "
-                    f"{len(stats['partitions'])} partition(s) materialized; seconds: "
+                    f"{len(stats['partitions'])} partition(s) materialized"
+                    + (f" ({stats['capped']} micro-batch(es) capped at "
+                       f"{ds.inline_max_partitions} partitions)" if stats["capped"] else "")
+                    + "; seconds: "
                     + ", ".join(f"{k} {v:.2f}" for k, v in sorted(stats["seconds"].items()))
                     if stats["records"] else f"no new records on {', '.join(ds.topics)}")
             if missing:
                 text += f"; topic(s) {', '.join(missing)} do not exist yet"
-            return dg.SensorResult(cursor=dump_cursor(new_cursor), skip_reason=text)
-        if not ranges:
-            return dg.SkipReason(f"no new records on {', '.join(ds.topics)}")
+            _capped[ds.name] = bool(stats["capped"])
+            lag = lag_by_partition(new_cursor, ends)
+            caught_up = not any(lag.values())
+            # flowing and caught up: the materializations already say how current it is
+            quiet = caught_up and stats["records"] > 0
+            return dg.SensorResult(
+                cursor=dump_cursor(new_cursor), skip_reason=text,
+                asset_events=[] if quiet else lag_observation(
+                    ds, lag, as_of if caught_up else None))
         inflight = context.instance.get_runs_count(dg.RunsFilter(job_name=job.name,
                                                                  statuses=INFLIGHT))
+        if not ranges:
+            # runs mode: caught up once nothing is pending and no ingest run is in flight
+            return dg.SensorResult(
+                skip_reason=f"no new records on {', '.join(ds.topics)}",
+                asset_events=lag_observation(ds, lag_by_partition(cursor, ends),
+                                             None if inflight else as_of))
         if inflight >= ds.max_inflight_runs:
-            return dg.SkipReason(f"{inflight} ingest runs in flight; {pending} records wait "
-                                 f"(backpressure, max_inflight_runs={ds.max_inflight_runs})")
+            return dg.SensorResult(
+                skip_reason=f"{inflight} ingest runs in flight; {pending} records wait "
+                            f"(backpressure, max_inflight_runs={ds.max_inflight_runs})",
+                asset_events=lag_observation(ds, lag_by_partition(cursor, ends), None))
         batch = next_batch(ranges)
         request = dg.RunRequest(
             run_key=run_key(ds.name, batch),

@@ -87,6 +87,16 @@ def instance(stack):
 
 
 @pytest.fixture
+def registry(stack):
+    """The schema registry in the test stack's Postgres, its tables created."""
+    from contracts.registry import SchemaRegistry
+
+    reg = SchemaRegistry(stack.settings.postgres_url)
+    reg.ensure_schema()
+    return reg
+
+
+@pytest.fixture
 def lake(stack, tmp_path):
     from resources.lake import LakeResource
 

@@ -56,7 +56,7 @@ telemetry:
 
 def dagster_env(settings: Settings) -> dict[str, str]:
     """The environment every Dagster process of the stack runs with."""
-    env = dict(os.environ)
+    env = dict(os.environ)  # OPENLINEAGE_* settings reach sensors and runs this way
     env.update(settings.client_env())
     env["DAGSTER_HOME"] = str(settings.dagster_home)
     # A full-history backfill run covers ~2,400 partitions. Dagster writes its per-partition

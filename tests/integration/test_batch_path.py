@@ -15,7 +15,7 @@ import pytest
 from conflux import dagster_api as api
 from conflux.cli import main
 from conflux.demo.producer import build_stream, load_ops, tpch_tables
-from pipelines.catalog import CATALOG, LINEITEM, ORDERS
+from pipelines.catalog import LINEITEM, ORDERS
 from pipelines.fallback import reconcile
 from resources.kafka import KafkaResource
 from resources.lake import LakeResource

@@ -36,3 +36,20 @@ def test_auto_topic_creation_is_off(kafka):
 def test_platform_topics_exist_with_explicit_partitions(kafka):
     assert len(kafka.end_offsets("tpch.orders")) == 3
     assert len(kafka.end_offsets("tpch.orders.dlq")) == 1
+
+
+def test_the_event_sourced_ledger_topic_keeps_every_record(kafka):
+    """customer_ledger is append-only: its projection is rebuilt from offset zero, so its topic
+    must never lose records to retention (the others keep the broker's default)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = kafka.admin()
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t)
+                                            for t in ("ledger.customer", "tpch.orders")])
+        modified = {name: {k: v["value"] for k, v in configs.items()}
+                    for name, configs in described["topic"].items()}  # non-default settings
+        assert modified["ledger.customer"]["retention.ms"] == "-1"
+        assert "retention.ms" not in modified["tpch.orders"]
+    finally:
+        admin.close()

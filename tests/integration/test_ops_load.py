@@ -10,7 +10,6 @@ import psycopg
 import pytest
 
 from conflux.demo.tpch import TpchGenerator
-from contracts.lineage import contract_schema
 from pipelines.batch_path import build_batch_asset
 from pipelines.catalog import CUSTOMER
 from pipelines.compile import asset_spec

@@ -17,13 +17,6 @@ def schema(*optional: str, required=("id",)) -> dict:
 
 
 @pytest.fixture
-def registry(stack):
-    reg = SchemaRegistry(stack.settings.postgres_url)
-    reg.ensure_schema()
-    return reg
-
-
-@pytest.fixture
 def subject():
     return f"test_{uuid.uuid4().hex[:10]}"
 

@@ -2,10 +2,10 @@
 someone turns them on, and then run by the Dagster daemon — a table load and a batch fallback,
 both declared with a minutely cron in the test stack's probe location."""
 
-import time
 
 import pandas as pd
 import psycopg
+import pytest
 
 from conflux import dagster_api as api
 from conflux.demo.producer import load_ops, tpch_tables
@@ -37,6 +37,7 @@ def test_every_declared_schedule_shows_in_the_ui_with_its_cron_and_starts_stoppe
         assert (state.cron, state.status) == (cron, "STOPPED"), name
 
 
+@pytest.mark.timeout(480)
 def test_the_daemon_runs_declared_schedules_once_turned_on(webserver):
     url = webserver.settings.dagster_url
     pg_url = webserver.settings.postgres_url
@@ -55,7 +56,7 @@ def test_the_daemon_runs_declared_schedules_once_turned_on(webserver):
                     ran[name] = runs
             return len(ran) == len(names), f"{len(ran)}/{len(names)} schedule(s) ran"
 
-        api.wait(poll, timeout=180, every=3, report=lambda line: None)  # next minute + a run
+        api.wait(poll, timeout=360, every=3, report=lambda line: None)  # next minute + a run
     finally:
         for name in names:
             api.reset_schedule(url, name, location=PROBE)

@@ -55,7 +55,7 @@ def test_invalid_declarations_are_rejected_with_dataset_and_problem(datasets, me
 def test_event_dataset_defaults():
     ds = ev()
     assert ds.mode == "event" and ds.dlq_topic == "t.a.dlq" and ds.topic == "t.a"
-    assert ds.freshness == dt.timedelta(seconds=60)
+    assert ds.freshness == dt.timedelta(seconds=30)
     assert EventDataset(name="s", contract=Row, key=("id",), topics="single").topics == ("single",)
 
 

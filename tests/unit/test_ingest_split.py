@@ -32,3 +32,24 @@ def test_unpartitioned_dataset_is_one_group():
 
 def test_newest_contract_version_compares_numbers_not_text():
     assert newest_ref({"orders@9", "orders@10", "orders@2"}) == "orders@10"
+
+
+def test_a_micro_batch_is_capped_at_a_prefix_spanning_few_partitions():
+    from pipelines.decode import Decoded, DeadLetter
+    from pipelines.ingest import _cut, partition_prefix
+    from resources.kafka import Record
+
+    recs = [Record("t", 0, i, 0, b"k", b"v", ()) for i in range(6)]
+    days = [dt.date(1996, 1, d) for d in (1, 1, 2, 3, 2, 4)]
+    # record 3 is a dead letter; rows come from records 0, 1, 2, 4, 5 (days 1, 1, 2, 2, 4)
+    rows = [recs[i] for i in (0, 1, 2, 4, 5)]
+    decoded = Decoded(rows=[{"o_orderdate": days[r.offset]} for r in rows], records=rows,
+                      contracts=["orders@1"] * 5,
+                      dead=[DeadLetter(recs[3], "SCHEMA_INVALID", "bad", None)])
+    assert partition_prefix(ORDERS, decoded, 3) is None  # days 1, 2, 4 fit
+    row = partition_prefix(ORDERS, decoded, 2)  # day 4 (record 5) would be the third
+    assert row == 4
+    kept, consumed = _cut(decoded, recs, row)
+    assert consumed == 5 and [r.offset for r in kept.records] == [0, 1, 2, 4]
+    assert [d.record.offset for d in kept.dead] == [3]
+    assert partition_prefix(CUSTOMER_LEDGER, decoded, 1) is None  # unpartitioned: no cap

@@ -1,0 +1,88 @@
+"""Freshness expectations derived from declarations (pure: no Dagster).
+
+* an **event** dataset is fresh while everything that reached its topics more than ``freshness``
+  ago (30 s by default) has been applied. The Kafka sensor records how current the dataset is:
+  each materialization carries the time of the newest record it applied, and an observation every
+  few seconds says "caught up as of this tick" (or, when behind, only the lag);
+* a **batch** dataset with a schedule must have been updated within one schedule period plus a
+  grace (a quarter period, at most an hour) of each tick of that schedule — or within its declared
+  ``freshness`` when it declares one;
+* a batch dataset without schedule has an expectation only if it declares ``freshness``.
+
+``pipelines/freshness_path.py`` turns these into Dagster's own freshness checks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pipelines.datasets import BatchDataset, Dataset, EventDataset, _fail
+
+MAX_GRACE = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """Updated no earlier than ``lower_bound`` before the deadline: the latest tick of
+    ``deadline_cron`` (or the time of evaluation when None)."""
+
+    lower_bound: dt.timedelta
+    deadline_cron: str | None
+    derived_from: str  # "declaration" or "schedule"
+
+
+def cron_period(cron: str) -> dt.timedelta:
+    """The interval between ticks of the regular cron shapes schedules use.
+
+    Supported: ``* * * * *``, ``*/N * * * *``, ``M * * * *``, ``M */N * * *``, ``M H * * *``
+    and ``M H * * D`` (weekly). Raises ``ValueError`` for other shapes.
+
+    Examples:
+        >>> cron_period("*/15 * * * *")
+        datetime.timedelta(seconds=900)
+    """
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron {cron!r} does not have 5 fields")
+    minute, hour, dom, month, dow = fields
+
+    def step(field: str) -> int | None:
+        if field == "*":
+            return 1
+        if field.startswith("*/") and field[2:].isdigit() and int(field[2:]) > 0:
+            return int(field[2:])
+        return None
+
+    if (dom, month) == ("*", "*"):
+        if dow == "*":
+            if hour == "*" and step(minute):
+                return dt.timedelta(minutes=step(minute))
+            if minute.isdigit() and step(hour):
+                return dt.timedelta(hours=step(hour))
+            if minute.isdigit() and hour.isdigit():
+                return dt.timedelta(days=1)
+        elif dow.isdigit() and minute.isdigit() and hour.isdigit():
+            return dt.timedelta(weeks=1)
+    raise ValueError(f"cron {cron!r} is not a regular every-N-minutes/hours, daily or weekly "
+                     f"schedule")
+
+
+def expectation(ds: Dataset) -> Expectation | None:
+    """The freshness expectation of a dataset, or None when it has none.
+
+    Raises:
+        DeclarationError: a schedule whose period cannot be derived and no declared freshness.
+    """
+    if isinstance(ds, EventDataset):
+        return Expectation(ds.freshness, None, "declaration")
+    cron = ds.schedule_cron if isinstance(ds, BatchDataset) else None
+    if cron is None:
+        return Expectation(ds.freshness, None, "declaration") if ds.freshness else None
+    if ds.freshness is not None:
+        return Expectation(ds.freshness, cron, "declaration")
+    try:
+        period = cron_period(cron)
+    except ValueError as exc:
+        _fail(ds.name, f"{exc}; declare freshness= to say how old it may get")
+    return Expectation(period + min(period / 4, MAX_GRACE), cron, "schedule")

@@ -1,0 +1,79 @@
+"""Freshness expectations derived from declarations, and their Dagster checks (no services)."""
+
+import dataclasses
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from conflux.errors import DeclarationError
+from pipelines.catalog import CUSTOMER, CUSTOMER_BALANCE, DATASETS, ORDERS, REVENUE_BY_NATION
+from pipelines.freshness import cron_period, expectation
+from pipelines.freshness_path import SENSOR_NAME, build_freshness
+from sensors.kafka_sensor import lag_by_partition, lag_observation, observe_every_s
+
+MIN = dt.timedelta(minutes=1)
+
+
+@pytest.mark.parametrize("cron, period", [
+    ("* * * * *", MIN), ("*/15 * * * *", 15 * MIN), ("30 * * * *", 60 * MIN),
+    ("0 */6 * * *", 6 * 60 * MIN), ("0 2 * * *", dt.timedelta(days=1)),
+    ("0 2 * * 1", dt.timedelta(weeks=1)),
+])
+def test_cron_periods_of_regular_schedules(cron, period):
+    assert cron_period(cron) == period
+
+
+@pytest.mark.parametrize("cron", ["0 2 1 * *", "0,30 * * * *", "* *", "0 2 * * 1-5"])
+def test_irregular_crons_are_refused(cron):
+    with pytest.raises(ValueError, match="cron"):
+        cron_period(cron)
+
+
+def test_event_datasets_are_sub_minute_by_default_and_evaluated_at_any_time():
+    exp = expectation(ORDERS)
+    assert exp.lower_bound == dt.timedelta(seconds=30) and exp.deadline_cron is None
+
+
+def test_batch_datasets_derive_theirs_from_the_schedule_they_really_run_on():
+    daily = expectation(CUSTOMER)  # "0 2 * * *": a day plus an hour of grace
+    assert (daily.deadline_cron, daily.lower_bound, daily.derived_from) == (
+        "0 2 * * *", dt.timedelta(hours=25), "schedule")
+    # partitioned: the declared "30 * * * *" runs daily at 00:30 (the latest day's partition)
+    assert expectation(REVENUE_BY_NATION).deadline_cron == "30 0 * * *"
+    declared = expectation(CUSTOMER_BALANCE)  # declares 30 min; deadline from its schedule
+    assert (declared.lower_bound, declared.deadline_cron) == (30 * MIN, "*/15 * * * *")
+    quarter = expectation(dataclasses.replace(CUSTOMER_BALANCE, freshness=None))
+    assert quarter.lower_bound == 15 * MIN + 15 * MIN / 4
+
+
+def test_no_schedule_and_no_declaration_means_no_expectation_and_odd_crons_ask_for_one():
+    assert expectation(dataclasses.replace(CUSTOMER, schedule=None)) is None
+    with pytest.raises(DeclarationError, match="customer.*declare freshness="):
+        expectation(dataclasses.replace(CUSTOMER, schedule="0 2 1 * *"))
+
+
+def test_every_dataset_with_an_expectation_gets_dagsters_freshness_check_and_one_sensor():
+    checks, sensor = build_freshness(DATASETS)
+    keys = {k.asset_key.to_user_string(): k.name for c in checks for k in c.check_keys}
+    assert set(keys) == {d.name for d in DATASETS if expectation(d) is not None}
+    assert set(keys.values()) == {"freshness_check"}
+    assert sensor.name == SENSOR_NAME
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_lag_is_what_lies_between_cursor_and_end_offsets():
+    lag = lag_by_partition({"t": {0: 5, 1: 9}}, {"t": {0: 8, 1: 9, 2: 4}})
+    assert lag == {"t[0]": 3, "t[1]": 0, "t[2]": 4}
+
+
+def test_observations_say_how_current_only_when_caught_up_and_are_rate_limited():
+    ds = dataclasses.replace(ORDERS, name="obs_probe")
+    assert observe_every_s(ds) == 10.0
+    [caught_up] = lag_observation(ds, {"t[0]": 0}, 1_700_000_000.0, force=True)
+    assert caught_up.metadata["dagster/last_updated_timestamp"].value == 1_700_000_000.0
+    assert caught_up.metadata["conflux/lag_records"].value == 0
+    assert lag_observation(ds, {"t[0]": 0}, 1_700_000_001.0) == []  # within 10 s of the last
+    [behind] = lag_observation(ds, {"t[0]": 7, "t[1]": 2}, None, force=True)
+    assert "dagster/last_updated_timestamp" not in behind.metadata
+    assert behind.metadata["conflux/lag_records"].value == 9
