@@ -72,3 +72,17 @@ class ProjectionNotFoundError(ConfluxError):
     """A projection, or a row of it, that was asked for is not stored."""
 
     code = "PROJECTION_NOT_FOUND"
+
+
+class LakeError(ConfluxError):
+    """Lake files that cannot be read consistently (a missing merge rule, files that keep
+    changing under a reader)."""
+
+    code = "LAKE_UNREADABLE"
+
+
+class TopicConfigError(ConfluxError):
+    """Kafka refused a topic's configuration (for example the unlimited retention an
+    event-sourced dataset's topic needs)."""
+
+    code = "KAFKA_TOPIC_CONFIG_FAILED"

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import dagster as dg
 
 from pipelines.datasets import BatchDataset, Dataset, EventDataset
 from pipelines.ingest import CORRELATION_HEADER
+from resources.lake import UNPARTITIONED
 
 DLQ_HEADERS = ("conflux.error.code", "conflux.error.message", "conflux.error.topic",
                "conflux.error.partition", "conflux.error.offset")
@@ -93,6 +93,7 @@ class Trace:
     dead_letters: list[DeadLetterHit] = field(default_factory=list)
     outbox: list[OutboxHit] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    truncated: list[str] = field(default_factory=list)  # arrivals whose run search was cut
 
     @property
     def found(self) -> bool:
@@ -103,11 +104,6 @@ class Trace:
         for a in out["applications"]:
             a.pop("seconds")
         return out
-
-
-def _covers(ranges: Iterable[dict], topic: str, partition: int, offset: int) -> bool:
-    return any(r["topic"] == topic and r["partition"] == partition
-               and r["start"] <= offset < r["end"] for r in ranges)
 
 
 def find_arrivals(cid: str, datasets: list[EventDataset], *, lake, kafka) -> list[Arrival]:
@@ -139,34 +135,43 @@ def find_arrivals(cid: str, datasets: list[EventDataset], *, lake, kafka) -> lis
     return out
 
 
-def find_applications(arrivals: list[Arrival], instance: dg.DagsterInstance) -> list[Application]:
-    """The materializations whose source ranges cover each arrival's offset."""
-    out = []
+MAX_PAGES = 50  # of 200 materializations each, per arrival
+
+
+def find_applications(arrivals: list[Arrival], instance: dg.DagsterInstance
+                      ) -> tuple[list[Application], list[str]]:
+    """The materializations whose source ranges cover each arrival's offset, newest first back
+    to the first one whose range on that partition ends at or before the offset (older ones
+    cannot hold it); and the arrivals whose search was cut at ``MAX_PAGES``."""
+    out, truncated = [], []
     for a in arrivals:
-        arrived = (dt.datetime.fromisoformat(a.arrived_at).timestamp() - 60
-                   if a.arrived_at else None)
-        cursor = None
-        for _ in range(20):  # pages of 200, oldest first from just before the arrival
+        cursor, done = None, False
+        for _ in range(MAX_PAGES):
             page = instance.fetch_materializations(
                 dg.AssetRecordsFilter(
                     asset_key=dg.AssetKey(a.dataset),
-                    asset_partitions=None if a.partition == "_all" else [a.partition],
-                    after_timestamp=arrived),
-                limit=200, cursor=cursor, ascending=True)
+                    asset_partitions=None if a.partition == UNPARTITIONED else [a.partition]),
+                limit=200, cursor=cursor, ascending=False)
             for rec in page.records:
                 meta = rec.asset_materialization.metadata
                 ranges = meta.get("conflux/source_ranges")
-                if ranges is None or not _covers(ranges.value, a.topic, a.kafka_partition,
-                                                 a.offset):
-                    continue
-                by = meta.get("conflux/applied_by")
-                applied_by = by.value if by is not None else (rec.run_id or "?")
-                out.append(Application(a.dataset, a.partition, a.offset, applied_by,
-                                       rec.run_id or None, _iso(rec.timestamp), rec.timestamp))
-            if not page.has_more:
+                mine = [r for r in (ranges.value if ranges is not None else [])
+                        if r["topic"] == a.topic and r["partition"] == a.kafka_partition]
+                if any(r["start"] <= a.offset < r["end"] for r in mine):
+                    by = meta.get("conflux/applied_by")
+                    applied_by = by.value if by is not None else (rec.run_id or "?")
+                    out.append(Application(a.dataset, a.partition, a.offset, applied_by,
+                                           rec.run_id or None, _iso(rec.timestamp),
+                                           rec.timestamp))
+                elif any(r["end"] <= a.offset for r in mine):
+                    done = True  # everything older applied earlier offsets
+            if done or not page.has_more:
                 break
             cursor = page.cursor
-    return out
+        else:
+            truncated.append(f"{a.dataset} {a.topic}[{a.kafka_partition}]@{a.offset}")
+    out.sort(key=lambda app: app.seconds)
+    return out, truncated
 
 
 def find_downstream(applications: list[Application], catalog: dict[str, Dataset],
@@ -181,14 +186,16 @@ def find_downstream(applications: list[Application], catalog: dict[str, Dataset]
         for ds in catalog.values():
             if not isinstance(ds, BatchDataset) or name not in ds.upstream:
                 continue
-            part = partition if ds.partitioned and partition != "_all" else None
+            part = partition if ds.partitioned and partition != UNPARTITIONED else None
             page = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey(ds.name),
                                       asset_partitions=[part] if part else None), limit=1)
             rec = page.records[0] if page.records else None
+            # it includes the event if its run started (read its inputs) after it was applied
+            run = instance.get_run_record_by_id(rec.run_id) if rec and rec.run_id else None
+            started = (run.start_time if run and run.start_time else rec.timestamp) if rec else 0
             out.append(Downstream(ds.name, part, _iso(rec.timestamp) if rec else None,
-                                  rec.run_id if rec else None,
-                                  bool(rec and rec.timestamp >= applied)))
+                                  rec.run_id if rec else None, bool(rec and started >= applied)))
     return out
 
 
@@ -235,8 +242,8 @@ def trace(cid: str, catalog: dict[str, Dataset], *, lake, kafka, instance: dg.Da
     steps = (
         ("lake+kafka", lambda: setattr(out, "arrivals", find_arrivals(cid, events, lake=lake,
                                                                        kafka=kafka))),
-        ("runs", lambda: setattr(out, "applications",
-                                 find_applications(out.arrivals, instance))),
+        ("runs", lambda: (setattr(out, "applications", (found := find_applications(
+            out.arrivals, instance))[0]), setattr(out, "truncated", found[1]))),
         ("downstream", lambda: setattr(out, "downstream",
                                        find_downstream(out.applications, catalog, instance))),
         ("dead letters", lambda: setattr(out, "dead_letters",
@@ -280,5 +287,8 @@ def render(t: Trace, dagster_url: str) -> list[str]:
     for dl in t.dead_letters:
         lines.append(f"  dead letter: {dl.dlq_topic}@{dl.offset} from {dl.source}: "
                      f"{dl.reason} — {dl.message}")
+    for t_ in t.truncated:
+        lines.append(f"  search truncated: the {MAX_PAGES * 200} newest materializations of "
+                     f"{t_} were searched; older applications are not listed")
     lines.append("  looked up in " + ", ".join(f"{k} {v:.2f}s" for k, v in t.seconds.items()))
     return lines

@@ -14,6 +14,7 @@ import dagster as dg
 
 from contracts.lineage import code_version
 from pipelines.datasets import BatchDataset, Dataset, EventDataset, validate_catalog
+from pipelines.freshness_path import freshness_policy
 from pipelines.metadata import definition_metadata
 
 EVENT_START_DATE = "1992-01-01"
@@ -64,6 +65,7 @@ def asset_spec(ds: Dataset, catalog: dict[str, Dataset]) -> dg.AssetSpec:
         metadata=definition_metadata(ds, catalog),
         code_version=code_version(ds.contract, compute),
         automation_condition=automation,
+        freshness_policy=freshness_policy(ds),
     )
 
 

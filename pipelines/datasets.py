@@ -32,8 +32,8 @@ class Dataset:
         description: one paragraph shown in the UI.
         group: domain the dataset belongs to (one Dagster group per domain).
         freshness: how old the newest data may get before the dataset counts as stale
-            (event datasets default to 30 seconds; a scheduled batch dataset derives it from its
-            schedule — one period plus a grace of a quarter period, at most an hour).
+            (event datasets default to 30 seconds; a scheduled batch dataset that declares none
+            must be updated in the period before each tick of its schedule).
     """
 
     name: str
@@ -245,7 +245,8 @@ def _check_one(ds: Dataset) -> None:
             _fail(ds.name, f"tick_budget_s={ds.tick_budget_s} must be within 0.5..30 seconds")
         if min(ds.partitions, ds.max_records_per_run, ds.max_inflight_runs, ds.flush_records,
                ds.inline_max_partitions) < 1:
-            _fail(ds.name, "partitions, max_records_per_run and max_inflight_runs must be positive")
+            _fail(ds.name, "partitions, max_records_per_run, max_inflight_runs, flush_records and "
+                           "inline_max_partitions must be positive")
         _check_dlq(ds)
     if isinstance(ds, BatchDataset):
         if (ds.source_table is None) == (ds.compute is None):

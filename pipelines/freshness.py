@@ -4,10 +4,10 @@
   ago (30 s by default) has been applied. The Kafka sensor records how current the dataset is:
   each materialization carries the time of the newest record it applied, and an observation every
   few seconds says "caught up as of this tick" (or, when behind, only the lag);
-* a **batch** dataset with a schedule must have been updated within one schedule period plus a
-  grace (a quarter period, at most an hour) of each tick of that schedule — or within its declared
-  ``freshness`` when it declares one;
-* a batch dataset without schedule has an expectation only if it declares ``freshness``.
+* a **batch** dataset that declares ``freshness`` must have been updated within it of now;
+* otherwise a scheduled batch dataset must, at each tick of its schedule, have been updated
+  during the period before it (the run of the previous tick counts);
+* a batch dataset with neither has no expectation.
 
 ``pipelines/freshness_path.py`` turns these into Dagster's own freshness checks.
 """
@@ -18,9 +18,6 @@ import datetime as dt
 from dataclasses import dataclass
 
 from pipelines.datasets import BatchDataset, Dataset, EventDataset, _fail
-
-MAX_GRACE = dt.timedelta(hours=1)
-
 
 @dataclass(frozen=True)
 class Expectation:
@@ -76,13 +73,13 @@ def expectation(ds: Dataset) -> Expectation | None:
     """
     if isinstance(ds, EventDataset):
         return Expectation(ds.freshness, None, "declaration")
+    if ds.freshness is not None:
+        return Expectation(ds.freshness, None, "declaration")
     cron = ds.schedule_cron if isinstance(ds, BatchDataset) else None
     if cron is None:
-        return Expectation(ds.freshness, None, "declaration") if ds.freshness else None
-    if ds.freshness is not None:
-        return Expectation(ds.freshness, cron, "declaration")
+        return None
     try:
         period = cron_period(cron)
     except ValueError as exc:
         _fail(ds.name, f"{exc}; declare freshness= to say how old it may get")
-    return Expectation(period + min(period / 4, MAX_GRACE), cron, "schedule")
+    return Expectation(period, cron, "schedule")

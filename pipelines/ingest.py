@@ -139,7 +139,7 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
                   lake: LakeResource, resolver: ContractResolver, origin: str,
                   sources: list[dict] | Callable[[list[Record]], list[dict]],
                   lag: int | None = None, append: bool = False,
-                  max_partitions: int | None = None) -> IngestReport:
+                  max_partitions: int | None = None, current_as_of: float = 0.0) -> IngestReport:
     """Apply records to ``ds``; returns the report with one materialization per partition touched.
 
     Args:
@@ -151,6 +151,9 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
             rewrite per micro-batch) instead of upserting in place (runs: exact change counts).
         max_partitions: apply only the longest prefix of ``records`` touching at most this many
             partitions; ``report.consumed`` says how many records that was.
+        current_as_of: the last time the writer knew the dataset held everything that had
+            arrived (epoch seconds; 0: unknown) — ``dagster/last_updated_timestamp`` of the
+            materializations. Not the newest record's time: other partitions may lag behind.
     """
     t0 = time.perf_counter()
     records = list(records)
@@ -188,7 +191,6 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
     report.distinct_correlation_ids = len(distinct)
     report.correlation_ids = heapq.nsmallest(20, distinct)
 
-    newest_s = pc.max(table["__ts"]).as_py() / 1000  # how current the batch makes the dataset
     contracts = np.array(decoded.contracts, dtype=object)
     reasons = dict(report.dead)
     for partition, idx in split_by_partition(ds, table):
@@ -210,7 +212,7 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
             asset_key=ds.name, partition=key,
             metadata=materialization_metadata(
                 ds, rows=len(part), contract_version=newest_ref(set(contracts[idx])),
-                with_schema=False, current_as_of=newest_s,
+                with_schema=False, current_as_of=current_as_of,
                 source_ranges=dg.MetadataValue.json(sources),
                 rows_in=seen, rows_valid=len(decoded.rows), **counts,
                 dead_lettered=report.dead_lettered,

@@ -19,6 +19,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from conflux.errors import TopicConfigError
+
 # short timeouts: these clients run inside sensor ticks and health checks
 _FAST = {"request_timeout_ms": 5000, "bootstrap_timeout_ms": 5000, "reconnect_backoff_max_ms": 1000}
 
@@ -114,9 +116,32 @@ class KafkaResource(dg.ConfigurableResource):
                 if current < partitions:
                     admin.create_partitions({topic: NewPartitions(partitions)})
                 if configs:
-                    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
-                                                        configs=configs)])
+                    result = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                                 configs=configs)])
+                    outcome = result.get("topic", {}).get(topic)
+                    if outcome != "OK":  # kafka-python reports, does not raise
+                        raise TopicConfigError(f"topic {topic}: setting {configs} failed: "
+                                               f"{outcome}")
                 return False
+        finally:
+            admin.close()
+
+    def topic_configs(self, topics: list[str]) -> dict[str, dict[str, str]]:
+        """The non-default configuration of each topic: ``{topic: {name: value}}``."""
+        admin = self.admin()
+        try:
+            described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t)
+                                                for t in topics])
+        finally:
+            admin.close()
+        return {name: {k: v["value"] for k, v in configs.items()}
+                for name, configs in described.get("topic", {}).items()}
+
+    def delete_records(self, topic: str, before: dict[int, int]) -> None:
+        """Delete the records of each partition below the given offset (what retention does)."""
+        admin = self.admin()
+        try:
+            admin.delete_records({TopicPartition(topic, p): off for p, off in before.items()})
         finally:
             admin.close()
 

@@ -44,6 +44,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from conflux.errors import LakeError
+
 UNPARTITIONED = "_all"
 DELTA_SUFFIX = ".delta"
 MERGE_RULE = "_merge.json"
@@ -192,13 +194,13 @@ class LakeResource(dg.ConfigurableResource):
                 continue
             rule = self.merge_rule(dataset)
             if rule is None:
-                raise RuntimeError(f"{dataset}: delta files without {MERGE_RULE}")
+                raise LakeError(f"{dataset}: delta files without {MERGE_RULE}")
             if not rule["keep_existing"]:  # one incoming batch: the newest by order_by wins
                 writes = [pa.concat_tables(writes, promote_options="permissive")]
             merged, _ = merge_writes(base, writes, rule["key"], order_by=rule["order_by"],
                                      keep_existing=rule["keep_existing"])
             return merged, deltas
-        raise RuntimeError(f"{dataset}/{partition}: could not read a stable set of delta files")
+        raise LakeError(f"{dataset}/{partition}: could not read a stable set of delta files")
 
     def read_partitions(self, dataset: str, partitions: list[str] | None = None,
                         columns: list[str] | None = None) -> pa.Table | None:
@@ -272,7 +274,7 @@ class LakeResource(dg.ConfigurableResource):
             except FileNotFoundError:
                 continue
         else:
-            raise RuntimeError(f"{dataset}: files kept changing while searching {column}")
+            raise LakeError(f"{dataset}: files kept changing while searching {column}")
         hits = []
         for row in table.to_pylist() if table is not None else []:
             path = Path(row.pop("__filename"))
@@ -394,7 +396,7 @@ class LakeResource(dg.ConfigurableResource):
                     name: pq.read_table(folder / f"{name}.parquet") for name in meta["tables"]}
             except FileNotFoundError:  # a newer generation replaced it meanwhile: read again
                 continue
-        raise RuntimeError(f"{dataset}/{partition}: could not read a stable checkpoint")
+        raise LakeError(f"{dataset}/{partition}: could not read a stable checkpoint")
 
     def rewrite_checkpointed(
             self, dataset: str,

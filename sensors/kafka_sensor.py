@@ -18,6 +18,7 @@ to apply per partition, stored by Dagster in Postgres. Then, by the dataset's ``
   or running, ticks wait and records accumulate into bigger ranges (backpressure).
 """
 
+import datetime as dt
 import json
 import time
 from collections import Counter
@@ -131,7 +132,8 @@ def lag_by_partition(cursor: Cursor, ends: Cursor) -> dict[str, int]:
 
 
 _last_observed: dict[str, float] = {}  # dataset -> monotonic time (per code-server process)
-_capped: dict[str, bool] = {}  # dataset -> its last inline tick had capped micro-batches
+_capped: dict[str, bool] = {}  # dataset -> its last inline tick left records unapplied
+_caught_up_at: dict[str, float] = {}  # dataset -> start of the last tick that ended caught up
 
 
 def observe_every_s(ds: EventDataset) -> float:
@@ -166,7 +168,7 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
     prepare_instance(instance)  # pooled connections for the tick's event writes
     positions = {(t, p): cursor.get(t, {}).get(p, 0) for t, parts in ends.items() for p in parts}
     stats = {"records": 0, "batches": 0, "dead": 0, "partitions": set(), "seconds": Counter(),
-             "capped": 0}
+             "capped": 0, "dropped": 0}
     buffer: list[Record] = []
     first_at = 0.0
     linger = ds.linger_ms / 1000
@@ -189,7 +191,8 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
         report = apply_records(
             ds, buffer, kafka=kafka, lake=lake, resolver=resolver, origin=origin,
             sources=lambda recs: [r.as_config() for r in batch_ranges(start, recs)],
-            append=True, max_partitions=ds.inline_max_partitions)
+            append=True, max_partitions=ds.inline_max_partitions,
+            current_as_of=_caught_up_at.get(ds.name, 0.0))
         applied, rest = buffer[:report.consumed], buffer[report.consumed:]
         ranges = batch_ranges(cursor, applied)
         lineage.add_rows(openlineage.DATA, report.rows_valid)
@@ -226,11 +229,15 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
                 while buffer and time.monotonic() + last_flush < deadline:
                     flush()
                 if buffer:
+                    stats["dropped"] += len(buffer)
                     buffer = []  # not applied: the cursor stays before it
                     break
                 first_at = time.monotonic()
         if buffer:
             flush()
+        while buffer and time.monotonic() + last_flush < deadline:  # capped: the rest, in time
+            flush()
+        stats["dropped"] += len(buffer)  # left when the budget ran out: re-read next tick
     except Exception as exc:
         lineage.fail(exc)
         raise
@@ -289,23 +296,32 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
                     if stats["records"] else f"no new records on {', '.join(ds.topics)}")
             if missing:
                 text += f"; topic(s) {', '.join(missing)} do not exist yet"
-            _capped[ds.name] = bool(stats["capped"])
+            _capped[ds.name] = stats["dropped"] > 0
             lag = lag_by_partition(new_cursor, ends)
             caught_up = not any(lag.values())
-            # flowing and caught up: the materializations already say how current it is
-            quiet = caught_up and stats["records"] > 0
+            if caught_up:
+                _caught_up_at[ds.name] = as_of
             return dg.SensorResult(
                 cursor=dump_cursor(new_cursor), skip_reason=text,
-                asset_events=[] if quiet else lag_observation(
-                    ds, lag, as_of if caught_up else None))
+                asset_events=lag_observation(ds, lag, as_of if caught_up else None))
         inflight = context.instance.get_runs_count(dg.RunsFilter(job_name=job.name,
                                                                  statuses=INFLIGHT))
+        _capped[ds.name] = False  # one run takes the wide backlog; then inline again
         if not ranges:
-            # runs mode: caught up once nothing is pending and no ingest run is in flight
+            # runs mode: caught up once nothing is pending, no ingest run is in flight and none
+            # failed since the last time it was (its range would be missing)
+            since = dt.datetime.fromtimestamp(_caught_up_at.get(ds.name, 0.0), dt.timezone.utc)
+            failed = context.instance.get_runs_count(dg.RunsFilter(
+                job_name=job.name, statuses=[dg.DagsterRunStatus.FAILURE], updated_after=since))
+            caught_up = not inflight and not failed
+            if caught_up:
+                _caught_up_at[ds.name] = as_of
             return dg.SensorResult(
-                skip_reason=f"no new records on {', '.join(ds.topics)}",
+                skip_reason=f"no new records on {', '.join(ds.topics)}"
+                            + (f"; {failed} ingest run(s) failed since it was last caught up"
+                               if failed else ""),
                 asset_events=lag_observation(ds, lag_by_partition(cursor, ends),
-                                             None if inflight else as_of))
+                                             as_of if caught_up else None))
         if inflight >= ds.max_inflight_runs:
             return dg.SensorResult(
                 skip_reason=f"{inflight} ingest runs in flight; {pending} records wait "

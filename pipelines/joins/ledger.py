@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from conflux.errors import LedgerIntegrityError
+
 SIGN = {"deposit": 1, "withdrawal": -1, "adjustment": 1}
 MICRO = 1_000_000
 
@@ -64,7 +66,7 @@ def signed_micro(events: pd.DataFrame) -> np.ndarray:
     which = pc.index_in(kinds, value_set=pa.array(list(SIGN), type=pa.string()))
     if which.null_count:
         bad = kinds.filter(pc.is_null(which))[0].as_py()
-        raise ValueError(f"unknown ledger event kind {bad!r} (known: {', '.join(SIGN)})")
+        raise LedgerIntegrityError(f"unknown ledger event kind {bad!r} (known: {', '.join(SIGN)})")
     sign = np.array(list(SIGN.values()), dtype="int64")[which.to_numpy(zero_copy_only=False)]
     micro = np.rint(events["amount"].to_numpy(dtype="float64") * MICRO).astype("int64")
     return micro * sign

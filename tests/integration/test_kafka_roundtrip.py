@@ -41,15 +41,6 @@ def test_platform_topics_exist_with_explicit_partitions(kafka):
 def test_the_event_sourced_ledger_topic_keeps_every_record(kafka):
     """customer_ledger is append-only: its projection is rebuilt from offset zero, so its topic
     must never lose records to retention (the others keep the broker's default)."""
-    from kafka.admin import ConfigResource, ConfigResourceType
-
-    admin = kafka.admin()
-    try:
-        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t)
-                                            for t in ("ledger.customer", "tpch.orders")])
-        modified = {name: {k: v["value"] for k, v in configs.items()}
-                    for name, configs in described["topic"].items()}  # non-default settings
-        assert modified["ledger.customer"]["retention.ms"] == "-1"
-        assert "retention.ms" not in modified["tpch.orders"]
-    finally:
-        admin.close()
+    modified = kafka.topic_configs(["ledger.customer", "tpch.orders"])  # non-default settings
+    assert modified["ledger.customer"]["retention.ms"] == "-1"
+    assert "retention.ms" not in modified["tpch.orders"]

@@ -13,6 +13,7 @@ from pipelines.catalog import DATASETS
 from pipelines.datasets import BatchDataset, EventDataset
 from pipelines.definitions import defs
 from resources.lake import LakeResource
+from resources.postgres import replace_table
 from tests.fixtures.minutely import PROBE_NATION, PROBE_ORDERS
 
 PROBE = "conflux_minutely"
@@ -42,7 +43,9 @@ def test_the_daemon_runs_declared_schedules_once_turned_on(webserver):
     url = webserver.settings.dagster_url
     pg_url = webserver.settings.postgres_url
     tables = tpch_tables(0.0004, seed=17)
-    load_ops(pg_url, {"nation": tables["nation"], "orders": tables["orders"]})
+    load_ops(pg_url, {"nation": tables["nation"]})  # the same 25 nations every time
+    with psycopg.connect(pg_url) as conn, conn.transaction():  # the probe's own source table
+        replace_table(conn, "ops", "probe_orders", tables["orders"], ["o_orderkey"])
     names = [f"{PROBE_NATION.name}__schedule", f"{PROBE_ORDERS.name}__fallback"]
     for name in names:
         assert api.start_schedule(url, name, location=PROBE) == "RUNNING"
@@ -68,7 +71,7 @@ def test_the_daemon_runs_declared_schedules_once_turned_on(webserver):
     nation = lake.read(PROBE_NATION.name)
     assert sorted(nation.n_nationkey) == sorted(tables["nation"].n_nationkey)
     with psycopg.connect(pg_url) as conn:
-        source = pd.DataFrame(conn.execute("select o_orderkey, o_totalprice from ops.orders")
+        source = pd.DataFrame(conn.execute("select o_orderkey, o_totalprice from ops.probe_orders")
                               .fetchall(), columns=["o_orderkey", "o_totalprice"])
     stored = lake.read_partitions(PROBE_ORDERS.name, None, ["o_orderkey", "o_totalprice"])
     stored = stored.to_pandas().sort_values("o_orderkey", ignore_index=True)

