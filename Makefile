@@ -21,7 +21,7 @@ dev: install
 	$(BIN)/conflux dev
 
 test: install
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 test-unit: install
 	$(BIN)/python -m pytest -ra tests/unit
