@@ -183,6 +183,7 @@ class WindowCounts:
     reasons: dict[str, int] = field(default_factory=dict)  # histogram of the sampled letters
     sampled: int = 0                # the newest `sampled` dead letters of the window
     missing: tuple[str, ...] = ()   # topics that do not exist (yet)
+    sample_error: str = ""          # why the histogram is partial ("" when it is not)
 
 
 @dataclass(frozen=True)

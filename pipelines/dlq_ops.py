@@ -70,7 +70,7 @@ def window_counts(ds: EventDataset, kafka: KafkaResource, *, now_ms: int | None 
     dead = sum(end - max(at, begin) for at, begin, end in dlq.values())
     retained = sum(end - begin for _, begin, end in dlq.values())
     reasons: dict[str, int] = {}
-    sampled = 0
+    sampled, sample_error = 0, ""
     if dead and sample > 0:
         per_partition = max(sample // len(dlq), 1)
         ranges = [(ds.dlq_topic, p, max(at, begin, end - per_partition), end)
@@ -81,9 +81,10 @@ def window_counts(ds: EventDataset, kafka: KafkaResource, *, now_ms: int | None 
                 code = code.decode(errors="replace") if code else "(no reason header)"
                 reasons[code] = reasons.get(code, 0) + 1
                 sampled += 1
-        except KafkaError:
-            pass  # the counts stand without the histogram (e.g. retention raced the read)
-    return WindowCounts(window_s, records_in, dead, retained, reasons, sampled, tuple(missing))
+        except KafkaError as exc:  # the counts come from offsets and stand; say the histogram
+            sample_error = str(exc)  # is partial (e.g. retention raced the read)
+    return WindowCounts(window_s, records_in, dead, retained, reasons, sampled, tuple(missing),
+                        sample_error)
 
 
 # --- reading a DLQ topic -------------------------------------------------------------------

@@ -74,6 +74,7 @@ def check_metadata(ds: EventDataset, counts: WindowCounts, verdict: Verdict,
             "window_s": int(policy.window.total_seconds())}),
         "conflux/top_reasons": dg.MetadataValue.json(dict(top_reasons(counts.reasons))),
         "conflux/reasons_sampled": counts.sampled,
+        **({"conflux/reasons_partial": counts.sample_error} if counts.sample_error else {}),
         "conflux/dlq_retained": counts.dlq_retained,
         "conflux/evaluated_by": evaluated_by,
     }

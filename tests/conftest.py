@@ -97,6 +97,28 @@ def registry(stack):
 
 
 @pytest.fixture
+def fallback_ds(stack):
+    """An orders-like event dataset whose batch fallback reads a fresh ops table of 60 orders;
+    returns (dataset, the table's rows)."""
+    import dataclasses
+
+    import psycopg
+
+    from conflux.demo.tpch import TpchGenerator
+    from pipelines.catalog import ORDERS
+    from pipelines.datasets import BatchFallback
+    from resources.postgres import replace_table
+
+    tag = uuid.uuid4().hex[:8]
+    source = TpchGenerator(0.001, seed=11).orders().head(60).reset_index(drop=True)
+    with psycopg.connect(stack.settings.postgres_url) as conn:
+        replace_table(conn, "ops", f"orders_{tag}", source, ["o_orderkey"])
+    ds = dataclasses.replace(ORDERS, name=f"orders_fb_{tag}", topics=(f"t.fb.{tag}",),
+                             fallback=BatchFallback(source_table=f"ops.orders_{tag}"))
+    return ds, source
+
+
+@pytest.fixture
 def lake(stack, tmp_path):
     from resources.lake import LakeResource
 

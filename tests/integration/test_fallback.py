@@ -2,34 +2,17 @@
 missing / extra / changed keys against the operational table, repairs the dataset to equal it,
 and a second run finds nothing and writes nothing."""
 
-import dataclasses
 import json
-import uuid
 
 import dagster as dg
 import pandas as pd
-import psycopg
-import pytest
 
 from conflux.demo.tpch import TpchGenerator
-from pipelines.catalog import ORDERS
-from pipelines.datasets import BatchFallback
 from pipelines.decode import ContractResolver
 from pipelines.fallback_path import CHECK_NAME, build_fallback
 from pipelines.ingest import apply_records
 from resources.kafka import Record
-from resources.postgres import PostgresResource, replace_table
-
-
-@pytest.fixture
-def fallback_ds(stack):
-    tag = uuid.uuid4().hex[:8]
-    source = TpchGenerator(0.001, seed=11).orders().head(60).reset_index(drop=True)
-    with psycopg.connect(stack.settings.postgres_url) as conn:
-        replace_table(conn, "ops", f"orders_{tag}", source, ["o_orderkey"])
-    ds = dataclasses.replace(ORDERS, name=f"orders_fb_{tag}", topics=(f"t.fb.{tag}",),
-                             fallback=BatchFallback(source_table=f"ops.orders_{tag}"))
-    return ds, source
+from resources.postgres import PostgresResource
 
 
 def as_records(df: pd.DataFrame, topic: str) -> list[Record]:

@@ -26,7 +26,6 @@ from pipelines import openlineage as ol
 from pipelines.batch_path import build_batch_asset
 from pipelines.catalog import CATALOG, LINEITEM, NATION, ORDERS, REVENUE_BY_NATION
 from pipelines.compile import asset_spec
-from pipelines.datasets import BatchFallback
 from pipelines.decode import ContractResolver
 from pipelines.event_path import build_ingest_job
 from pipelines.fallback_path import build_fallback
@@ -245,13 +244,8 @@ def test_a_table_load_completes_and_a_missing_table_fails(stack, instance, lake,
     assert fail["run"]["facets"]["parent"]["run"]["runId"] == failed.run_id
 
 
-def test_the_batch_fallback_emits_start_and_complete(stack, instance, lake, lineage):
-    tag = uuid.uuid4().hex[:8]
-    source = TpchGenerator(0.001, seed=11).orders().head(20).reset_index(drop=True)
-    with psycopg.connect(stack.settings.postgres_url) as conn:
-        replace_table(conn, "ops", f"orders_ol_{tag}", source, ["o_orderkey"])
-    ds = dataclasses.replace(ORDERS, name=f"orders_fbol_{tag}", topics=(f"t.fbol.{tag}",),
-                             fallback=BatchFallback(source_table=f"ops.orders_ol_{tag}"))
+def test_the_batch_fallback_emits_start_and_complete(stack, instance, lake, lineage, fallback_ds):
+    ds, _ = fallback_ds
     check, job, _ = build_fallback(ds)
     defs = dg.Definitions(asset_checks=[check], jobs=[job], resources={
         "postgres": PostgresResource(url=stack.settings.postgres_url), "lake": lake})
@@ -262,5 +256,5 @@ def test_the_batch_fallback_emits_start_and_complete(stack, instance, lake, line
     assert complete["job"]["name"] == f"{ds.name}__reconcile"
     assert [i["name"] for i in complete["inputs"]] == [
         f"{psycopg.conninfo.conninfo_to_dict(stack.settings.postgres_url)['dbname']}"
-        f".ops.orders_ol_{tag}", f"{lake.path}/{ds.name}"]
+        f".{ds.fallback.source_table}", f"{lake.path}/{ds.name}"]
     assert all(schema_columns(i) == list(ds.fields) for i in complete["inputs"])

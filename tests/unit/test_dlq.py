@@ -285,3 +285,16 @@ def test_bad_arguments_exit_1_with_a_clear_message(argv, message, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("conflux: [CONFIG_INVALID] ") and message in err
+
+
+def test_a_partial_reason_histogram_is_said_in_the_check_metadata():
+    from sensors.dlq_monitor import check_metadata
+
+    counts = WindowCounts(3600, 1000, 5, 5, {"INVALID_JSON": 2}, 2, (),
+                          sample_error="no records for 5s from tpch.orders.dlq[0]")
+    meta = check_metadata(ORDERS, counts, evaluate(counts, ORDERS.dlq), "test")
+    assert meta["conflux/reasons_partial"].startswith("no records for 5s")
+    assert meta["conflux/dead_lettered"] == 5  # the offset-based counts stand
+    whole = check_metadata(ORDERS, WindowCounts(3600, 1000, 5, 5, {"INVALID_JSON": 5}, 5),
+                           evaluate(counts, ORDERS.dlq), "test")
+    assert "conflux/reasons_partial" not in whole
