@@ -24,15 +24,17 @@ import pyarrow.compute as pc
 
 from contracts.lineage import contract_schema
 from pipelines.datasets import EventDataset
-from pipelines.decode import ContractResolver, Decoded, dead_letter_headers, decode_batch
+from pipelines.decode import ContractResolver, Decoded, dead_letter, decode_batch
 from pipelines.metadata import materialization_metadata
-from resources.kafka import KafkaResource, Record
+from resources.kafka import KafkaResource, Outgoing, Record
 from resources.lake import UNPARTITIONED, LakeResource
 from resources.registry import SchemaRegistryResource
 
 DECODE_CHUNK = 5000
 CORRELATION_HEADER = "correlation_id"
 TRACE_HEADER = "traceparent"
+MAX_LINEAGE_ID_BYTES = 256
+_CONTROL_CHARS = {c: "\ufffd" for c in [*range(32), 127]}
 PROVENANCE = ["__topic", "__partition", "__offset", "__ts", "__correlation_id"]
 ORDER_BY = ["__ts", "__offset"]
 
@@ -104,6 +106,19 @@ def decode_records(ds: EventDataset, records: Iterable[Record],
     return total, seen
 
 
+def _lineage_id(value: bytes | None) -> str:
+    """A ``correlation_id`` / ``traceparent`` header as stored and reported: "" when missing or
+    longer than ``MAX_LINEAGE_ID_BYTES`` (no id is that long: such a header is not traced, and
+    megabytes of it are not copied into every row and materialization); bytes that are not
+    UTF-8 and control characters are replaced (U+FFFD), so a garbage header never fails the
+    record it came with."""
+    if not value or len(value) > MAX_LINEAGE_ID_BYTES:
+        return ""
+    # control characters (NUL above all: Postgres text refuses it, failing the run's tags) too
+    text = value.decode(errors="replace")
+    return text if text.isprintable() else text.translate(_CONTROL_CHARS)
+
+
 def _header(rec: Record, name: str) -> str:
     value = rec.header(name)
     return value.decode(errors="replace") if value else ""
@@ -167,9 +182,11 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
     t1 = time.perf_counter()
     report.seconds["decode"] += t1 - t0
     if decoded.dead:
-        kafka.send_raw(ds.dlq_topic, [
-            (d.record.key, d.record.value, dead_letter_headers(d, dataset=ds.name, run_id=origin))
-            for d in decoded.dead])
+        # every dead letter acknowledged, or the application fails (and is retried): none is
+        # dropped silently; letters too big to send again are cut to fit (``dead_letter``)
+        with kafka.publisher(ds.dlq_topic) as publish:
+            publish([Outgoing(*dead_letter(d, dataset=ds.name, run_id=origin))
+                     for d in decoded.dead])
         report.dead.update(d.code for d in decoded.dead)
     t2 = time.perf_counter()
     report.seconds["dlq"] += t2 - t1
@@ -177,16 +194,15 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
         return report
     recs = decoded.records
     heads = [dict(r.headers) for r in recs]
-    correlation = [h[CORRELATION_HEADER].decode(errors="replace") if h.get(CORRELATION_HEADER)
-                   else "" for h in heads]
+    correlation = [_lineage_id(h.get(CORRELATION_HEADER)) for h in heads]
     table = pa.Table.from_pylist(decoded.rows).append_column(
         "__topic", pa.array([r.topic for r in recs], pa.string())).append_column(
         "__partition", pa.array([r.partition for r in recs], pa.int32())).append_column(
         "__offset", pa.array([r.offset for r in recs], pa.int64())).append_column(
         "__ts", pa.array([r.timestamp_ms for r in recs], pa.int64())).append_column(
         "__correlation_id", pa.array(correlation, pa.string()))
-    traces = {h[TRACE_HEADER] for h in itertools.islice(heads, 2000) if h.get(TRACE_HEADER)}
-    report.traceparents = sorted(t.decode(errors="replace") for t in traces)[:20]
+    traces = {_lineage_id(h.get(TRACE_HEADER)) for h in itertools.islice(heads, 2000)} - {""}
+    report.traceparents = sorted(traces)[:20]
     distinct = set(correlation) - {""}
     report.distinct_correlation_ids = len(distinct)
     report.correlation_ids = heapq.nsmallest(20, distinct)
