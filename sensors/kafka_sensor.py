@@ -134,6 +134,19 @@ def lag_by_partition(cursor: Cursor, ends: Cursor) -> dict[str, int]:
 _last_observed: dict[str, float] = {}  # dataset -> monotonic time (per code-server process)
 _capped: dict[str, bool] = {}  # dataset -> its last inline tick left records unapplied
 _caught_up_at: dict[str, float] = {}  # dataset -> start of the last tick that ended caught up
+_last_tick_at: dict[str, float] = {}  # dataset -> monotonic start of its previous tick
+GAP_NOTE_S = 20.0  # the daemon ticks every 5 s: a longer silence was an outage
+
+
+def tick_gap(dataset: str, now: float) -> str:
+    """A note when the previous tick of ``dataset`` (in this code server) is over
+    ``GAP_NOTE_S`` ago — Postgres or the daemon was down, or ticks were failing — so the
+    sensor's tick history says when processing resumed and after how long."""
+    previous = _last_tick_at.get(dataset)
+    _last_tick_at[dataset] = now
+    if previous is None or now - previous < GAP_NOTE_S:
+        return ""
+    return f"resumed after {now - previous:.0f}s without a tick; "
 
 
 def observe_every_s(ds: EventDataset) -> float:
@@ -272,10 +285,11 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
         started = time.monotonic()
         as_of = time.time()  # everything acknowledged before this is below the end offsets
         cursor = parse_cursor(context.cursor)
+        gap = tick_gap(ds.name, started)
         try:
             ends, missing = end_offsets(ds, kafka)
         except Exception as exc:  # broker down: say so, keep the cursor, try next tick
-            return dg.SkipReason(f"Kafka unavailable for {', '.join(ds.topics)}: {exc}")
+            return dg.SkipReason(f"{gap}Kafka unavailable for {', '.join(ds.topics)}: {exc}")
         ranges = plan_ranges(ds, cursor, ends)
         pending = sum(r.end - r.start for r in ranges)
         if not ends:
@@ -302,7 +316,7 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
             if caught_up:
                 _caught_up_at[ds.name] = as_of
             return dg.SensorResult(
-                cursor=dump_cursor(new_cursor), skip_reason=text,
+                cursor=dump_cursor(new_cursor), skip_reason=gap + text,
                 asset_events=lag_observation(ds, lag, as_of if caught_up else None))
         inflight = context.instance.get_runs_count(dg.RunsFilter(job_name=job.name,
                                                                  statuses=INFLIGHT))
@@ -317,14 +331,14 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
             if caught_up:
                 _caught_up_at[ds.name] = as_of
             return dg.SensorResult(
-                skip_reason=f"no new records on {', '.join(ds.topics)}"
+                skip_reason=f"{gap}no new records on {', '.join(ds.topics)}"
                             + (f"; {failed} ingest run(s) failed since it was last caught up"
                                if failed else ""),
                 asset_events=lag_observation(ds, lag_by_partition(cursor, ends),
                                              as_of if caught_up else None))
         if inflight >= ds.max_inflight_runs:
             return dg.SensorResult(
-                skip_reason=f"{inflight} ingest runs in flight; {pending} records wait "
+                skip_reason=f"{gap}{inflight} ingest runs in flight; {pending} records wait "
                             f"(backpressure, max_inflight_runs={ds.max_inflight_runs})",
                 asset_events=lag_observation(ds, lag_by_partition(cursor, ends), None))
         batch = next_batch(ranges)

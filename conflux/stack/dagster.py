@@ -2,7 +2,9 @@
 
 The tooling writes ``$DAGSTER_HOME/dagster.yaml``: run, event-log and schedule storage in
 Postgres (dagster-postgres; the URL comes from ``DAGSTER_PG_URL`` at run time, never
-written to disk), the queued run coordinator, telemetry off.
+written to disk), the queued run coordinator, telemetry off. Run monitoring watches run workers
+(``LocalRunLauncher``: a worker killed mid-run fails its run) and run retries re-execute a failed
+run up to 3 times — every Conflux run is idempotent, so a retry re-applies, never doubles.
 """
 
 from __future__ import annotations
@@ -33,11 +35,16 @@ run_coordinator:
     max_concurrent_runs: 4
     dequeue_interval_seconds: 1
 run_launcher:
-  module: dagster.core.launcher
-  class: DefaultRunLauncher
+  module: conflux.stack.run_launcher
+  class: LocalRunLauncher
 run_monitoring:
   enabled: true
-  poll_interval_seconds: 10
+  poll_interval_seconds: 5
+  start_timeout_seconds: 90
+  max_resume_run_attempts: 0
+run_retries:
+  enabled: true
+  max_retries: 3
 sensors:
   use_threads: true
   num_workers: 4
@@ -107,7 +114,17 @@ def _script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-class DagsterWebserver(Service):
+class _DagsterService(Service):
+    """A Dagster process: its code servers (and their run workers) are its children, in its
+    process group, and outlive it when it is killed; a restart ends them."""
+
+    def owns_leftover(self, pid: int) -> bool:
+        from conflux.stack.procs import environ_has
+
+        return environ_has(pid, f"DAGSTER_HOME={self.settings.dagster_home}")
+
+
+class DagsterWebserver(_DagsterService):
     name = "dagster-webserver"
     start_timeout = 120.0
 
@@ -144,7 +161,7 @@ class DagsterWebserver(Service):
         return self.settings.dagster_url
 
 
-class DagsterDaemon(Service):
+class DagsterDaemon(_DagsterService):
     name = "dagster-daemon"
     start_timeout = 120.0
 

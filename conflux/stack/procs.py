@@ -88,8 +88,39 @@ class PidFile:
         self.path.unlink(missing_ok=True)  # stale: crashed, or pid reused by someone else
         return None
 
+    def recorded_pid(self) -> int | None:
+        """The pid written in the file, alive or not (None without a readable file)."""
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state, ppid, pgrp
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def environ_has(pid: int, entry: str) -> bool:
+    """True when ``NAME=value`` ``entry`` is in the environment of ``pid``."""
+    try:
+        return entry.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def spawn(
@@ -163,7 +194,7 @@ def stop_pid(pid: int, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> s
         return "already gone"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _reap(pid)
+        reap(pid)
         if not pid_alive(pid):
             return "stopped"
         time.sleep(0.1)
@@ -172,14 +203,14 @@ def stop_pid(pid: int, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> s
     except ProcessLookupError:
         return "stopped"
     for _ in range(50):
-        _reap(pid)
+        reap(pid)
         if not pid_alive(pid):
             break
         time.sleep(0.1)
     return "killed"
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
     """Collect the exit status if ``pid`` is our child, so it does not linger as a zombie."""
     try:
         os.waitpid(pid, os.WNOHANG)

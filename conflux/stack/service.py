@@ -6,16 +6,20 @@ tell it is healthy; this base does the pid-file, port and health bookkeeping the
 
 from __future__ import annotations
 
+import os
 import signal
 from abc import ABC, abstractmethod
 import subprocess
 import time
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from conflux.errors import StackError
 from conflux.settings import Settings
-from conflux.stack.procs import PidFile, port_open, spawn, stop_pid, wait_for
+from conflux.stack.procs import (PidFile, reap, group_members, pid_alive, port_open, spawn,
+                                 stop_pid, wait_for)
 
 
 @dataclass
@@ -70,6 +74,25 @@ class Service(ABC):
     def after_start(self) -> None:
         """Work once healthy (create databases, ...)."""
 
+    def owns_leftover(self, pid: int) -> bool:
+        """Whether a survivor of this service's crashed process group is ours to end (by
+        default none is: the service's children exit when their parent dies)."""
+        return False
+
+    def clear_leftovers(self, leader: int, timeout: float = 15.0) -> list[int]:
+        """After the service's leader process died uncleanly (``kill -9``, OOM): wait for the
+        rest of its process group to exit, ending the members ``owns_leftover`` claims (like a
+        service manager restarting a unit); returns the pids ended."""
+        ended = []
+        deadline = time.monotonic() + timeout
+        while (members := group_members(leader)) and time.monotonic() < deadline:
+            for pid in members:
+                if pid not in ended and self.owns_leftover(pid):
+                    stop_pid(pid, timeout=10)
+                    ended.append(pid)
+            time.sleep(0.2)
+        return ended
+
     def describe(self) -> str:
         return f"{self.settings.bind_host}:{self.port}" if self.port else ""
 
@@ -93,6 +116,7 @@ class Service(ABC):
 
     def up(self) -> str:
         """Start unless already running; returns a one-line report."""
+        recorded = self.pidfile.recorded_pid()
         pid = self.pidfile.live_pid()
         if pid is not None:
             if self.healthy():
@@ -107,6 +131,7 @@ class Service(ABC):
                 f"or choose another port (see `conflux stack env` and conflux/settings.py)"
             )
         start = time.monotonic()
+        leftovers = self.clear_leftovers(recorded) if recorded else []
         self.prepare()
         proc = spawn(self.command(), log=self.log, env=self.env(), cwd=self.cwd(), user=self.user)
         self.pidfile.write(proc.pid)
@@ -119,22 +144,72 @@ class Service(ABC):
             self.pidfile.clear()
             raise
         took = time.monotonic() - start
-        return f"{self.name}: started (pid {proc.pid}) {self.describe()} in {took:.1f}s; log {self.log}"
+        note = (f" (ended {len(leftovers)} process(es) left by the previous pid {recorded})"
+                if leftovers else "")
+        return (f"{self.name}: started (pid {proc.pid}) {self.describe()} in {took:.1f}s; "
+                f"log {self.log}{note}")
+
+    def kill(self) -> int | None:
+        """``kill -9`` the service's leader process only, as a crash would (fault injection);
+        returns its pid. ``up`` restarts it and clears what the crash left behind."""
+        pid = self.pidfile.live_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(100):  # until reaped: a zombie still "exists" for kill(pid, 0)
+                reap(pid)
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
+        return pid
 
     def down(self) -> str:
+        recorded = self.pidfile.recorded_pid()
         pid = self.pidfile.live_pid()
         if pid is None:
+            if recorded and self.clear_leftovers(recorded, timeout=5):
+                return f"{self.name}: not running (ended what its crashed pid {recorded} left)"
             return f"{self.name}: not running"
         how = stop_pid(pid, sig=self.stop_signal)
         self.pidfile.clear()
         return f"{self.name}: {how} (pid {pid})"
 
 
+# argument parts that carry a secret: key=value pairs (Kafka's --add-scram credentials, JAAS
+# options, URLs' query strings) and flags whose next argument is the secret
+_SECRET_PAIR = re.compile(r"(?i)\b((?:salted)?password|secret|token|salt)=(\"[^\"]*\"|'[^']*'|[^,\]\s;&]*)")
+_SECRET_FLAGS = ("--password", "--add-scram", "-S")
+_SECRET_ENV = re.compile(r"(?i)(PASSWORD|SECRET|TOKEN)")
+
+
+def redact_argv(argv: list[str], secrets: Iterable[str] | None = None) -> list[str]:
+    """``argv`` fit for a log: secret ``key=value`` parts, the argument after a secret flag and
+    every known secret value (by default the values of the environment's ``*PASSWORD*``,
+    ``*SECRET*`` and ``*TOKEN*`` variables) become ``***`` (pure: tested without running)."""
+    if secrets is None:
+        from os import environ
+
+        secrets = [v for k, v in environ.items() if _SECRET_ENV.search(k)]
+    known = sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True)
+    out: list[str] = []
+    after_flag = False
+    for arg in argv:
+        if after_flag:  # the flag's value: its secret parts, or all of it
+            redacted = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}=***", arg)
+            arg = redacted if redacted != arg else "***"
+        for secret in known:
+            arg = arg.replace(secret, "***")
+        arg = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}=***", arg)
+        after_flag = arg in _SECRET_FLAGS
+        out.append(arg)
+    return out
+
+
 def run_checked(argv: list[str], *, what: str, log: Path, timeout: float, **kw) -> None:
-    """Run a preparation command to completion, appending its output to ``log``."""
+    """Run a preparation command to completion, appending its output to ``log`` (the command
+    line is written with its secrets redacted, see :func:`redact_argv`)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        out.write(f"\n==== {what}: {' '.join(argv)}\n".encode())
+        out.write(f"\n==== {what}: {' '.join(redact_argv(argv))}\n".encode())
         out.flush()
         try:
             res = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,

@@ -1,0 +1,112 @@
+"""Pure parts of crash recovery: run-worker health, leftovers of a killed service, the chaos
+harness's fault plan and its comparison with the ground truth."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from dagster._core.launcher.base import WorkerStatus
+
+from conflux.settings import Settings
+from conflux.stack.procs import group_members, pid_alive
+from conflux.stack.run_launcher import process_started_at, worker_status
+from conflux.stack.service import Service
+from reliability.chaos import TARGETS, compare, plan_faults
+from sensors import kafka_sensor
+
+
+def test_a_live_worker_is_running_and_a_dead_one_failed():
+    me = os.getpid()
+    assert worker_status(me, reported_at=time.time()) == WorkerStatus.RUNNING
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert process_started_at(child.pid) is None
+    assert worker_status(child.pid, reported_at=time.time()) == WorkerStatus.FAILED
+
+
+def test_a_reused_pid_is_not_the_worker():
+    # this process started long after a worker that reported "its" pid at the epoch's dawn
+    assert worker_status(os.getpid(), reported_at=1_000_000.0) == WorkerStatus.FAILED
+
+
+def test_no_pid_yet_is_left_to_the_start_timeout():
+    assert worker_status(None, reported_at=time.time()) == WorkerStatus.RUNNING
+
+
+class _Sleeper(Service):
+    """A leader that starts a child in its own process group, like the daemon its code servers."""
+
+    name = "sleeper"
+
+    def __init__(self, settings, claim: bool):
+        super().__init__(settings)
+        self.claim = claim
+
+    def marker(self) -> str:
+        return "sleeper"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "import subprocess, sys, time; "
+                "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                "time.sleep(60)"]
+
+    def owns_leftover(self, pid: int) -> bool:
+        return self.claim
+
+
+@pytest.mark.parametrize("claim", [True, False])
+def test_leftovers_of_a_killed_leader_are_ended_only_when_claimed(tmp_path, claim):
+    service = _Sleeper(Settings.from_env({"CONFLUX_HOME": str(tmp_path)}), claim)
+    leader = subprocess.Popen(service.command(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(group_members(leader.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        children = [p for p in group_members(leader.pid) if p != leader.pid]
+        assert len(children) == 1
+        leader.send_signal(signal.SIGKILL)
+        leader.wait()
+        ended = service.clear_leftovers(leader.pid, timeout=1.0)
+        if claim:
+            assert ended == children and not pid_alive(children[0])
+        else:
+            assert ended == [] and pid_alive(children[0])
+    finally:
+        for pid in group_members(leader.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_fault_plan_covers_every_target_and_replays_by_seed():
+    plan = plan_faults(random.Random(5), 20, [("postgres", 30.0), ("kafka", 30.0)])
+    kills = [f.target for f in plan if f.kind == "kill"]
+    assert len(kills) == 20 and set(kills) == set(TARGETS)
+    assert [f.kind for f in plan[-2:]] == ["outage", "outage"]
+    again = plan_faults(random.Random(5), 20, [("postgres", 30.0), ("kafka", 30.0)])
+    assert [(f.target, f.delay_s) for f in plan] == [(f.target, f.delay_s) for f in again]
+    assert [f.target for f in plan_faults(random.Random(6), 20, [])] != kills
+
+
+def test_compare_finds_lost_extra_twice_and_changed_rows():
+    truth = pd.DataFrame({"k": [1, 2, 3, 4], "v": [1.0, 2.0, 3.0, 4.0], "s": list("abcd")})
+    assert compare(truth, truth.copy(), ["k"]) == {
+        "expected": 4, "stored": 4, "missing": 0, "extra": 0, "duplicated": 0, "changed": 0}
+    stored = pd.DataFrame({"k": [1, 2, 2, 4, 9], "v": [1.0, 2.0, 2.0, 4.5, 9.0],
+                           "s": list("abbdz")})
+    assert compare(truth, stored, ["k"]) == {
+        "expected": 4, "stored": 5, "missing": 1, "extra": 1, "duplicated": 1, "changed": 1}
+
+
+def test_a_silent_spell_between_ticks_is_noted_once():
+    name = "gap_probe"
+    kafka_sensor._last_tick_at.pop(name, None)
+    assert kafka_sensor.tick_gap(name, 100.0) == ""
+    assert kafka_sensor.tick_gap(name, 105.0) == ""
+    assert kafka_sensor.tick_gap(name, 140.0) == "resumed after 35s without a tick; "
+    assert kafka_sensor.tick_gap(name, 145.0) == ""
