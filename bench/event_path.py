@@ -297,7 +297,7 @@ def main(argv=None) -> int:
 
     results = []
     try:
-        kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+        kafka = KafkaResource.from_env(settings)
         kafka.ensure_topic("bench.naive.orders", 3)
         kafka.ensure_topic("bench.naive.orders.dlq", 1)
         registry = SchemaRegistry(settings.postgres_url)

@@ -71,7 +71,7 @@ def _start_relay(settings, should_stop) -> None:
     from pipelines.outbox import run_relay
     from resources.kafka import KafkaResource
 
-    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+    kafka = KafkaResource.from_env(settings)
     threading.Thread(target=run_relay, name="outbox-relay", daemon=True,
                      args=(settings.postgres_url, kafka),
                      kwargs={"should_stop": should_stop,
@@ -200,7 +200,7 @@ def cmd_replay(args) -> int:
     if not isinstance(ds, EventDataset):
         raise ConfigError(f"{ds.name} is a batch dataset; use `conflux backfill`")
     settings = Settings.from_env()
-    ok = replay(ds, args.since, kafka=KafkaResource(bootstrap_servers=settings.kafka_bootstrap),
+    ok = replay(ds, args.since, kafka=KafkaResource.from_env(settings),
                 url=settings.dagster_url, wait=args.wait, timeout=args.timeout,
                 dry_run=args.dry_run)
     return 0 if ok else 1
@@ -236,7 +236,7 @@ def cmd_ops_relay(args) -> int:
     from resources.kafka import KafkaResource
 
     settings = Settings.from_env()
-    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+    kafka = KafkaResource.from_env(settings)
     if args.once:
         with psycopg.connect(settings.postgres_url) as conn:
             done = relay_all(conn, kafka)

@@ -48,7 +48,7 @@ def _services():
     from resources.kafka import KafkaResource
 
     settings = Settings.from_env()
-    return (KafkaResource(bootstrap_servers=settings.kafka_bootstrap),
+    return (KafkaResource.from_env(settings),
             ReplayLedger(settings.postgres_url))
 
 

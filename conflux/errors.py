@@ -86,3 +86,9 @@ class TopicConfigError(ConfluxError):
     event-sourced dataset's topic needs)."""
 
     code = "KAFKA_TOPIC_CONFIG_FAILED"
+
+
+class KafkaAuthenticationError(ConfluxError):
+    """A Kafka broker refused the client's credentials (SASL authentication failed)."""
+
+    code = "KAFKA_AUTH_FAILED"

@@ -53,7 +53,7 @@ def cmd_lag(args) -> int:
                           f"(event datasets: {', '.join(known)})")
     chosen = [known[n] for n in args.datasets] or list(known.values())
     settings = Settings.from_env()
-    rows = consumer_lag(chosen, kafka=KafkaResource(bootstrap_servers=settings.kafka_bootstrap),
+    rows = consumer_lag(chosen, kafka=KafkaResource.from_env(settings),
                         url=settings.dagster_url)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))

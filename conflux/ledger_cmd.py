@@ -66,7 +66,7 @@ def cmd_rebuild(args) -> int:
     try:
         return run_rebuild(
             ledger=CUSTOMER_LEDGER, projection=CUSTOMER_BALANCE, opening=CUSTOMER.name,
-            kafka=KafkaResource(bootstrap_servers=settings.kafka_bootstrap),
+            kafka=KafkaResource.from_env(settings),
             lake=_lake(settings), resolver=resolver_for(CUSTOMER_LEDGER, registry),
             registry=registry, check=args.check, as_json=args.json, instance=instance)
     finally:

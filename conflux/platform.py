@@ -14,7 +14,7 @@ def ensure_platform_topics(settings: Settings, report: Callable[[str], None] = p
     from pipelines.catalog import event_datasets
     from resources.kafka import KafkaResource
 
-    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+    kafka = KafkaResource.from_env(settings)
     for ds in event_datasets():
         forever = {"retention.ms": "-1"} if ds.append_only else None
         for topic, partitions, configs in [*((t, ds.partitions, forever) for t in ds.topics),

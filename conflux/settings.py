@@ -16,6 +16,12 @@ folder, or an existing Postgres server.
 | ``CONFLUX_DAGSTER_PORT`` | 3000 | Dagster webserver on 127.0.0.1 |
 | ``CONFLUX_BIND_HOST`` | ``127.0.0.1`` | address every local server binds to |
 | ``CONFLUX_WORKSPACE`` | ``<repo>/workspace.yaml`` | workspace the Dagster webserver and daemon load |
+| ``CONFLUX_KAFKA_SECURITY`` | ``plaintext`` | the local broker's client listener: ``plaintext``, ``sasl_plaintext`` (SASL/SCRAM) or ``sasl_ssl`` (SASL/SCRAM over TLS, with a local CA under ``$CONFLUX_HOME/kafka/tls``); the controller listener stays PLAINTEXT on loopback |
+| ``KAFKA_SECURITY_PROTOCOL`` | from ``CONFLUX_KAFKA_SECURITY`` | how clients reach Kafka: ``PLAINTEXT``, ``SASL_PLAINTEXT``, ``SASL_SSL`` or ``SSL`` |
+| ``KAFKA_SASL_MECHANISM`` | ``SCRAM-SHA-512`` | ``SCRAM-SHA-256``, ``SCRAM-SHA-512`` or ``PLAIN`` (SASL protocols only) |
+| ``KAFKA_SASL_USERNAME`` | (none) | SASL user of the clients; with a secured local broker, also the SCRAM user it is formatted with (a super user) |
+| ``KAFKA_SASL_PASSWORD`` | (none) | its password: a secret, read from the environment only (Dagster resources get it through ``dg.EnvVar``), never printed, logged, written to disk or put on a command line by Conflux |
+| ``KAFKA_SSL_CAFILE`` | the local CA with ``sasl_ssl``, else the system's trust store | PEM file of the CA(s) that signed the brokers' certificates (``SSL``/``SASL_SSL``) |
 | ``OPENLINEAGE_URL`` or ``OPENLINEAGE__TRANSPORT__*`` or ``OPENLINEAGE_CONFIG`` | (off) | OpenLineage run events (``pipelines/openlineage.py``: HTTP endpoint, file, ...); not read here, passed unchanged to every Dagster process the stack starts (daemon, webserver, their code servers and runs) |
 | ``OPENLINEAGE_NAMESPACE`` | ``conflux`` | namespace of Conflux's jobs in OpenLineage events |
 | ``OPENLINEAGE_DISABLED`` | (unset) | ``true``: no OpenLineage events, whatever else is set |
@@ -46,6 +52,11 @@ def _int_env(env: dict[str, str], name: str, default: int) -> int:
     return value
 
 
+# CONFLUX_KAFKA_SECURITY → the client listener's security protocol
+KAFKA_SECURITY_MODES = {"plaintext": "PLAINTEXT", "sasl_plaintext": "SASL_PLAINTEXT",
+                        "sasl_ssl": "SASL_SSL"}
+
+
 def to_psycopg2_url(url: str) -> str:
     """``postgresql://...`` (any driver suffix) → ``postgresql+psycopg2://...``."""
     scheme, sep, rest = url.partition("://")
@@ -68,6 +79,13 @@ class Settings:
     external_pg_url: str | None
     dagster_port: int
     workspace: Path
+    kafka_security: str = "plaintext"  # CONFLUX_KAFKA_SECURITY: the local broker's listener
+    # how clients reach Kafka (KAFKA_* variables, else derived from kafka_security); never the
+    # password, which is read from the environment when a client is built
+    kafka_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_ssl_cafile: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -77,6 +95,13 @@ class Settings:
         heap = env.get("CONFLUX_KAFKA_HEAP", "1g")
         if not heap[:-1].isdigit() or heap[-1].lower() not in "mg":
             raise ConfigError(f"CONFLUX_KAFKA_HEAP={heap!r} must look like 512m or 1g")
+        security = (env.get("CONFLUX_KAFKA_SECURITY") or "plaintext").strip().lower()
+        if security not in KAFKA_SECURITY_MODES:
+            raise ConfigError(f"CONFLUX_KAFKA_SECURITY={security!r} must be one of "
+                              f"{', '.join(KAFKA_SECURITY_MODES)}")
+        cafile = env.get("KAFKA_SSL_CAFILE") or None
+        if cafile is None and security == "sasl_ssl":
+            cafile = str(home / "kafka" / "tls" / "ca.pem")
         settings = cls(
             home=home,
             cache=cache.resolve(),
@@ -88,6 +113,12 @@ class Settings:
             external_pg_url=env.get("CONFLUX_POSTGRES_URL") or None,
             dagster_port=_int_env(env, "CONFLUX_DAGSTER_PORT", 3000),
             workspace=Path(env.get("CONFLUX_WORKSPACE") or REPO_ROOT / "workspace.yaml").resolve(),
+            kafka_security=security,
+            kafka_protocol=(env.get("KAFKA_SECURITY_PROTOCOL") or KAFKA_SECURITY_MODES[security]
+                            ).strip().upper(),
+            kafka_sasl_mechanism=(env.get("KAFKA_SASL_MECHANISM") or "SCRAM-SHA-512").strip().upper(),
+            kafka_sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+            kafka_ssl_cafile=cafile,
         )
         ports = [settings.kafka_port, settings.kafka_controller_port, settings.dagster_port]
         if settings.external_pg_url is None:
@@ -104,6 +135,11 @@ class Settings:
     @property
     def kafka_dir(self) -> Path:
         return self.home / "kafka"
+
+    @property
+    def kafka_tls_dir(self) -> Path:
+        """The local broker's CA and server certificate (``sasl_ssl``)."""
+        return self.kafka_dir / "tls"
 
     @property
     def kafka_libs(self) -> Path:
@@ -150,10 +186,23 @@ class Settings:
         """
         return to_psycopg2_url(self.postgres_url)
 
+    def kafka_client_env(self) -> dict[str, str]:
+        """How a client reaches Kafka, minus the password (``KAFKA_SASL_PASSWORD``, which
+        stays in the environment it came from)."""
+        env = {"KAFKA_SECURITY_PROTOCOL": self.kafka_protocol}
+        if self.kafka_protocol.startswith("SASL_"):
+            env["KAFKA_SASL_MECHANISM"] = self.kafka_sasl_mechanism
+            if self.kafka_sasl_username:
+                env["KAFKA_SASL_USERNAME"] = self.kafka_sasl_username
+        if self.kafka_protocol.endswith("SSL") and self.kafka_ssl_cafile:
+            env["KAFKA_SSL_CAFILE"] = self.kafka_ssl_cafile
+        return env
+
     def client_env(self) -> dict[str, str]:
         """The variables a client of this stack needs (printed by ``conflux stack env``)."""
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            **self.kafka_client_env(),
             "CONFLUX_POSTGRES_URL": self.postgres_url,
             "DAGSTER_PG_URL": self.dagster_pg_url,
             "DAGSTER_HOME": str(self.dagster_home),

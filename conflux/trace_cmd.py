@@ -21,7 +21,7 @@ def cmd_trace(args) -> int:
     with dg.DagsterInstance.get() as instance:
         found = trace(args.correlation_id, CATALOG,
                       lake=LakeResource(path=str(settings.lake_path)),
-                      kafka=KafkaResource(bootstrap_servers=settings.kafka_bootstrap),
+                      kafka=KafkaResource.from_env(settings),
                       instance=instance, pg_url=settings.postgres_url)
     if args.json:
         print(json.dumps(found.as_dict(), indent=2, default=str))

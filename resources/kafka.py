@@ -3,12 +3,19 @@
 Every call here has a timeout: a sensor tick or a CLI command never hangs on a broker that is
 down. Consumers use manual partition assignment and never join a group (the sensor cursor is the
 commit, see ``sensors/``).
+
+Security: every client gets the resource's ``security_protocol`` (PLAINTEXT, SASL_PLAINTEXT,
+SASL_SSL, SSL), SASL mechanism and credentials (SCRAM-SHA-256/512 or PLAIN) and CA file, from the
+``KAFKA_*`` variables (``KafkaResource.from_env``; Dagster definitions wire them as ``dg.EnvVar``,
+see ``pipelines/resources.py``). The password is never part of a repr, a message or a log line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
@@ -17,9 +24,9 @@ import dagster as dg
 from pydantic import Field
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, SaslAuthenticationFailedError, TopicAlreadyExistsError
 
-from conflux.errors import TopicConfigError
+from conflux.errors import ConfigError, KafkaAuthenticationError, TopicConfigError
 
 # short timeouts: these clients run inside sensor ticks and health checks
 _FAST = {"request_timeout_ms": 5000, "bootstrap_timeout_ms": 5000, "reconnect_backoff_max_ms": 1000}
@@ -43,12 +50,81 @@ class Record(NamedTuple):
         return None
 
 
-def broker_ready(bootstrap: str) -> bool:
-    """True when the broker answers a metadata request (used by health checks)."""
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, **_FAST)
-    except KafkaError:
-        return False
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+# the standard environment variables of the security settings (field → variable)
+SECURITY_ENV = {
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl_username": "KAFKA_SASL_USERNAME",
+    "sasl_password": "KAFKA_SASL_PASSWORD",
+    "ssl_cafile": "KAFKA_SSL_CAFILE",
+}
+
+
+def security_config(security_protocol: str = "PLAINTEXT", sasl_mechanism: str | None = None,
+                    sasl_username: str | None = None, sasl_password: str | None = None,
+                    ssl_cafile: str | None = None) -> dict:
+    """kafka-python's security keyword arguments for the given settings, validated.
+
+    Raises:
+        ConfigError: an unknown protocol or mechanism, a SASL protocol without username or
+            password, an SSL protocol whose CA file cannot be read (unset = the system's trust
+            store). Messages name the variable, never the password.
+    """
+    protocol = (security_protocol or "PLAINTEXT").strip().upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={security_protocol!r} is not one of "
+                          f"{', '.join(SECURITY_PROTOCOLS)}")
+    config: dict = {"security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        mechanism = (sasl_mechanism or "SCRAM-SHA-512").strip().upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"KAFKA_SASL_MECHANISM={sasl_mechanism!r} is not one of "
+                              f"{', '.join(SASL_MECHANISMS)}")
+        missing = [name for name, value in (("KAFKA_SASL_USERNAME", sasl_username),
+                                            ("KAFKA_SASL_PASSWORD", sasl_password)) if not value]
+        if missing:
+            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {' and '.join(missing)} "
+                              "(set in the environment)")
+        config.update(sasl_mechanism=mechanism, sasl_plain_username=sasl_username,
+                      sasl_plain_password=sasl_password)
+    if protocol.endswith("SSL"):
+        if ssl_cafile:
+            try:
+                with open(ssl_cafile, "rb") as f:
+                    pem = f.read()
+            except OSError as exc:
+                raise ConfigError(f"KAFKA_SSL_CAFILE={ssl_cafile!r} cannot be read "
+                                  f"({exc.strerror or exc})") from None
+            if b"-----BEGIN CERTIFICATE-----" not in pem:
+                raise ConfigError(f"KAFKA_SSL_CAFILE={ssl_cafile!r} holds no PEM certificate")
+            config["ssl_cafile"] = ssl_cafile
+        config["ssl_check_hostname"] = True
+    return config
+
+
+def broker_ready(bootstrap: str, *, timeout_ms: int = 5000, **security) -> bool:
+    """True when the broker answers a metadata request within ``timeout_ms`` (used by health
+    checks); ``security`` are :func:`security_config`'s arguments (the same credentials the
+    platform's clients use).
+
+    Raises:
+        ConfigError: invalid security settings (see :func:`security_config`).
+        KafkaAuthenticationError: the broker answered but refused the credentials.
+    """
+    config = security_config(**security)
+    with _refusals() as refused:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, **config, **{
+                **_FAST, "request_timeout_ms": timeout_ms, "bootstrap_timeout_ms": timeout_ms})
+        except KafkaError as exc:
+            if refused or isinstance(exc, SaslAuthenticationFailedError):
+                raise KafkaAuthenticationError(
+                    f"Kafka at {bootstrap} refused the credentials of "
+                    f"{security.get('sasl_username')!r} ({config.get('sasl_mechanism')}): "
+                    f"{(refused or [exc])[-1]}") from None
+            return False
     try:
         admin.describe_cluster()
         return True
@@ -56,6 +132,26 @@ def broker_ready(bootstrap: str) -> bool:
         return False
     finally:
         admin.close()
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[list[KafkaError]]:
+    """The SASL refusals kafka-python meets meanwhile: it logs them and retries until its
+    bootstrap times out, so they are taken from its log records (the exception is an argument
+    of the record, whatever the wording)."""
+    seen: list[KafkaError] = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            args = record.args if isinstance(record.args, tuple) else ()
+            seen.extend(a for a in args if isinstance(a, SaslAuthenticationFailedError))
+
+    handler, logger = _Catch(logging.WARNING), logging.getLogger("kafka")
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -68,14 +164,83 @@ class KafkaResource(dg.ConfigurableResource):
     request_timeout_ms: int = Field(
         default=5000, description="Upper bound of every broker request made by Conflux."
     )
+    security_protocol: str = Field(
+        default="PLAINTEXT",
+        description="PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL (KAFKA_SECURITY_PROTOCOL).",
+    )
+    sasl_mechanism: str = Field(
+        default="SCRAM-SHA-512",
+        description="SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN, for the SASL protocols "
+                    "(KAFKA_SASL_MECHANISM).",
+    )
+    sasl_username: str | None = Field(
+        default=None, description="SASL user (KAFKA_SASL_USERNAME).",
+    )
+    sasl_password: str | None = Field(
+        default=None, repr=False,
+        description="SASL password (KAFKA_SASL_PASSWORD): a secret, give it as "
+                    "dg.EnvVar(\"KAFKA_SASL_PASSWORD\") so Dagster never stores its value.",
+    )
+    ssl_cafile: str | None = Field(
+        default=None,
+        description="PEM file of the CA that signed the brokers' certificates, for SSL and "
+                    "SASL_SSL (KAFKA_SSL_CAFILE); unset: the system's trust store.",
+    )
+
+    @classmethod
+    def from_env(cls, settings=None, *, env: Mapping[str, str] | None = None,
+                 **overrides) -> "KafkaResource":
+        """The resource for code outside Dagster definitions (CLI, tooling, benchmarks, tests):
+        brokers and security from ``settings`` (the local stack's, :class:`conflux.settings.
+        Settings`; ``Settings.from_env()`` when None), the password from ``env`` (the process
+        environment when None).
+
+        Examples:
+            >>> kafka = KafkaResource.from_env()          # the local stack, as configured
+            >>> kafka = KafkaResource.from_env(settings, request_timeout_ms=10_000)
+        """
+        from conflux.settings import Settings
+
+        env = os.environ if env is None else env
+        settings = settings or Settings.from_env(dict(env))
+        values = {
+            "bootstrap_servers": settings.kafka_bootstrap,
+            "security_protocol": settings.kafka_protocol,
+            "sasl_mechanism": settings.kafka_sasl_mechanism,
+            "sasl_username": settings.kafka_sasl_username,
+            "sasl_password": env.get("KAFKA_SASL_PASSWORD") or None,
+            "ssl_cafile": settings.kafka_ssl_cafile,
+        }
+        values.update(overrides)
+        resource = cls(**values)
+        resource.security()  # fail here, with the variable named, not at the first call
+        return resource
 
     # --- clients -----------------------------------------------------------------------------
+    def security(self) -> dict:
+        """kafka-python's security arguments of this resource (validated; holds the password:
+        never log it)."""
+        return security_config(self.security_protocol, self.sasl_mechanism, self.sasl_username,
+                               self.sasl_password, self.ssl_cafile)
+
+    def ready(self) -> bool:
+        """True when the brokers answer a metadata request with these credentials."""
+        return broker_ready(self.bootstrap_servers, timeout_ms=self.request_timeout_ms,
+                            **self.security_settings())
+
+    def security_settings(self) -> dict:
+        """The security fields as :func:`security_config` takes them."""
+        return {"security_protocol": self.security_protocol, "sasl_mechanism": self.sasl_mechanism,
+                "sasl_username": self.sasl_username, "sasl_password": self.sasl_password,
+                "ssl_cafile": self.ssl_cafile}
+
     def _common(self) -> dict:
         return {
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "request_timeout_ms": self.request_timeout_ms,
             "bootstrap_timeout_ms": self.request_timeout_ms,
             "reconnect_backoff_max_ms": 1000,
+            **self.security(),
         }
 
     def admin(self) -> KafkaAdminClient:

@@ -66,7 +66,7 @@ def webserver(stack):
 def kafka(stack):
     from resources.kafka import KafkaResource
 
-    return KafkaResource(bootstrap_servers=stack.settings.kafka_bootstrap)
+    return KafkaResource.from_env(stack.settings)
 
 
 @pytest.fixture

@@ -264,8 +264,8 @@ def produce_tpch(scale: float, rate: float = 0.0, *, duplicates: float = 0.0, sh
         streams = (build_stream("tpch.orders", tables["orders"], refs["orders"])
                    + build_stream("tpch.lineitem", tables["lineitem"], refs["lineitem"]) + streams)
     records = mix(streams, duplicates=duplicates, invalid=invalid, shuffle=shuffle, seed=seed)
-    kafka = KafkaResource(bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS",
-                                                            settings.kafka_bootstrap))
+    kafka = KafkaResource.from_env(settings, bootstrap_servers=os.environ.get(
+        "KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap))
     producer = kafka.producer(linger_ms=20, batch_size=256 * 1024)
     try:
         report = publish_all(producer, records, rate=rate)
@@ -312,7 +312,7 @@ def run_demo_producer(settings: Settings, *, rate: float, should_stop: Callable[
     tables = tpch_tables(0.001, seed=7)
     load_ops(settings.postgres_url, {k: tables[k] for k in
                                      ("region", "nation", "customer", "supplier", "part", "partsupp")})
-    producer = KafkaResource(bootstrap_servers=settings.kafka_bootstrap).producer()
+    producer = KafkaResource.from_env(settings).producer()
     print(f"demo producer: orders, lineitems and ledger events at {rate:g} orders/s, one "
           f"business day every {day_seconds:g}s (Ctrl-C to stop)", file=sys.stderr)
     day = pd.Timestamp("1995-01-01")

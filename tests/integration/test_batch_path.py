@@ -110,7 +110,7 @@ def test_late_events_then_a_backfill_of_their_day_still_match_duckdb(platform_da
     order = tables["orders"].head(1).assign(o_orderkey=90_000_001, o_orderdate=dt.date.fromisoformat(day))
     lines = tables["lineitem"].head(2).assign(l_orderkey=90_000_001, l_linenumber=[1, 2],
                                               o_orderdate=dt.date.fromisoformat(day))
-    kafka = KafkaResource(bootstrap_servers=data["settings"].kafka_bootstrap)
+    kafka = KafkaResource.from_env(data["settings"])
     producer = kafka.producer()
     for topic, df in (("tpch.orders", order), ("tpch.lineitem", lines)):
         for rec in build_stream(topic, df, None):
@@ -133,7 +133,7 @@ def test_late_events_then_a_backfill_of_their_day_still_match_duckdb(platform_da
 def test_replay_from_a_point_in_time_restores_an_event_dataset(platform_data, capsys):
     data = platform_data
     lake = data["lake"]
-    kafka = KafkaResource(bootstrap_servers=data["settings"].kafka_bootstrap)
+    kafka = KafkaResource.from_env(data["settings"])
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
     df = data["tables"]["orders"].head(20).assign(
         o_orderkey=range(91_000_001, 91_000_021), o_orderdate=dt.date(1993, 3, 3))
@@ -169,7 +169,7 @@ def test_replay_over_a_retention_gap_rebuilds_from_the_batch_source(platform_dat
     leave holes: the replay says so and rebuilds the dataset from ops.orders instead."""
     data = platform_data
     lake = data["lake"]
-    kafka = KafkaResource(bootstrap_servers=data["settings"].kafka_bootstrap)
+    kafka = KafkaResource.from_env(data["settings"])
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
     df = data["tables"]["orders"].head(5).assign(o_orderkey=range(92_000_001, 92_000_006))
     producer = kafka.producer()

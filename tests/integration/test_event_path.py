@@ -171,11 +171,12 @@ import dataclasses, dagster as dg
 from pipelines.catalog import ORDERS
 from pipelines.event_path import build_ingest_job
 from resources.lake import LakeResource
+from resources.kafka import KafkaResource
 from resources.registry import SchemaRegistryResource
 ds = dataclasses.replace(ORDERS, name={ds.name!r}, topics=({topic!r},), dlq_topic={ds.dlq_topic!r},
                          fallback=None, ingest="runs")
 build_ingest_job(ds).execute_in_process(run_config={config!r}, resources={{
-    "kafka": KafkaResource(bootstrap_servers={kafka.bootstrap_servers!r}),
+    "kafka": KafkaResource.from_env(),
     "lake": LakeResource(path={lake.path!r}),
     "registry": SchemaRegistryResource(url={resources["registry"].url!r})}})
 """)
