@@ -31,9 +31,11 @@ Each record carries a ``fuzz.id`` header (unique) and a ``fuzz.label`` header
 (``category/variant``), except the "no headers" variant; the expected outcome travels with it:
 ``expected_code`` for a hostile record, ``expected_row`` (JSON types) for a kept one.
 
-What the generator cannot send through kafka-python, which refuses it, is left out: a header
-with a null value, a record with neither key nor value, a header *name* that is not UTF-8 (see
-``reliability/fuzz.py`` for what the platform does with those).
+What kafka-python refuses to send is left out: a header with a null value and a record with
+neither key nor value (their dead letters are unit-tested in ``tests/unit/test_decode_hostile``),
+and a header *name* that is not UTF-8 — which librdkafka clients can write, and which
+kafka-python cannot read back (``CorruptRecordError`` for the whole record batch: a known,
+unfixed limitation of the read path).
 """
 
 from __future__ import annotations

@@ -4,12 +4,40 @@ First use copies ``kafka-pom.xml`` into ``$CONFLUX_CACHE/kafka-<version>/`` and 
 broker and its runtime dependencies there with ``mvn dependency:copy-dependencies``; later starts
 reuse the jars. Storage is formatted on first start (a half-formatted data dir is wiped and
 formatted again). Automatic topic creation is off: the platform creates its topics.
+
+Security (``CONFLUX_KAFKA_SECURITY``): ``plaintext`` (default), ``sasl_plaintext`` or
+``sasl_ssl``. Secured, the client listener takes SASL/SCRAM (SHA-256 and SHA-512) — over TLS with
+``sasl_ssl``, from a local CA (``conflux/stack/tls.py``) — and the controller listener stays
+PLAINTEXT on loopback. The SCRAM user is the clients' own (``KAFKA_SASL_USERNAME`` /
+``KAFKA_SASL_PASSWORD``):
+
+- its credential is written into the metadata log when the storage is formatted
+  (``kafka-storage format --add-scram``): KRaft needs it before the broker can authenticate its
+  own inter-broker listener, and no unauthenticated listener exists to add it later. Conflux
+  passes the *salted* form (salt, iterations, PBKDF2 output), never the password, in a java
+  ``@argfile`` (mode 0600, deleted right after), so it is in no command line or log; the
+  metadata log keeps only SCRAM's stored and server keys;
+- the broker's own JAAS login reads both values from its environment through Kafka's
+  ``EnvVarConfigProvider`` (``${env:KAFKA_SASL_PASSWORD}``; provider restricted to those two
+  variables): ``server.properties`` holds no secret. The broker names its providers in its own
+  configuration, so the ``org.apache.kafka.automatic.config.providers`` allowlist (which limits
+  providers instantiated *automatically*, from client configs) does not apply; checked on Kafka
+  4.1.1 by resolving the file with that property set to ``none``.
+
+Changing the password of a formatted broker needs ``kafka-configs --alter --add-config
+'SCRAM-SHA-512=[password=...]'`` as that user, or ``conflux stack reset``; a start whose
+credentials the broker refuses fails within seconds with ``[STACK_SERVICE_FAILED]`` saying so
+(not after the 90 s start timeout).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
+import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -17,24 +45,63 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
-from conflux.errors import StackError
-from conflux.settings import KAFKA_VERSION, Settings
+from conflux.errors import ConfigError, KafkaAuthenticationError, StackError
+from conflux.settings import KAFKA_SECURITY_MODES, KAFKA_VERSION, Settings
 from conflux.stack.service import Service, run_checked
+
+SCRAM_MECHANISMS = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
+SCRAM_ITERATIONS = 8192
+ENV_PROVIDER = "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
+_SCRAM_USER = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def security_properties(settings: Settings, listener: str) -> list[str]:
+    """The secured client listener's lines of ``server.properties`` (none for plaintext): SCRAM
+    for clients and for the broker's own inter-broker login, whose credentials come from the
+    environment through Kafka's ``EnvVarConfigProvider``; TLS from the local CA's PEM files."""
+    if settings.kafka_security == "plaintext":
+        return []
+    name = listener.lower()
+    jaas = ('org.apache.kafka.common.security.scram.ScramLoginModule required '
+            'username="${env:KAFKA_SASL_USERNAME}" password="${env:KAFKA_SASL_PASSWORD}";')
+    lines = [
+        # secrets are resolved from the broker's environment, never written here
+        "config.providers=env",
+        f"config.providers.env.class={ENV_PROVIDER}",
+        "config.providers.env.param.allowlist.pattern=^KAFKA_SASL_(USERNAME|PASSWORD)$",
+        f"sasl.enabled.mechanisms={','.join(SCRAM_MECHANISMS)}",
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+        *(f"listener.name.{name}.{m.lower()}.sasl.jaas.config={jaas}" for m in SCRAM_MECHANISMS),
+    ]
+    if settings.kafka_security == "sasl_ssl":
+        tls = settings.kafka_tls_dir
+        lines += [
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={tls / 'server.pem'}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={tls / 'ca.pem'}",
+            "ssl.client.auth=none",
+            "ssl.endpoint.identification.algorithm=https",
+        ]
+    return lines
 
 
 def render_server_properties(settings: Settings, data_dir: Path) -> str:
-    """The broker's ``server.properties`` (pure: tested without starting anything)."""
+    """The broker's ``server.properties`` (pure: tested without starting anything). It never
+    holds a secret: a secured listener's credentials are ``${env:...}`` references."""
     host, port, cport = settings.bind_host, settings.kafka_port, settings.kafka_controller_port
+    listener = KAFKA_SECURITY_MODES[settings.kafka_security]
     return "\n".join([
         "# written by conflux stack; edits are overwritten on the next start",
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.bootstrap.servers={host}:{cport}",
-        f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
-        f"advertised.listeners=PLAINTEXT://{host}:{port}",
+        f"listeners={listener}://{host}:{port},CONTROLLER://{host}:{cport}",
+        f"advertised.listeners={listener}://{host}:{port}",
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"inter.broker.listener.name={listener}",
+        f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
+        *security_properties(settings, listener),
         f"log.dirs={data_dir}",
         "auto.create.topics.enable=false",
         "num.partitions=1",
@@ -70,6 +137,51 @@ def render_log4j2(log_file: Path) -> str:
         "      - {name: org.apache.kafka.controller, level: INFO}\n"
         "    Root: {level: INFO, AppenderRef: [{ref: file}]}\n"
     )
+
+
+def scram_credential(mechanism: str, user: str, password: str, *,
+                     salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """``kafka-storage format --add-scram``'s value in its salted form (RFC 5802
+    SaltedPassword = PBKDF2-HMAC(password, salt, iterations)): the password itself is not in
+    it."""
+    salt = salt if salt is not None else secrets.token_bytes(32)
+    salted = hashlib.pbkdf2_hmac(SCRAM_MECHANISMS[mechanism], password.encode(), salt, iterations)
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return (f'{mechanism}=[name={user},iterations={iterations},salt="{b64(salt)}",'
+            f'saltedpassword="{b64(salted)}"]')
+
+
+def scram_user_from_env(env: dict[str, str] | None = None) -> tuple[str, str]:
+    """The secured local broker's SCRAM user and password (``KAFKA_SASL_USERNAME``,
+    ``KAFKA_SASL_PASSWORD``).
+
+    Raises:
+        ConfigError: either is missing, the name is not ``[A-Za-z0-9._-]``, or the password holds
+            a character the JAAS option it feeds cannot carry (``"``, ``\\``, a line break).
+    """
+    env = os.environ if env is None else env
+    user, password = env.get("KAFKA_SASL_USERNAME") or "", env.get("KAFKA_SASL_PASSWORD") or ""
+    missing = [n for n, v in (("KAFKA_SASL_USERNAME", user), ("KAFKA_SASL_PASSWORD", password))
+               if not v]
+    if missing:
+        raise ConfigError(f"kafka: CONFLUX_KAFKA_SECURITY={env.get('CONFLUX_KAFKA_SECURITY')} "
+                          f"needs {' and '.join(missing)} in the environment (the broker's SCRAM "
+                          "user, the same the clients use)")
+    if not _SCRAM_USER.match(user):
+        raise ConfigError(f"kafka: KAFKA_SASL_USERNAME={user!r} must be 1-128 characters of "
+                          "A-Z a-z 0-9 . _ -")
+    if any(c in password for c in '"\\\r\n'):
+        raise ConfigError("kafka: KAFKA_SASL_PASSWORD must not contain a double quote, a "
+                          "backslash or a line break (it is a JAAS option value)")
+    return user, password
+
+
+def java_argfile(args: list[str]) -> str:
+    """A java launcher ``@argfile`` holding ``args``, one per line, single-quoted."""
+    for arg in args:
+        if "'" in arg or "\n" in arg or "\\" in arg:
+            raise ConfigError(f"kafka: cannot pass {arg.split('=')[0]!r} in a java argument file")
+    return "".join(f"'{arg}'\n" for arg in args)
 
 
 def heap_flags(heap: str) -> list[str]:
@@ -141,6 +253,8 @@ class Kafka(Service):
         return ":".join(str(p) for p in sorted(self.settings.kafka_libs.glob("*.jar")))
 
     def _java(self, main: str, *args: str) -> list[str]:
+        """``java ... main args``; ``main`` may be an ``@argfile`` holding the main class and
+        its arguments."""
         cfg = self.settings.kafka_dir
         return ["java", *heap_flags(self.settings.kafka_heap), "-XX:+UseG1GC",
                 "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
@@ -148,28 +262,116 @@ class Kafka(Service):
                 f"-Dconflux.home={self.settings.home}",
                 "-cp", self.classpath(), main, *args]
 
+    @property
+    def secured(self) -> bool:
+        return self.settings.kafka_security != "plaintext"
+
+    @property
+    def format_record(self) -> Path:
+        """What the storage was formatted for (security mode, SCRAM user; no secret)."""
+        return self.settings.kafka_dir / "format.json"
+
     def prepare(self) -> None:
         major = java_major()
         if major < 17:
             raise StackError(f"kafka: Kafka {KAFKA_VERSION} needs java 17+, found java {major}")
+        user = scram_user_from_env()[0] if self.secured else None
         self.ensure_jars()
         cfg = self.settings.kafka_dir
         cfg.mkdir(parents=True, exist_ok=True)
+        if self.settings.kafka_security == "sasl_ssl":
+            from conflux.stack.tls import ensure_server_tls
+
+            ensure_server_tls(self.settings.kafka_tls_dir, self.settings.bind_host)
         props = cfg / "server.properties"
         props.write_text(render_server_properties(self.settings, self.data_dir))
         (cfg / "log4j2.yaml").write_text(render_log4j2(self.log))
+        formatted_for = {"security": self.settings.kafka_security, "scram_user": user}
         if not (self.data_dir / "meta.properties").exists():
             # never formatted, or a format that died half-way: start from an empty dir
             shutil.rmtree(self.data_dir, ignore_errors=True)
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            # "--cluster-id=ID": a base64 id may start with "-", which argparse would take for
-            # an option (seen in CI: 1 start in 64 failed to format)
-            run_checked(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                                   "-c", str(props), "--standalone"),
+            self._format(props)
+            self.format_record.write_text(json.dumps(formatted_for) + "\n")
+        elif self.secured:
+            try:
+                before = json.loads(self.format_record.read_text())
+            except (OSError, ValueError):
+                before = {"security": "plaintext", "scram_user": None}
+            if before.get("scram_user") != user:
+                raise StackError(
+                    f"kafka: the broker's storage in {self.data_dir} was formatted "
+                    f"{'for SCRAM user ' + repr(before['scram_user']) if before.get('scram_user') else 'without SCRAM users'}"
+                    f", not for KAFKA_SASL_USERNAME={user!r}: SCRAM credentials are written when "
+                    "the storage is formatted. Use that user, or wipe the broker's data "
+                    "(`conflux stack reset --yes`)")
+
+    def _format(self, props: Path) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # "--cluster-id=ID": a base64 id may start with "-", which argparse would take for an
+        # option (seen in CI: 1 start in 64 failed to format)
+        args = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                "-c", str(props), "--standalone"]
+        if not self.secured:
+            run_checked(self._java(*args), what="kafka: format storage", log=self.log, timeout=120)
+            return
+        # the SCRAM credentials (salted: no password) go in a java @argfile only we can read,
+        # so they are in no command line (/proc/<pid>/cmdline is world-readable) and no log
+        user, password = scram_user_from_env()
+        for mechanism in SCRAM_MECHANISMS:
+            args += ["--add-scram", scram_credential(mechanism, user, password)]
+        argfile = self.settings.kafka_dir / "format.args"
+        argfile.unlink(missing_ok=True)
+        fd = os.open(argfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(java_argfile(args))
+            run_checked(self._java(f"@{argfile}"),
                         what="kafka: format storage", log=self.log, timeout=120)
+        finally:
+            argfile.unlink(missing_ok=True)
 
     def command(self) -> list[str]:
         return self._java("kafka.Kafka", str(self.settings.kafka_dir / "server.properties"))
+
+    def env(self) -> dict[str, str] | None:
+        if not self.secured:
+            return None
+        scram_user_from_env()  # the broker's JAAS login reads both through ${env:...}
+        return dict(os.environ)
+
+    def client(self):
+        """A client of this broker as the health check uses it: the stack's own security
+        mode, the SCRAM user from the environment, the local CA."""
+        from resources.kafka import KafkaResource
+
+        if not self.secured:
+            return KafkaResource(bootstrap_servers=self.settings.kafka_bootstrap)
+        user, password = scram_user_from_env()
+        ca = (str(self.settings.kafka_tls_dir / "ca.pem")
+              if self.settings.kafka_security == "sasl_ssl" else None)
+        return KafkaResource(bootstrap_servers=self.settings.kafka_bootstrap,
+                             security_protocol=KAFKA_SECURITY_MODES[self.settings.kafka_security],
+                             sasl_mechanism="SCRAM-SHA-512", sasl_username=user,
+                             sasl_password=password, ssl_cafile=ca)
+
+    def auth_refusals_since(self, mark: int) -> list[str]:
+        """The broker's "Failed authentication ... invalid credentials" log lines written after
+        byte ``mark`` of its log: the broker's own word that a client's password was wrong
+        (kafka-python often sees only the connection closing)."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(mark)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines()
+                if "Failed authentication" in line and "invalid credentials" in line]
+
+    def _log_size(self) -> int:
+        try:
+            return self.log.stat().st_size
+        except OSError:
+            return 0
 
     def healthy(self) -> bool:
         from conflux.stack.procs import port_open
@@ -177,9 +379,20 @@ class Kafka(Service):
         if not port_open(self.settings.bind_host, self.port):
             return False
         # the port opens before the broker has joined its own quorum; ask for metadata
-        from resources.kafka import broker_ready
-
-        return broker_ready(self.settings.kafka_bootstrap)
+        mark = self._log_size()
+        try:
+            ready = self.client().ready()
+        except KafkaAuthenticationError as exc:
+            refused = str(exc)
+        else:
+            if ready or not self.secured or not (lines := self.auth_refusals_since(mark)):
+                return ready
+            found = re.search(r"\((Authentication failed[^)]*)\)", lines[-1])
+            refused = found.group(1) if found else lines[-1]
+        raise StackError(
+            f"kafka: the broker refused KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD ({refused}); its "
+            "SCRAM credentials were set when its storage was formatted: use those, change them "
+            "with kafka-configs, or wipe the broker's data (`conflux stack reset --yes`)")
 
     def wipe(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -1,0 +1,262 @@
+"""Security on real services: a second Kafka broker with SASL/SCRAM over TLS, started by the
+project's own ``Kafka`` service class beside the test stack (own ports and CONFLUX_HOME
+subfolder, a random password in the environment), refuses clients without credentials or with a
+wrong password and serves the right ones; the platform's topics and its ingest job work through
+it with the password given as ``dg.EnvVar``; afterwards the password is nowhere in the test
+stack's Postgres database nor in any file under its CONFLUX_HOME (logs, broker config and data,
+Dagster home, lake); and every server the stack started listens on loopback only."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from kafka.errors import KafkaError
+
+from conflux.demo.producer import event_headers
+from conflux.demo.tpch import TpchGenerator
+from conflux.demo.producer import json_rows
+from conflux.errors import KafkaAuthenticationError, StackError
+from conflux.platform import ensure_platform_topics
+from conflux.settings import Settings
+from conflux.stack.kafka import Kafka
+from conflux.stack.postgres import find_pg_bin
+from conflux.stack.procs import PidFile
+from conflux.stack.sockets import descendants, is_loopback, listeners
+from contracts.lineage import contract_schema
+from contracts.registry import SchemaRegistry
+from pipelines.catalog import ORDERS
+from pipelines.event_path import build_ingest_job
+from pipelines.resources import kafka_resource
+from resources.kafka import KafkaResource
+from resources.lake import LakeResource
+from resources.registry import SchemaRegistryResource
+
+SECURE_PORT = os.environ.get("CONFLUX_TEST_SECURE_KAFKA_PORT", "19192")
+SECURE_CONTROLLER_PORT = os.environ.get("CONFLUX_TEST_SECURE_KAFKA_CONTROLLER_PORT", "19193")
+USER = "conflux-it"
+
+
+@dataclasses.dataclass
+class Secured:
+    settings: Settings
+    password: str
+    lake: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.kafka_bootstrap
+
+    def client(self, **overrides) -> KafkaResource:
+        return KafkaResource.from_env(self.settings, **overrides)
+
+
+@pytest.fixture(scope="module")
+def secured(stack, tmp_path_factory) -> Iterator[Secured]:
+    """The secured broker (SASL_SSL, SCRAM), its credentials in this process's environment
+    for the module's duration; stopped by its PID at the end."""
+    password = secrets.token_urlsafe(24)
+    env = pytest.MonkeyPatch()
+    env.setenv("KAFKA_SASL_USERNAME", USER)
+    env.setenv("KAFKA_SASL_PASSWORD", password)
+    home = stack.settings.home / "secure-kafka"
+    shutil.rmtree(home, ignore_errors=True)
+    settings = Settings.from_env({
+        "CONFLUX_HOME": str(home), "CONFLUX_CACHE": str(stack.settings.cache),
+        "CONFLUX_KAFKA_PORT": SECURE_PORT, "CONFLUX_KAFKA_CONTROLLER_PORT": SECURE_CONTROLLER_PORT,
+        "CONFLUX_PG_PORT": str(stack.settings.pg_port),
+        "CONFLUX_DAGSTER_PORT": str(stack.settings.dagster_port),
+        "CONFLUX_KAFKA_HEAP": "512m", "CONFLUX_KAFKA_SECURITY": "sasl_ssl",
+        "KAFKA_SASL_USERNAME": USER,
+    })
+    broker = Kafka(settings)
+    try:
+        broker.up()
+        yield Secured(settings, password, tmp_path_factory.mktemp("secure-lake"))
+    finally:
+        broker.down()
+        env.undo()
+
+
+def test_the_secured_broker_refuses_missing_and_wrong_credentials(secured, monkeypatch):
+    good = secured.client()
+    assert good.security_protocol == "SASL_SSL" and good.ssl_cafile == secured.settings.kafka_ssl_cafile
+    topic = f"sec.{uuid.uuid4().hex[:12]}"
+    assert good.ensure_topic(topic, 1)
+    broker = Kafka(secured.settings)
+    fast = {"request_timeout_ms": 1500}
+    anonymous = KafkaResource(bootstrap_servers=secured.bootstrap, **fast)
+    tls_only = KafkaResource(bootstrap_servers=secured.bootstrap, security_protocol="SSL",
+                             ssl_cafile=good.ssl_cafile, **fast)
+    wrong_password = secured.password[::-1]
+    wrong = secured.client(sasl_password=wrong_password, **fast)
+
+    assert not anonymous.ready()  # a PLAINTEXT client gets no answer
+    assert not tls_only.ready()  # TLS without SASL: no answer either
+    mark = broker.log.stat().st_size
+    with pytest.raises(KafkaAuthenticationError, match="refused the credentials") as refused:
+        wrong.ready()
+    assert wrong_password not in str(refused.value)
+    refusals = broker.auth_refusals_since(mark)  # the broker's word: the password was wrong
+    assert refusals and all("SCRAM-SHA-512" in line for line in refusals)
+    for client in (anonymous, wrong):
+        with pytest.raises(KafkaError):
+            client.send_json(topic, [(b"k", {"from": "intruder"}, [])])
+    # the stack's health check says so instead of waiting out its start timeout
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", wrong_password)
+    with pytest.raises(StackError, match="refused KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD") as err:
+        broker.healthy()
+    assert wrong_password not in str(err.value) and secured.password not in str(err.value)
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", secured.password)
+
+    mark = broker.log.stat().st_size
+    assert good.ready() and broker.healthy()
+    assert secured.client(sasl_mechanism="SCRAM-SHA-256").ready()  # both mechanisms provisioned
+    assert broker.auth_refusals_since(mark) == []
+    assert good.send_json(topic, [(b"k%d" % i, {"n": i}, []) for i in range(3)]) == 3
+    assert good.end_offsets(topic) == {0: 3}  # nothing of the refused clients got in
+    assert [json.loads(r.value)["n"] for r in good.read_range(topic, 0, 0, 3)] == [0, 1, 2]
+
+
+def test_the_ingest_job_runs_through_the_secured_broker_with_envvar_secrets(
+        secured, stack, instance, monkeypatch):
+    ensure_platform_topics(secured.settings, report=lambda line: None)
+    good = secured.client()
+    assert good.end_offsets("tpch.orders") == {0: 0, 1: 0, 2: 0}
+    ds = dataclasses.replace(ORDERS, name=f"orders_sec_{uuid.uuid4().hex[:8]}",
+                             topics=("tpch.orders",), dlq_topic="tpch.orders.dlq", fallback=None,
+                             ingest="runs")
+    registry = SchemaRegistry(stack.settings.postgres_url)
+    registry.ensure_schema()
+    registry.register(ds.subject, contract_schema(ds.contract))
+    rows = list(json_rows(TpchGenerator(0.001, seed=21).orders().head(40)))
+    good.send_json("tpch.orders", [(str(r["o_orderkey"]).encode(), r, event_headers())
+                                   for r in rows])
+    good.send_raw("tpch.orders", [(b"bad", b'{"o_orderkey": ', event_headers())])
+
+    # the resource exactly as the definitions wire it: every KAFKA_* variable as a dg.EnvVar
+    for name, value in secured.settings.client_env().items():
+        if name.startswith("KAFKA_"):
+            monkeypatch.setenv(name, value)
+    kafka = kafka_resource()
+    assert "KAFKA_SASL_PASSWORD" in repr(kafka.model_dump())
+    assert secured.password not in repr(kafka.model_dump())
+    ranges = [{"topic": "tpch.orders", "partition": p, "start": 0, "end": e}
+              for p, e in good.end_offsets("tpch.orders").items()]
+    result = build_ingest_job(ds).execute_in_process(
+        run_config={"ops": {f"{ds.name}__ingest": {"config": {"ranges": ranges}}}},
+        instance=instance,
+        resources={"kafka": kafka, "lake": LakeResource(path=str(secured.lake)),
+                   "registry": SchemaRegistryResource(url=stack.settings.postgres_url)})
+    assert result.success
+    lake = LakeResource(path=str(secured.lake))
+    stored = sum(len(lake.read(ds.name, p)) for p in lake.partitions(ds.name))
+    assert stored == len(rows)
+    assert sum(good.end_offsets("tpch.orders.dlq").values()) == 1  # dead-lettered through SASL_SSL
+    assert instance.get_run_by_id(result.run_id) is not None
+
+
+def test_every_server_of_the_stack_listens_on_loopback_only(webserver, secured):
+    """Every process the tooling started (pid files of the test stack and of the secured
+    broker) and their children (Dagster code servers, Postgres backends): all listening TCP
+    sockets bind 127.0.0.1 / ::1."""
+    s = webserver.settings
+    expected = {s.kafka_port, s.kafka_controller_port, s.dagster_port,
+                secured.settings.kafka_port, secured.settings.kafka_controller_port}
+    if not s.external_pg_url:
+        expected.add(s.pg_port)
+    seen: dict[int, str] = {}
+    offending = []
+    pidfiles = [*s.run_dir.glob("*.pid"), *secured.settings.run_dir.glob("*.pid")]
+    for pidfile in pidfiles:
+        marker = pidfile.read_text().strip().partition(" ")[2]
+        leader = PidFile(pidfile, marker).live_pid()
+        if leader is None:
+            continue  # a stale file; the expected ports below show nothing was missed
+        for pid in descendants(leader):
+            for listener in listeners(pid):
+                seen[listener.port] = pidfile.stem
+                if not is_loopback(listener.address):
+                    offending.append(f"{pidfile.stem} (pid {pid}) listens on {listener}")
+    assert not offending
+    assert expected <= set(seen), f"listeners found: {seen}"
+
+
+# --- the secrets scan ----------------------------------------------------------------------------
+def needles(password: str) -> dict[str, bytes]:
+    """The password and its encoded forms (base64 of itself and of a SASL PLAIN message)."""
+    raw = password.encode()
+    forms = {"password": raw, "base64": base64.b64encode(raw),
+             "base64url": base64.urlsafe_b64encode(raw).rstrip(b"="),
+             "sasl-plain": base64.b64encode(b"\0" + USER.encode() + b"\0" + raw)}
+    unique: dict[bytes, str] = {}
+    for kind, needle in forms.items():
+        unique.setdefault(needle, kind)
+    return {kind: needle for needle, kind in unique.items()}
+
+
+def scan(blobs: Iterable[tuple[str, bytes]], password: str) -> list[str]:
+    """Where any form of the password occurs: ``"<what> in <where>"``."""
+    forms = needles(password)
+    return [f"{kind} in {where}" for where, data in blobs for kind, needle in forms.items()
+            if needle in data]
+
+
+def files_under(*roots: Path) -> Iterator[tuple[str, bytes]]:
+    for root in roots:
+        for path in root.rglob("*"):
+            try:
+                if path.is_file() and not path.is_symlink():
+                    yield str(path), path.read_bytes()
+            except OSError:
+                continue  # removed meanwhile (a rotated log, a temp file)
+
+
+def database_dump(settings: Settings) -> bytes:
+    """The whole test stack database: every schema, table and row (pg_dump, plain SQL)."""
+    pg_bin = find_pg_bin(os.environ.get("CONFLUX_PG_BIN"))
+    assert pg_bin is not None, "no PostgreSQL client binaries found"
+    dump = subprocess.run([str(pg_bin / "pg_dump"), "--no-owner", "-d", settings.postgres_url],
+                          capture_output=True, timeout=180, check=True)
+    assert b"CREATE TABLE" in dump.stdout and b"runs" in dump.stdout  # Dagster's tables are in it
+    return dump.stdout
+
+
+def test_the_password_appears_in_no_database_row_log_config_or_file(secured, stack):
+    import psycopg
+
+    home = stack.settings.home
+    assert (home / "secure-kafka" / "logs" / "kafka.log").exists()
+    assert (home / "secure-kafka" / "kafka" / "server.properties").exists()
+    assert stack.settings.dagster_home.exists()
+    roots = [home, secured.lake]  # the test stack's state: both brokers, Postgres, Dagster, lakes
+    assert scan([("database dump", database_dump(stack.settings))], secured.password) == []
+    assert scan(files_under(*roots), secured.password) == []
+
+    # positive controls: the same scans find a planted copy, so they can fail (the file first:
+    # the planted row below also reaches Postgres's own files)
+    planted = home / "logs" / f"planted-{uuid.uuid4().hex[:8]}.log"
+    planted.write_bytes(b"token=" + needles(secured.password)["base64"] + b"\n")
+    try:
+        found = scan(files_under(*roots), secured.password)
+        assert f"base64 in {planted}" in found and all(f.endswith(str(planted)) for f in found)
+    finally:
+        planted.unlink()
+    table = f"public.secret_probe_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(stack.settings.postgres_url, autocommit=True) as conn:
+        conn.execute(f"create table {table} (v text)")
+        conn.execute(f"insert into {table} values (%s)", (secured.password,))
+        try:
+            assert scan([("database dump", database_dump(stack.settings))], secured.password) == \
+                ["password in database dump"]
+        finally:
+            conn.execute(f"drop table {table}")
