@@ -17,6 +17,13 @@ from resources.lake import LakeResource
 from resources.registry import SchemaRegistryResource
 
 
+# A step that fails on a transient outage (Kafka or Postgres restarting: reading a range gives up
+# after 30 s without records) is retried inside its run, after 2, 4, 8, 16, 32 s (+/- jitter):
+# ranges are idempotent, and a run that still fails is re-executed by Dagster's run retries.
+INGEST_RETRY = dg.RetryPolicy(max_retries=5, delay=2, backoff=dg.Backoff.EXPONENTIAL,
+                              jitter=dg.Jitter.PLUS_MINUS)
+
+
 class RangeConfig(dg.Config):
     topic: str
     partition: int
@@ -42,7 +49,7 @@ def build_ingest_job(ds: EventDataset, *, executor: dg.ExecutorDefinition = dg.i
         The job ``<dataset>__ingest_job``; its op ``<dataset>__ingest`` takes ``IngestConfig``.
     """
 
-    @dg.op(name=f"{ds.name}__ingest", tags={"conflux/dataset": ds.name})
+    @dg.op(name=f"{ds.name}__ingest", tags={"conflux/dataset": ds.name}, retry_policy=INGEST_RETRY)
     def ingest(context: dg.OpExecutionContext, config: IngestConfig, kafka: KafkaResource,
                lake: LakeResource, registry: SchemaRegistryResource) -> None:
         sources = [r.model_dump() for r in config.ranges]

@@ -302,6 +302,16 @@ def ingest_runs(instance, since: float) -> list:
             if r.dagster_run.job_name.endswith("__ingest_job")]
 
 
+def awaiting_retry(runs) -> list:
+    """Failed runs whose retry has not been launched yet: no run names them as its parent, and
+    Dagster has not decided against retrying them (``dagster/will_retry=false``: retries used up;
+    whatever such a run left undone shows in the ground-truth comparison)."""
+    parents = {r.dagster_run.tags.get("dagster/parent_run_id") for r in runs}
+    return [r for r in runs if r.dagster_run.status.value == "FAILURE"
+            and r.dagster_run.run_id not in parents
+            and r.dagster_run.tags.get("dagster/will_retry") != "false"]
+
+
 def wait_caught_up(instance, kafka, datasets: list[str], since: float, timeout: float) -> float:
     """Seconds until no lag, no ingest run in flight and no failed run without a retry."""
     started = time.monotonic()
@@ -311,11 +321,9 @@ def wait_caught_up(instance, kafka, datasets: list[str], since: float, timeout: 
             lag = lag_of(instance, kafka, datasets)
             runs = ingest_runs(instance, since)
             inflight = [r for r in runs if r.dagster_run.status.value in INFLIGHT]
-            retried = {r.dagster_run.tags.get("dagster/parent_run_id") for r in runs}
-            unretried = [r for r in runs if r.dagster_run.status.value == "FAILURE"
-                         and r.dagster_run.run_id not in retried]
+            unretried = [r.dagster_run.run_id[:8] for r in awaiting_retry(runs)]
             state = (f"lag {sum(lag.values())} {lag}, {len(inflight)} run(s) in flight, "
-                     f"{len(unretried)} failed run(s) awaiting retry")
+                     f"{len(unretried)} failed run(s) awaiting retry {unretried}")
             if not any(lag.values()) and not inflight and not unretried:
                 return time.monotonic() - started
         except Exception as exc:  # a service still restarting
@@ -384,6 +392,7 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 def what_the_ui_shows(instance, datasets: list[str], since: float) -> dict:
     """Failed and skipped sensor ticks, failed runs and their retries, since ``since``: what an
     operator sees on the sensor's tick history and the Runs page."""
+    from dagster import DagsterEventType
     from dagster._core.scheduler.instigation import TickStatus
 
     ticks = Counter()
@@ -404,8 +413,14 @@ def what_the_ui_shows(instance, datasets: list[str], since: float) -> dict:
     runs = ingest_runs(instance, since)
     by_status = Counter(r.dagster_run.status.value for r in runs)
     retries = sum(1 for r in runs if r.dagster_run.tags.get("dagster/parent_run_id"))
+    not_retried = sum(1 for r in runs if r.dagster_run.status.value == "FAILURE"
+                      and r.dagster_run.tags.get("dagster/will_retry") == "false")
+    step_retries = sum(len(instance.get_records_for_run(
+        r.dagster_run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY, limit=100).records)
+        for r in runs)
     return {"ticks": dict(ticks), "tick_reasons": dict(reasons.most_common(20)),
-            "runs": dict(by_status), "retries": retries}
+            "runs": dict(by_status), "retries": retries, "not_retried": not_retried,
+            "step_retries": step_retries}
 
 
 # --- the whole scenario ---------------------------------------------------------------------------
@@ -454,7 +469,9 @@ class Result:
         out.append(f"records lost: {self.lost}, counted twice: {self.twice}, "
                    f"changed: {self.changed}")
         out.append(f"UI: sensor ticks {self.ui.get('ticks')}; runs {self.ui.get('runs')}, "
-                   f"{self.ui.get('retries', 0)} automatic retries")
+                   f"{self.ui.get('retries', 0)} automatic run retries, "
+                   f"{self.ui.get('not_retried', 0)} failed run(s) not retried, "
+                   f"{self.ui.get('step_retries', 0)} step retries inside runs")
         for reason, n in (self.ui.get("tick_reasons") or {}).items():
             out.append(f"  {n} × {reason}")
         out.append(f"caught up {self.recovered_s:.0f}s after the last chunk; "
@@ -485,7 +502,7 @@ def run(*, events: int, kills: int, outages: list[tuple[str, float]], seed: int,
     stack = Stack(settings)
     stack.up(["postgres", "kafka", "dagster-daemon"], report=progress)
     datasets = list(TOPICS)
-    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+    kafka = KafkaResource.from_env(settings)
     refs = register_contracts(settings, report=lambda line: None)
     faults = plan_faults(rng, kills, outages, targets)
     if settings.external_pg_url and any(f.target == "postgres" for f in faults):

@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         write_instance(settings)
         os.environ.update(settings.client_env())
-        kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+        kafka = KafkaResource.from_env(settings)
         with dg.DagsterInstance.get() as instance:
             outcomes = run(records=args.records, seed=args.seed, good_every=args.good_every,
                            datasets=datasets, kafka=kafka, instance=instance,

@@ -17,7 +17,7 @@ from reliability.chaos import run
 
 
 @pytest.mark.timeout(900)
-def test_kills_and_outages_lose_nothing_and_count_nothing_twice(stack, capsys):
+def test_kills_and_outages_lose_nothing_and_count_nothing_twice(stack):
     seed = int(os.environ.get("CONFLUX_CHAOS_SEED") or random.SystemRandom().randrange(1, 10**6))
     print(f"chaos seed {seed} (replay: CONFLUX_CHAOS_SEED={seed})")
     result = run(events=3000, kills=4, outages=[("postgres", 20.0), ("kafka", 20.0)], seed=seed,

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from kafka.errors import KafkaError
 
 from conflux.demo.producer import event_headers, json_rows
 from conflux.demo.tpch import TpchGenerator
@@ -21,6 +22,7 @@ from contracts.lineage import contract_schema
 from contracts.registry import SchemaRegistry
 from pipelines.catalog import ORDERS
 from pipelines.event_path import build_ingest_job
+from resources.kafka import KafkaResource
 from resources.registry import SchemaRegistryResource
 from sensors.kafka_sensor import build_kafka_sensor, parse_cursor
 
@@ -195,6 +197,38 @@ build_ingest_job(ds).execute_in_process(run_config={config!r}, resources={{
     assert set(stored["o_orderkey"]) == {r["o_orderkey"] for r in rows}
     assert partial <= len(lake.partitions(ds.name))
     assert all(p.count("-") == 2 for p in lake.partitions(ds.name))
+
+
+_FAILED_READS: list[str] = []
+
+
+class KafkaDownOnce(KafkaResource):
+    """The real broker, except that the first range read of a run fails as an outage does."""
+
+    def read_ranges(self, ranges, idle_timeout_s: float = 30.0):
+        if not _FAILED_READS:
+            _FAILED_READS.append("outage")
+            raise KafkaError("no records for 30s (injected outage)")
+        return super().read_ranges(ranges, idle_timeout_s)
+
+
+def test_a_step_failing_on_an_outage_is_retried_within_its_run(kafka, topic, instance, resources,
+                                                               make_ds, lake):
+    ds = make_ds(ingest="runs")
+    rows = orders(40, seed=8)
+    publish(kafka, topic, rows)
+    config = {"ops": {f"{ds.name}__ingest": {"config": {"ranges": [
+        {"topic": topic, "partition": p, "start": 0, "end": e}
+        for p, e in kafka.end_offsets(topic).items()]}}}}
+    _FAILED_READS.clear()
+    flaky = KafkaDownOnce(**kafka.model_dump())
+    result = build_ingest_job(ds).execute_in_process(
+        run_config=config, instance=instance, resources={**resources, "kafka": flaky})
+    assert result.success and _FAILED_READS == ["outage"]
+    retried = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert len(retried) == 1
+    stored = snapshot(lake, ds)
+    assert sorted(stored["o_orderkey"]) == sorted(r["o_orderkey"] for r in rows)
 
 
 def test_duplicate_events_and_replayed_ranges_change_nothing(kafka, topic, instance, resources,
