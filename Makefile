@@ -1,12 +1,13 @@
 # Conflux: the two commands of the README's Quick start, and their helpers.
 #   make dev   — install everything, start Kafka + Postgres + Dagster UI/daemon + demo events
 #   make test  — install everything, start a separate test stack, run the whole test suite
+#   make reliability — the full crash / outage / hostile-input run (~12 min; README)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install dev test test-unit stack-down clean
+.PHONY: install dev test test-unit reliability stack-down clean
 
 install: $(STAMP)
 
@@ -25,6 +26,17 @@ test: install
 
 test-unit: install
 	$(BIN)/python -m pytest -ra tests/unit
+
+# The full reliability run on its own stack (.conflux/reliability; ports 29092/29093/25433/23000):
+# kills and outages while 100,000+ events stream, then 10,000 hostile records; SEED=N replays.
+RELIABILITY_ENV := CONFLUX_HOME=$(CURDIR)/.conflux/reliability CONFLUX_KAFKA_PORT=29092 \
+	CONFLUX_KAFKA_CONTROLLER_PORT=29093 CONFLUX_PG_PORT=25433 CONFLUX_DAGSTER_PORT=23000
+reliability: install
+	@rc=0; \
+	$(RELIABILITY_ENV) $(BIN)/python -m reliability.chaos --events 100000 --kills 20 \
+		--outage postgres:30 --outage kafka:30 $(if $(SEED),--seed $(SEED)) || rc=1; \
+	$(RELIABILITY_ENV) $(BIN)/python -m reliability.fuzz --records 10000 $(if $(SEED),--seed $(SEED)) || rc=1; \
+	$(RELIABILITY_ENV) $(BIN)/conflux stack down; exit $$rc
 
 stack-down: install
 	$(BIN)/conflux stack down

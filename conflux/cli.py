@@ -31,12 +31,12 @@ def _stack(args):
 
 
 def cmd_stack_up(args) -> int:
-    _stack(args).up(args.services)
+    _stack(args).up(args.services or None)
     return 0
 
 
 def cmd_stack_down(args) -> int:
-    _stack(args).down(args.services)
+    _stack(args).down(args.services or None)
     return 0
 
 

@@ -17,9 +17,11 @@ GROUPS = {"dagster": ("dagster-webserver", "dagster-daemon"), "all": SERVICE_NAM
 
 
 def select(names: Iterable[str] | None) -> list[str]:
-    """Expand a service selection ("all", "dagster", or names) in start order."""
+    """Expand a service selection ("all", "dagster", or names) in start order; ``None`` means
+    all of them and an empty selection none (``down(started)`` after an ``up`` that started
+    nothing must stop nothing)."""
     wanted: set[str] = set()
-    for name in names or ["all"]:
+    for name in ["all"] if names is None else list(names):
         if name in GROUPS:
             wanted.update(GROUPS[name])
         elif name in SERVICE_NAMES:

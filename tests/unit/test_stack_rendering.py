@@ -54,3 +54,11 @@ def test_postgres_binds_loopback_without_unix_socket(tmp_path):
     assert "listen_addresses=127.0.0.1" in args
     assert "port=15432" in args
     assert "unix_socket_directories=" in args
+
+
+def test_a_service_selection_of_none_is_everything_and_an_empty_one_nothing():
+    from conflux.stack import SERVICE_NAMES, select
+
+    assert select(None) == list(SERVICE_NAMES)
+    assert select([]) == []  # down(started) after an up that started nothing stops nothing
+    assert select(["dagster", "postgres"]) == ["postgres", "dagster-webserver", "dagster-daemon"]
