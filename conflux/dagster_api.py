@@ -25,7 +25,32 @@ class DagsterApiError(ConfluxError):
     code = "DAGSTER_API_ERROR"
 
 
-def graphql(url: str, query: str, variables: dict | None = None, timeout: float = 60) -> dict:
+# the webserver keeps a pooled Postgres connection per storage: after Postgres restarts, the first
+# request on each stale one fails with this, and SQLAlchemy then reconnects
+STALE_CONNECTION = "server closed the connection unexpectedly"
+
+
+def graphql(url: str, query: str, variables: dict | None = None, timeout: float = 60,
+            stale_retries: int = 3) -> dict:
+    """One GraphQL request to the webserver; a *query* failing on a stale Postgres connection
+    (Postgres restarted since the webserver last used it) is sent again, up to
+    ``stale_retries`` times — a mutation never is (it may have done part of its work).
+
+    Raises:
+        DagsterApiError: the webserver did not answer, or answered with errors.
+    """
+    for attempt in range(stale_retries + 1):
+        try:
+            return _graphql_once(url, query, variables, timeout)
+        except DagsterApiError as exc:
+            if (STALE_CONNECTION not in str(exc) or attempt == stale_retries
+                    or query.lstrip().startswith("mutation")):
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _graphql_once(url: str, query: str, variables: dict | None, timeout: float) -> dict:
     body = json.dumps({"query": query, "variables": variables or {}}).encode()
     req = urllib.request.Request(f"{url.rstrip('/')}/graphql", data=body,
                                  headers={"Content-Type": "application/json"})

@@ -178,10 +178,30 @@ def wait_for(
 
 
 def stop_pid(pid: int, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> str:
-    """Stop a process group we started: ``sig`` (SIGTERM), then SIGKILL after ``timeout``.
+    """Stop a process group we started: ``sig`` (SIGTERM), then SIGKILL after ``timeout``; a
+    group is stopped when its leader *and* the rest of it (a daemon's code servers, which may be
+    finishing a sensor evaluation) have exited.
 
     Returns how it ended ("stopped" or "killed").
     """
+    how = _stop_leader(pid, sig=sig, timeout=timeout)
+    if how == "already gone":
+        return how
+    try:
+        members = group_members(pid)
+        deadline = time.monotonic() + timeout
+        while members and time.monotonic() < deadline:
+            time.sleep(0.1)
+            members = group_members(pid)
+        if members:
+            os.killpg(pid, signal.SIGKILL)
+            how = "killed"
+    except ProcessLookupError:
+        pass
+    return how
+
+
+def _stop_leader(pid: int, *, sig: int, timeout: float) -> str:
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:

@@ -16,6 +16,7 @@ import pytest
 from reliability.chaos import run
 
 
+@pytest.mark.disruptive
 @pytest.mark.timeout(900)
 def test_kills_and_outages_lose_nothing_and_count_nothing_twice(stack):
     seed = int(os.environ.get("CONFLUX_CHAOS_SEED") or random.SystemRandom().randrange(1, 10**6))
@@ -38,9 +39,11 @@ def test_kills_and_outages_lose_nothing_and_count_nothing_twice(stack):
     assert result.ok
 
     # what the UI shows: the killed worker's run failed and was retried automatically, ticks
-    # said Kafka was unavailable, and the sensors noted when they resumed after Postgres
+    # said Kafka was unavailable
     assert result.ui["runs"].get("FAILURE", 0) >= 1 and result.ui["retries"] >= 1, report
     reasons = result.ui["tick_reasons"]
     assert any("Kafka unavailable" in r for r in reasons), report
-    assert any("resumed after" in r for r in reasons), report
+    # Postgres gone shows as ticks failing with the database's error or, when the daemon lost
+    # ticks meanwhile, as a tick noting "resumed after N s without a tick"
+    assert any("resumed after" in r or "OperationalError" in r for r in reasons), report
     assert result.ui["runs"].get("SUCCESS", 0) >= 1, report

@@ -98,7 +98,9 @@ def test_the_secured_broker_refuses_missing_and_wrong_credentials(secured, monke
     tls_only = KafkaResource(bootstrap_servers=secured.bootstrap, security_protocol="SSL",
                              ssl_cafile=good.ssl_cafile, **fast)
     wrong_password = secured.password[::-1]
-    wrong = secured.client(sasl_password=wrong_password, **fast)
+    # time enough for the TLS and SCRAM exchanges to reach the refusal on a loaded machine (the
+    # refusal ends the wait at once; seen in CI: 1.5 s ran out first and ready() said False)
+    wrong = secured.client(sasl_password=wrong_password, request_timeout_ms=20_000)
 
     assert not anonymous.ready()  # a PLAINTEXT client gets no answer
     assert not tls_only.ready()  # TLS without SASL: no answer either
@@ -108,7 +110,7 @@ def test_the_secured_broker_refuses_missing_and_wrong_credentials(secured, monke
     assert wrong_password not in str(refused.value)
     refusals = broker.auth_refusals_since(mark)  # the broker's word: the password was wrong
     assert refusals and all("SCRAM-SHA-512" in line for line in refusals)
-    for client in (anonymous, wrong):
+    for client in (anonymous, secured.client(sasl_password=wrong_password, **fast)):
         with pytest.raises(KafkaError):
             client.send_json(topic, [(b"k", {"from": "intruder"}, [])])
     # the stack's health check says so instead of waiting out its start timeout

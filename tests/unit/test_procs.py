@@ -51,6 +51,28 @@ def test_stop_escalates_to_sigkill_for_a_process_ignoring_sigterm(tmp_path):
     assert not pid_alive(proc.pid)
 
 
+def test_stop_waits_for_the_rest_of_the_group_after_the_leader(tmp_path):
+    """A daemon's code server finishing its work after SIGTERM: stop returns once it is gone."""
+    child_pid = tmp_path / "child.pid"
+    (tmp_path / "child.py").write_text(
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.5), sys.exit(0)))\n"
+        "time.sleep(60)\n")
+    (tmp_path / "leader.py").write_text(
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, {str(tmp_path / 'child.py')!r}])\n"
+        f"open({str(child_pid)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n")
+    proc = spawn([sys.executable, str(tmp_path / "leader.py")], log=tmp_path / "s.log")
+    deadline = time.monotonic() + 10
+    while not (child_pid.exists() and child_pid.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the child's handler is installed
+    child = int(child_pid.read_text())
+    assert stop_pid(proc.pid, timeout=10) == "stopped"
+    assert not pid_alive(proc.pid) and not pid_alive(child)
+
+
 def test_port_open_sees_a_listener(unused_port):
     assert not port_open("127.0.0.1", unused_port)
     with socket.socket() as srv:
