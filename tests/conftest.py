@@ -32,7 +32,7 @@ for _name, _value in TEST_STACK_ENV.items():
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "/integration/" in str(item.fspath):
+        if "/integration/" in str(item.fspath) or "/browser/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
     # tests that kill the shared stack's services, and fill its lake, run after all the others
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

@@ -68,6 +68,23 @@ class Stack:
     def down(self, names: Iterable[str] | None = None, report: Callable[[str], None] = print) -> None:
         for name in reversed(select(names)):
             report(self.services[name].down())
+        if strays := self.end_strays():
+            report(f"dagster: ended {len(strays)} stray process(es) of this stack "
+                   f"(pids {', '.join(map(str, strays))})")
+
+    def end_strays(self) -> list[int]:
+        """Once neither Dagster service runs: end the orphaned processes that still carry this
+        stack's ``DAGSTER_HOME`` — code servers whose daemon or webserver was killed (seen
+        hung, deaf to SIGTERM, an hour later) and compute-log tails of killed run workers.
+        Returns their pids."""
+        from conflux.stack.procs import orphans_with, stop_pid
+
+        if any(self.services[n].status().running for n in ("dagster-webserver", "dagster-daemon")):
+            return []
+        strays = orphans_with(f"DAGSTER_HOME={self.settings.dagster_home}")
+        for pid in strays:
+            stop_pid(pid, timeout=5)
+        return strays
 
     def status(self) -> list[ServiceStatus]:
         return [self.services[n].status() for n in SERVICE_NAMES]

@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import psycopg
@@ -41,19 +40,13 @@ def find_pg_bin(env_bin: str | None = None) -> Path | None:
 
 def install_pg() -> Path:
     """Install Debian's postgresql package (root only); returns its bin folder."""
-    if os.geteuid() != 0:
-        raise StackError("postgres: no PostgreSQL server found under /usr/lib/postgresql; install "
-                         "it (sudo apt-get install postgresql) or set CONFLUX_POSTGRES_URL")
-    print("postgres: installing Debian's postgresql package (first use only)...",
-          file=sys.stderr, flush=True)
-    log = Path("/tmp/conflux-apt.log")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run_checked(["apt-get", "update"], what="postgres: apt-get update", log=log, timeout=600, env=env)
-    run_checked(["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
-                what="postgres: apt-get install postgresql", log=log, timeout=900, env=env)
+    from conflux.stack.apt import APT_LOG, apt_install
+
+    apt_install(["postgresql"], who="postgres",
+                instead="install it (sudo apt-get install postgresql) or set CONFLUX_POSTGRES_URL")
     found = find_pg_bin()
     if found is None:
-        raise StackError(f"postgres: installed, yet no server under /usr/lib/postgresql; see {log}")
+        raise StackError(f"postgres: installed, yet no server under /usr/lib/postgresql; see {APT_LOG}")
     return found
 
 

@@ -123,6 +123,28 @@ def environ_has(pid: int, entry: str) -> bool:
         return False
 
 
+def orphans_with(entry: str) -> list[int]:
+    """Orphaned processes (parent gone: re-parented to pid 1) whose environment holds ``entry``
+    (``NAME=value``), this process and its ancestors excepted."""
+    mine, pid = set(), os.getpid()
+    while pid > 1 and pid not in mine:
+        mine.add(pid)
+        pid = _ppid(pid)
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) not in mine and _ppid(int(proc.name)) == 1 \
+                and environ_has(int(proc.name), entry):
+            found.append(int(proc.name))
+    return found
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int((Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def spawn(
     argv: Sequence[str],
     *,

@@ -1,8 +1,12 @@
 """Pid files, ports, health waits and stopping: real processes and sockets, no services."""
 
+import os
+import signal
+import subprocess
 import socket
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +144,34 @@ def unused_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_down_ends_orphans_carrying_the_stacks_dagster_home_and_nothing_else(tmp_path):
+    """A code server whose daemon was killed: re-parented to pid 1, deaf to SIGTERM."""
+    from conflux.settings import Settings
+    from conflux.stack import Stack
+
+    settings = Settings.from_env({"CONFLUX_HOME": str(tmp_path / "home"),
+                                  "CONFLUX_CACHE": str(tmp_path / "cache")})
+    deaf = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "time.sleep(60)")
+
+    def orphan(dagster_home: Path) -> int:
+        """A process whose parent has exited (double fork): returns its pid."""
+        out = tmp_path / f"pid-{dagster_home.name}"
+        launcher = (f"import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {deaf!r}], "
+                    f"env=dict(os.environ, DAGSTER_HOME={str(dagster_home)!r}), start_new_session=True); "
+                    f"open({str(out)!r}, 'w').write(str(p.pid))")
+        subprocess.run([sys.executable, "-c", launcher], check=True, timeout=30)
+        return int(out.read_text())
+
+    ours, other = orphan(settings.dagster_home), orphan(tmp_path / "another_home")
+    time.sleep(0.5)  # both installed their SIGTERM handler
+    try:
+        ended = Stack(settings).end_strays()
+        assert ended == [ours]
+        assert not pid_alive(ours) and pid_alive(other)
+    finally:
+        for pid in (ours, other):
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
