@@ -18,8 +18,10 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
+    """Chromium for one module: Playwright's sync API keeps an event loop running in this
+    thread until it stops, and later tests calling ``asyncio.run`` would fail meanwhile."""
     from playwright.sync_api import sync_playwright
 
     from conflux.stack.browser import ensure_chromium, launch_args
