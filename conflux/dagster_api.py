@@ -39,15 +39,14 @@ def graphql(url: str, query: str, variables: dict | None = None, timeout: float 
     Raises:
         DagsterApiError: the webserver did not answer, or answered with errors.
     """
-    for attempt in range(stale_retries + 1):
+    for _ in range(stale_retries):
         try:
             return _graphql_once(url, query, variables, timeout)
         except DagsterApiError as exc:
-            if (STALE_CONNECTION not in str(exc) or attempt == stale_retries
-                    or query.lstrip().startswith("mutation")):
+            if STALE_CONNECTION not in str(exc) or query.lstrip().startswith("mutation"):
                 raise
             time.sleep(0.5)
-    raise AssertionError("unreachable")
+    return _graphql_once(url, query, variables, timeout)
 
 
 def _graphql_once(url: str, query: str, variables: dict | None, timeout: float) -> dict:

@@ -103,16 +103,18 @@ def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of process group ``pgid``."""
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # after the command: state, ppid, pgrp
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return members
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command (state, ppid, pgrp, ...)."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())
+    except (OSError, IndexError):
+        return None
 
 
 def environ_has(pid: int, entry: str) -> bool:
@@ -139,10 +141,8 @@ def orphans_with(entry: str) -> list[int]:
 
 
 def _ppid(pid: int) -> int:
-    try:
-        return int((Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())[1])
-    except (OSError, ValueError, IndexError):
-        return 0
+    fields = _stat(pid)
+    return int(fields[1]) if fields else 0
 
 
 def spawn(
