@@ -27,10 +27,10 @@ test: install
 test-unit: install
 	$(BIN)/python -m pytest -ra tests/unit
 
-# The full reliability run on its own stack (.conflux/reliability; ports 29092/29093/25433/23000):
+# The full reliability run on its own stack (.conflux/reliability; ports 27092/27093/27432/27000, apart from the test stacks):
 # kills and outages while 100,000+ events stream, then 10,000 hostile records; SEED=N replays.
-RELIABILITY_ENV := CONFLUX_HOME=$(CURDIR)/.conflux/reliability CONFLUX_KAFKA_PORT=29092 \
-	CONFLUX_KAFKA_CONTROLLER_PORT=29093 CONFLUX_PG_PORT=25433 CONFLUX_DAGSTER_PORT=23000
+RELIABILITY_ENV := CONFLUX_HOME=$(CURDIR)/.conflux/reliability CONFLUX_KAFKA_PORT=27092 \
+	CONFLUX_KAFKA_CONTROLLER_PORT=27093 CONFLUX_PG_PORT=27432 CONFLUX_DAGSTER_PORT=27000
 reliability: install
 	@rc=0; \
 	$(RELIABILITY_ENV) $(BIN)/python -m reliability.chaos --events 100000 --kills 20 \
