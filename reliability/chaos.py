@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from sensors import requeue
+
 TARGETS = ("run-worker", "dagster-daemon", "kafka", "postgres")
 TOPICS = {"orders": "tpch.orders", "lineitem": "tpch.lineitem", "customer_ledger": "ledger.customer"}
 KEYS = {"orders": ["o_orderkey"], "lineitem": ["l_orderkey", "l_linenumber"],
@@ -302,14 +304,16 @@ def ingest_runs(instance, since: float) -> list:
             if r.dagster_run.job_name.endswith("__ingest_job")]
 
 
-def awaiting_retry(runs) -> list:
-    """Failed runs whose retry has not been launched yet: no run names them as its parent, and
-    Dagster has not decided against retrying them (``dagster/will_retry=false``: retries used up;
-    whatever such a run left undone shows in the ground-truth comparison)."""
-    parents = {r.dagster_run.tags.get("dagster/parent_run_id") for r in runs}
-    return [r for r in runs if r.dagster_run.status.value == "FAILURE"
-            and r.dagster_run.run_id not in parents
-            and r.dagster_run.tags.get("dagster/will_retry") != "false"]
+def awaiting_retry(runs, now: float | None = None) -> list:
+    """Failed runs nothing has succeeded yet — neither Dagster's retry nor the sensor's requeue
+    (``sensors.requeue``) — and that the sensor has not given up on: their ranges are still to
+    be applied. A run given up on shows in the ground-truth comparison."""
+    successors = {r.dagster_run.tags.get(tag) for r in runs
+                  for tag in (requeue.PARENT, requeue.REQUEUED_FROM)}
+    failed = [r for r in runs if r.dagster_run.status.value == "FAILURE"]
+    p = requeue.plan(failed, successors, time.time() if now is None else now)
+    pending = {run.run_id for run in p.requeue + p.waiting}
+    return [r for r in failed if r.dagster_run.run_id in pending]
 
 
 def wait_caught_up(instance, kafka, datasets: list[str], since: float, timeout: float) -> float:
@@ -413,13 +417,17 @@ def what_the_ui_shows(instance, datasets: list[str], since: float) -> dict:
     runs = ingest_runs(instance, since)
     by_status = Counter(r.dagster_run.status.value for r in runs)
     retries = sum(1 for r in runs if r.dagster_run.tags.get("dagster/parent_run_id"))
-    not_retried = sum(1 for r in runs if r.dagster_run.status.value == "FAILURE"
-                      and r.dagster_run.tags.get("dagster/will_retry") == "false")
+    requeues = sum(1 for r in runs if r.dagster_run.tags.get(requeue.REQUEUED_FROM))
+    not_retried = len(requeue.plan([r for r in runs if r.dagster_run.status.value == "FAILURE"],
+                                    {r.dagster_run.tags.get(t) for r in runs
+                                     for t in (requeue.PARENT, requeue.REQUEUED_FROM)},
+                                    time.time()).given_up)
     step_retries = sum(len(instance.get_records_for_run(
         r.dagster_run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY, limit=100).records)
         for r in runs)
     return {"ticks": dict(ticks), "tick_reasons": dict(reasons.most_common(20)),
-            "runs": dict(by_status), "retries": retries, "not_retried": not_retried,
+            "runs": dict(by_status), "retries": retries, "requeues": requeues,
+            "not_retried": not_retried,
             "step_retries": step_retries}
 
 
@@ -470,7 +478,8 @@ class Result:
                    f"changed: {self.changed}")
         out.append(f"UI: sensor ticks {self.ui.get('ticks')}; runs {self.ui.get('runs')}, "
                    f"{self.ui.get('retries', 0)} automatic run retries, "
-                   f"{self.ui.get('not_retried', 0)} failed run(s) not retried, "
+                   f"{self.ui.get('requeues', 0)} requeued by the sensor, "
+                   f"{self.ui.get('not_retried', 0)} failed run(s) given up, "
                    f"{self.ui.get('step_retries', 0)} step retries inside runs")
         for reason, n in (self.ui.get("tick_reasons") or {}).items():
             out.append(f"  {n} × {reason}")

@@ -15,10 +15,11 @@ to apply per partition, stored by Dagster in Postgres. Then, by the dataset's ``
   ``run_key`` names dataset / topic / partition / range of every range, so Dagster drops a
   request a retried tick makes again — no range is launched twice — and the cursor moves in the
   same tick result as the request — none is skipped. While ``max_inflight_runs`` runs are queued
-  or running, ticks wait and records accumulate into bigger ranges (backpressure).
+  or running, ticks wait and records accumulate into bigger ranges (backpressure). A run that
+  fails for good is requested again by a later tick (``sensors.requeue``), so a range the cursor
+  moved past is applied even when Dagster's own retry could not be launched.
 """
 
-import datetime as dt
 import json
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ from pipelines.metadata import LAST_UPDATED
 from resources.kafka import KafkaResource, Record
 from resources.lake import LakeResource
 from resources.registry import SchemaRegistryResource
+from sensors import requeue
 
 Cursor = dict[str, dict[int, int]]  # topic -> partition -> next offset to apply
 INFLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
@@ -134,16 +136,14 @@ def lag_by_partition(cursor: Cursor, ends: Cursor) -> dict[str, int]:
 _last_observed: dict[str, float] = {}  # dataset -> monotonic time (per code-server process)
 _capped: dict[str, bool] = {}  # dataset -> its last inline tick left records unapplied
 _caught_up_at: dict[str, float] = {}  # dataset -> start of the last tick that ended caught up
-_last_tick_at: dict[str, float] = {}  # dataset -> monotonic start of its previous tick
-GAP_NOTE_S = 20.0  # the daemon ticks every 5 s: a longer silence was an outage
+GAP_NOTE_S = 12.0  # the daemon ticks every 5 s: a longer silence was an outage
 
 
-def tick_gap(dataset: str, now: float) -> str:
-    """A note when the previous tick of ``dataset`` (in this code server) is over
-    ``GAP_NOTE_S`` ago — Postgres or the daemon was down, or ticks were failing — so the
-    sensor's tick history says when processing resumed and after how long."""
-    previous = _last_tick_at.get(dataset)
-    _last_tick_at[dataset] = now
+def tick_gap(previous: float | None, now: float) -> str:
+    """A note when the sensor's previous tick started over ``GAP_NOTE_S`` before this one —
+    Postgres or the daemon was down, or ticks were failing — so the tick history says when
+    processing resumed and after how long. ``previous`` is the daemon's record of the last
+    tick (``context.last_tick_completion_time``, kept in Postgres: it survives restarts)."""
     if previous is None or now - previous < GAP_NOTE_S:
         return ""
     return f"resumed after {now - previous:.0f}s without a tick; "
@@ -285,7 +285,15 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
         started = time.monotonic()
         as_of = time.time()  # everything acknowledged before this is below the end offsets
         cursor = parse_cursor(context.cursor)
-        gap = tick_gap(ds.name, started)
+        gap = tick_gap(context.last_tick_completion_time, as_of)
+        failures = requeue.failed_runs_plan(context.instance, job.name, ds.name, as_of)
+        if failures.requeue:  # this tick only re-requests; the next one goes on reading
+            for run in failures.requeue:
+                context.log.info(f"requesting failed ingest run {run.run_id} again "
+                                 f"(requeue {requeue.depth(run) + 1}/{requeue.MAX_REQUEUES})")
+            return dg.SensorResult(run_requests=[requeue.requeue_request(r)
+                                                 for r in failures.requeue])
+        gap += f"{requeue.describe(failures)}; " if failures.unsettled else ""
         try:
             ends, missing = end_offsets(ds, kafka)
         except Exception as exc:  # broker down: say so, keep the cursor, try next tick
@@ -312,7 +320,7 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
                 text += f"; topic(s) {', '.join(missing)} do not exist yet"
             _capped[ds.name] = stats["dropped"] > 0
             lag = lag_by_partition(new_cursor, ends)
-            caught_up = not any(lag.values())
+            caught_up = not any(lag.values()) and not failures.unsettled
             if caught_up:
                 _caught_up_at[ds.name] = as_of
             return dg.SensorResult(
@@ -322,18 +330,13 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
                                                                  statuses=INFLIGHT))
         _capped[ds.name] = False  # one run takes the wide backlog; then inline again
         if not ranges:
-            # runs mode: caught up once nothing is pending, no ingest run is in flight and none
-            # failed since the last time it was (its range would be missing)
-            since = dt.datetime.fromtimestamp(_caught_up_at.get(ds.name, 0.0), dt.timezone.utc)
-            failed = context.instance.get_runs_count(dg.RunsFilter(
-                job_name=job.name, statuses=[dg.DagsterRunStatus.FAILURE], updated_after=since))
-            caught_up = not inflight and not failed
+            # runs mode: caught up once nothing is pending, no ingest run is in flight and no
+            # failed one lacks a successor (its range would be missing)
+            caught_up = not inflight and not failures.unsettled
             if caught_up:
                 _caught_up_at[ds.name] = as_of
             return dg.SensorResult(
-                skip_reason=f"{gap}no new records on {', '.join(ds.topics)}"
-                            + (f"; {failed} ingest run(s) failed since it was last caught up"
-                               if failed else ""),
+                skip_reason=f"{gap}no new records on {', '.join(ds.topics)}",
                 asset_events=lag_observation(ds, lag_by_partition(cursor, ends),
                                              as_of if caught_up else None))
         if inflight >= ds.max_inflight_runs:

@@ -349,3 +349,39 @@ def test_the_sensor_stays_within_its_time_bound_when_the_broker_is_down(stack, i
         assert took < 15, f"tick took {took:.1f}s with the broker down"
     finally:
         stack.up(["kafka"], report=lambda line: None)
+
+
+def test_a_failed_run_whose_retry_never_launched_is_requested_again(kafka, topic, instance,
+                                                                    resources, make_ds, lake,
+                                                                    monkeypatch):
+    """What the crash test once hit: run monitoring failed a killed run, Dagster marked it for
+    retry, but the retry could not be launched (Postgres was down) and is never tried again.
+    The cursor already moved past its range; the sensor's next tick requests it again."""
+    from sensors import requeue
+
+    ds = make_ds(ingest="runs", max_records_per_run=100)
+    job = build_ingest_job(ds)
+    sensor = build_kafka_sensor(ds, job)
+    rows = orders(30, seed=4)
+    publish(kafka, topic, rows)
+    first = tick(sensor, instance, resources, None)
+    [request] = first.run_requests
+    # the run is created, its worker dies, it fails; Dagster says it will retry — and does not
+    run = instance.create_run_for_job(job_def=job, run_config=request.run_config,
+                                      tags={**request.tags, "dagster/sensor_name": sensor.name})
+    instance.report_run_failed(run)
+    instance.add_run_tags(run.run_id, {requeue.WILL_RETRY: "true"})
+    waiting = tick(sensor, instance, resources, first.cursor)
+    assert not waiting.run_requests and "awaiting Dagster's retry" in waiting.skip_reason.skip_message
+
+    monkeypatch.setattr(requeue, "GRACE_S", 0.0)  # the grace period is over
+    again = tick(sensor, instance, resources, first.cursor)
+    [requeued] = again.run_requests
+    assert requeued.run_key == f"requeue:{run.run_id}"
+    assert requeued.run_config == request.run_config and again.cursor is None
+    assert snapshot(lake, ds).empty  # nothing applied so far: without the requeue, lost
+    assert job.execute_in_process(run_config=requeued.run_config, instance=instance,
+                                  resources=resources, tags=requeued.tags).success
+    assert sorted(snapshot(lake, ds)["o_orderkey"]) == sorted(r["o_orderkey"] for r in rows)
+    settled = tick(sensor, instance, resources, first.cursor)
+    assert not settled.run_requests

@@ -103,10 +103,27 @@ def test_compare_finds_lost_extra_twice_and_changed_rows():
         "expected": 4, "stored": 5, "missing": 1, "extra": 1, "duplicated": 1, "changed": 1}
 
 
-def test_a_silent_spell_between_ticks_is_noted_once():
-    name = "gap_probe"
-    kafka_sensor._last_tick_at.pop(name, None)
-    assert kafka_sensor.tick_gap(name, 100.0) == ""
-    assert kafka_sensor.tick_gap(name, 105.0) == ""
-    assert kafka_sensor.tick_gap(name, 140.0) == "resumed after 35s without a tick; "
-    assert kafka_sensor.tick_gap(name, 145.0) == ""
+def test_a_silent_spell_between_ticks_is_noted():
+    assert kafka_sensor.tick_gap(None, 100.0) == ""  # the first tick ever
+    assert kafka_sensor.tick_gap(100.0, 105.0) == ""
+    assert kafka_sensor.tick_gap(105.0, 140.0) == "resumed after 35s without a tick; "
+    assert kafka_sensor.tick_gap(100.0, 100.0 + kafka_sensor.GAP_NOTE_S) != ""
+
+
+def _run(run_id: str, status: str, age_s: float = 500, **tags):
+    import datetime as dt
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(run_id=run_id, status=SimpleNamespace(value=status), tags=tags)
+    updated = dt.datetime.fromtimestamp(1_800_000_000 - age_s, dt.timezone.utc)
+    return SimpleNamespace(dagster_run=run, update_timestamp=updated)
+
+
+def test_the_harness_waits_for_failed_runs_until_a_retry_or_requeue_succeeds_them():
+    from reliability.chaos import awaiting_retry
+
+    runs = [_run("a", "FAILURE", **{"dagster/will_retry": "false"}),
+            _run("b", "FAILURE"), _run("b2", "SUCCESS", **{"dagster/parent_run_id": "b"}),
+            _run("c", "FAILURE"), _run("c2", "STARTED", **{"conflux/requeued_from": "c"}),
+            _run("d", "FAILURE", **{"conflux/requeue_depth": "5"})]  # given up: shows as lost
+    assert [r.dagster_run.run_id for r in awaiting_retry(runs, now=1_800_000_000)] == ["a"]
