@@ -185,7 +185,6 @@ mutation($sel: ScheduleSelector!) {
     ... on Error { message }
   }
 }"""
-START_SCHEDULE = _TOGGLE % "startSchedule"
 RESET_SCHEDULE = _TOGGLE % "resetSchedule"
 
 
@@ -200,13 +199,6 @@ class ScheduleState:
 def _schedule_selector(name: str, location: str) -> dict:
     return {"sel": {"repositoryLocationName": location, "repositoryName": REPOSITORY,
                     "scheduleName": name}}
-
-
-def start_schedule(url: str, name: str, *, location: str = LOCATION) -> str:
-    """Turn a schedule on (what the UI's toggle does); returns its new status."""
-    out = _result(graphql(url, START_SCHEDULE, _schedule_selector(name, location)),
-                  "startSchedule", "ScheduleStateResult")
-    return out["scheduleState"]["status"]
 
 
 def reset_schedule(url: str, name: str, *, location: str = LOCATION) -> str:

@@ -87,19 +87,24 @@ def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
                                            partitions_computed=0, **folded.metadata()),
                 **extra})
         out = ds.compute(inputs)
+        meta = materialization_metadata(ds, rows=len(out), contract_version=ref,
+                                        upstream=", ".join(ds.upstream),
+                                        partitions_computed=len(partitions or []))
         if ds.partitioned:
             key_col = out[ds.event_time].astype(str)
             groups = dict(tuple(out.groupby(key_col))) if len(out) else {}
             for i, p in enumerate(partitions):
-                lake.write(ds.name, groups.get(p, out.iloc[0:0]), p)
+                part = groups.get(p, out.iloc[0:0])
+                lake.write(ds.name, part, p)
+                if len(partitions) > 1:  # each partition's materialization: its own rows
+                    context.add_asset_metadata({"dagster/row_count": len(part)}, partition_key=p)
                 if (i + 1) % 200 == 0:
                     context.log.info(f"{ds.name}: wrote {i + 1}/{len(partitions)} partitions")
+            if len(partitions) > 1:  # the run's total, not any one partition's
+                meta["conflux/run_rows"] = meta.pop("dagster/row_count")
         else:
             lake.write(ds.name, out)
-        return dg.MaterializeResult(metadata={
-            **materialization_metadata(ds, rows=len(out), contract_version=ref,
-                                       upstream=", ".join(ds.upstream),
-                                       partitions_computed=len(partitions or [])), **extra})
+        return dg.MaterializeResult(metadata={**meta, **extra})
 
     @dg.multi_asset(name=ds.name, specs=[spec], backfill_policy=policy if ds.partitioned else None)
     def _asset(context: dg.AssetExecutionContext, postgres: PostgresResource, lake: LakeResource,
@@ -111,8 +116,8 @@ def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
                 parent=openlineage.dagster_parent(context)) as run:
             result = _compute(context, postgres, lake, registry)
             meta = result.metadata or {}
-            run.add_rows(openlineage.DATA,
-                         meta.get("conflux/rows_written", meta.get("dagster/row_count", 0)))
+            rows = ("conflux/rows_written", "dagster/row_count", "conflux/run_rows")
+            run.add_rows(openlineage.DATA, next((meta[k] for k in rows if k in meta), 0))
         return result
 
     return _asset

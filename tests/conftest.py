@@ -64,6 +64,16 @@ def webserver(stack):
     stack.down(started)
 
 
+@pytest.fixture(scope="module")
+def platform_data(webserver):
+    """Small TPC-H data on the platform for a module's tests (``tests/platform_data.py``);
+    the lake's datasets are removed after the module."""
+    from tests import platform_data as data
+
+    yield data.load(webserver.settings)
+    data.clear(webserver.settings)
+
+
 @pytest.fixture
 def kafka(stack):
     from resources.kafka import KafkaResource

@@ -4,89 +4,16 @@ equal to DuckDB's answer on the same inputs — also after late events and a sec
 and an event dataset replayed from Kafka with ``offsets_for_times``."""
 
 import datetime as dt
-import shutil
 import time
 
-import dagster as dg
-import duckdb
 import pandas as pd
 import pytest
 
 from conflux import dagster_api as api
 from conflux.cli import main
-from conflux.demo.producer import build_stream, load_ops, tpch_tables
-from pipelines.catalog import LINEITEM, ORDERS
-from pipelines.fallback import reconcile
+from conflux.demo.producer import build_stream
 from resources.kafka import KafkaResource
-from resources.lake import LakeResource
-from resources.postgres import PostgresResource
-
-DUCKDB_REVENUE = """
-select o.o_orderdate::date as o_orderdate, n.n_name,
-       sum(l.l_extendedprice * (1 - l.l_discount)) as revenue
-from lineitem l
-join orders o on l.l_orderkey = o.o_orderkey
-join customer c on o.o_custkey = c.c_custkey
-join supplier s on l.l_suppkey = s.s_suppkey
-join nation n on s.s_nationkey = n.n_nationkey
-where c.c_nationkey = s.s_nationkey
-group by 1, 2
-"""
-
-
-def read_all(lake: LakeResource, name: str) -> pd.DataFrame:
-    frames = [f for p in lake.partitions(name) if (f := lake.read(name, p)) is not None]
-    return pd.concat(frames, ignore_index=True)
-
-
-def duckdb_revenue(lake: LakeResource) -> pd.DataFrame:
-    """The independent answer: DuckDB over exactly what is stored upstream."""
-    con = duckdb.connect()
-    for name in ("orders", "lineitem", "customer", "supplier", "nation"):
-        con.register(name, read_all(lake, name))
-    out = con.execute(DUCKDB_REVENUE).df()
-    out["o_orderdate"] = out["o_orderdate"].astype(str)
-    return out.sort_values(["o_orderdate", "n_name"]).reset_index(drop=True)
-
-
-def stored_revenue(lake: LakeResource, first: str, last: str) -> pd.DataFrame:
-    frames = [lake.read("revenue_by_nation", p) for p in lake.partitions("revenue_by_nation")
-              if first <= p <= last]
-    out = pd.concat(frames, ignore_index=True)[["o_orderdate", "n_name", "revenue"]]
-    out["o_orderdate"] = out["o_orderdate"].astype(str)
-    return out.sort_values(["o_orderdate", "n_name"]).reset_index(drop=True)
-
-
-def assert_same(ours: pd.DataFrame, theirs: pd.DataFrame) -> None:
-    assert list(zip(ours.o_orderdate, ours.n_name)) == list(zip(theirs.o_orderdate, theirs.n_name))
-    pd.testing.assert_series_equal(ours.revenue, theirs.revenue, check_names=False, rtol=1e-9)
-
-
-@pytest.fixture(scope="module")
-def platform_data(webserver):
-    """Small TPC-H data in ops; orders and lineitem filled from their batch source; the
-    dimension tables materialized (as their schedules would)."""
-    settings = webserver.settings
-    tables = tpch_tables(0.0005, seed=5)
-    load_ops(settings.postgres_url, tables)
-    lake = LakeResource(path=str(settings.lake_path))
-    postgres = PostgresResource(url=settings.postgres_url)
-    for ds in (ORDERS, LINEITEM):
-        reconcile(ds, postgres=postgres, lake=lake)
-    from pipelines.definitions import defs
-
-    with dg.DagsterInstance.get() as instance:
-        result = dg.materialize([defs.get_assets_def(n) for n in ("customer", "supplier", "nation")],
-                                instance=instance,
-                                resources={"postgres": postgres, "lake": lake,
-                                           "registry": defs.resources["registry"]})
-        assert result.success
-    days = sorted(tables["orders"]["o_orderdate"].astype(str))
-    yield {"lake": lake, "tables": tables, "first": days[0], "last": days[-1],
-           "url": settings.dagster_url, "settings": settings}
-    # leave the shared lake as found: later tests reuse these order keys with other dates
-    for name in ("orders", "lineitem", "revenue_by_nation", "customer", "supplier", "nation"):
-        shutil.rmtree(settings.lake_path / name, ignore_errors=True)
+from tests.platform_data import assert_same, duckdb_revenue, stored_revenue
 
 
 def test_backfill_from_the_cli_is_one_run_and_every_partition_matches_duckdb(platform_data, capsys):

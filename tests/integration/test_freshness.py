@@ -14,6 +14,7 @@ from conflux.cli import main
 from conflux.demo.producer import event_headers, json_rows
 from conflux.demo.tpch import TpchGenerator
 from pipelines.freshness_path import CHECK_NAME
+from tests.live import stop_sensor
 
 SENSOR = "orders__kafka"
 
@@ -46,17 +47,6 @@ def lag_of_orders(capsys) -> dict:
     return row
 
 
-def stop_sensor(url: str) -> None:
-    """Stop the orders sensor as the UI's toggle does. A tick under way when it is stopped
-    (up to 3.5 s) saves its state when it ends and can turn it back on: stop until it stays."""
-    for _ in range(5):
-        assert api.stop_sensor(url, SENSOR) == "STOPPED"
-        time.sleep(5)
-        if api.sensor_state(url, SENSOR).status == "STOPPED":
-            return
-    pytest.fail("the orders sensor did not stay stopped")
-
-
 def wait_for_lag(capsys, expected: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while (row := lag_of_orders(capsys))["lag"] != expected:
@@ -78,7 +68,7 @@ def test_freshness_and_lag_follow_the_kafka_sensor(webserver, kafka, instance, c
 
     try:
         stopped = time.time()
-        stop_sensor(url)
+        stop_sensor(url, SENSOR)
         publish_orders(kafka, 94_000_101, 30)
         row = lag_of_orders(capsys)
         assert (row["lag"], row["sensor_status"]) == (30, "STOPPED")

@@ -1,22 +1,11 @@
-"""Schedules compiled from declarations: visible in the UI with their cadence, stopped until
-someone turns them on, and then run by the Dagster daemon — a table load and a batch fallback,
-both declared with a minutely cron in the test stack's probe location."""
-
-
-import pandas as pd
-import psycopg
-import pytest
+"""Schedules compiled from declarations: visible in the UI with their cadence and stopped until
+someone turns them on (turned on from the UI and run by the daemon: tests/browser/
+test_schedules.py)."""
 
 from conflux import dagster_api as api
-from conflux.demo.producer import load_ops, tpch_tables
 from pipelines.catalog import DATASETS
 from pipelines.datasets import BatchDataset, EventDataset
 from pipelines.definitions import defs
-from resources.lake import LakeResource
-from resources.postgres import replace_table
-from tests.fixtures.minutely import PROBE_NATION, PROBE_ORDERS
-
-PROBE = "conflux_minutely"
 
 
 def declared_schedules() -> dict[str, str]:
@@ -36,44 +25,3 @@ def test_every_declared_schedule_shows_in_the_ui_with_its_cron_and_starts_stoppe
     for name, cron in expected.items():
         state = api.schedule_state(url, name)
         assert (state.cron, state.status) == (cron, "STOPPED"), name
-
-
-@pytest.mark.timeout(480)
-def test_the_daemon_runs_declared_schedules_once_turned_on(webserver):
-    url = webserver.settings.dagster_url
-    pg_url = webserver.settings.postgres_url
-    tables = tpch_tables(0.0004, seed=17)
-    load_ops(pg_url, {"nation": tables["nation"]})  # the same 25 nations every time
-    with psycopg.connect(pg_url) as conn, conn.transaction():  # the probe's own source table
-        replace_table(conn, "ops", "probe_orders", tables["orders"], ["o_orderkey"])
-    names = [f"{PROBE_NATION.name}__schedule", f"{PROBE_ORDERS.name}__fallback"]
-    for name in names:
-        assert api.start_schedule(url, name, location=PROBE) == "RUNNING"
-    ran: dict[str, list[str]] = {}
-    try:
-        def poll() -> tuple[bool, str]:
-            for name in names:
-                ticks = api.schedule_state(url, name, location=PROBE).ticks
-                runs = [r for t in ticks if t["status"] == "SUCCESS" for r in t["runIds"]]
-                if runs and api.run_status(url, runs[-1]) in api.DONE_RUN:
-                    ran[name] = runs
-            return len(ran) == len(names), f"{len(ran)}/{len(names)} schedule(s) ran"
-
-        api.wait(poll, timeout=360, every=3, report=lambda line: None)  # next minute + a run
-    finally:
-        for name in names:
-            api.reset_schedule(url, name, location=PROBE)
-    for name, runs in ran.items():
-        assert api.run_status(url, runs[-1]) == "SUCCESS", name
-    assert api.schedule_state(url, names[0], location=PROBE).status == "STOPPED"
-
-    lake = LakeResource(path=str(webserver.settings.lake_path))
-    nation = lake.read(PROBE_NATION.name)
-    assert sorted(nation.n_nationkey) == sorted(tables["nation"].n_nationkey)
-    with psycopg.connect(pg_url) as conn:
-        source = pd.DataFrame(conn.execute("select o_orderkey, o_totalprice from ops.probe_orders")
-                              .fetchall(), columns=["o_orderkey", "o_totalprice"])
-    stored = lake.read_partitions(PROBE_ORDERS.name, None, ["o_orderkey", "o_totalprice"])
-    stored = stored.to_pandas().sort_values("o_orderkey", ignore_index=True)
-    pd.testing.assert_frame_equal(stored, source.sort_values("o_orderkey", ignore_index=True),
-                                  check_dtype=False)

@@ -1,0 +1,127 @@
+"""The dead-letter and freshness checks in the asset's Checks tab, as the live sensors evaluate
+them: one passing and one failing each, and what the UI shows equals what the data says —
+dead letters and records counted from Kafka offsets, freshness from the Kafka sensor's state."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conflux import dagster_api as api
+from conflux.cli import main
+from conflux.demo.producer import event_headers, json_rows, tpch_tables
+from conflux.demo.tpch import ledger
+from pipelines.catalog import CUSTOMER_LEDGER, LINEITEM
+from pipelines.dlq import evaluate
+from pipelines.dlq_ops import window_counts
+from tests.live import stop_sensor
+
+DLQ_CHECK, FRESHNESS_CHECK = "dead_letters", "freshness_check"
+
+
+def evaluation_after(url: str, asset: str, check: str, after: float, want, what: str,
+                     timeout: float = 180) -> dict:
+    """The newest evaluation of ``asset``'s ``check`` stored after ``after`` for which
+    ``want(evaluation)`` holds (polled through the webserver's API)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for execution in api.check_executions(url, asset, check, limit=5):
+            evaluation = execution["evaluation"]
+            if evaluation and evaluation["timestamp"] > after and want(evaluation):
+                return evaluation
+        time.sleep(3)
+    pytest.fail(f"no evaluation of {asset}'s {check} {what} within {timeout:g}s")
+
+
+def metadata(evaluation: dict) -> dict:
+    return {m["label"]: m.get("intValue", m.get("floatValue", m.get("timestamp")))
+            for m in evaluation["metadataEntries"]}
+
+
+def checks_tab(page, asset: str, check: str) -> dict[str, str]:
+    """The Checks tab of ``asset`` with ``check`` selected: the check's status in the list,
+    its latest evaluation's result and description, and the panel's text."""
+    page.goto(f"/assets/{asset}?view=checks&checkDetail={check}")
+    page.get_by_text("Evaluation result").first.wait_for()
+    lines = [line.strip() for line in page.inner_text("body").splitlines() if line.strip()]
+    listed = [line for line in lines[lines.index(check):] if line != check]
+    return {"status": listed[0],  # the list: the check's name, then its status
+            "result": lines[lines.index("Evaluation result") + 1],
+            "description": lines[lines.index("Latest execution") + 1],
+            "text": "\n".join(lines[lines.index("Latest execution"):])}
+
+
+def ledger_events(n: int, first_id: int) -> list[dict]:
+    tables = tpch_tables(0.0005, seed=29)
+    return list(json_rows(ledger(tables["customer"], seed=29, start_id=first_id).head(n)))
+
+
+def test_dead_letter_checks_pass_and_fail_as_the_dead_letters_say(page, webserver, kafka):
+    url = webserver.settings.dagster_url
+    started = time.time()
+    lines = tpch_tables(0.0005, seed=43)["lineitem"].head(10).copy()
+    lines["l_orderkey"] += 43_000_000
+    assert kafka.send_json("tpch.lineitem", [
+        (f"{r['l_orderkey']}-{r['l_linenumber']}".encode(), r, event_headers())
+        for r in json_rows(lines)]) == 10
+    # the audit-critical ledger errors at its first dead letter (error_count=1)
+    kafka.send_raw("ledger.customer", [(b"bad-ledger", b'{"event_id": ', event_headers())])
+    assert kafka.send_json("ledger.customer", [
+        (e["event_id"].encode(), e, event_headers()) for e in ledger_events(5, 43_000)]) == 5
+
+    failing = evaluation_after(url, CUSTOMER_LEDGER.name, DLQ_CHECK, started,
+                               lambda e: metadata(e).get("conflux/dead_lettered", 0) >= 1,
+                               "counting the dead letter")
+    passing = evaluation_after(url, LINEITEM.name, DLQ_CHECK, started,
+                               lambda e: metadata(e).get("conflux/records_in", 0) >= 10,
+                               "counting the new lines")
+    for ds, evaluation, passed in ((CUSTOMER_LEDGER, failing, False), (LINEITEM, passing, True)):
+        counts = window_counts(ds, kafka)  # the data: offsets of the topic and of its DLQ
+        verdict = evaluate(counts, ds.dlq)
+        assert verdict.passed is passed, (ds.name, counts)
+        assert evaluation["success"] is passed
+        assert passed or evaluation["severity"] == "ERROR"  # the ledger's error_count=1
+        meta = metadata(evaluation)
+        assert (meta["conflux/dead_lettered"], meta["conflux/records_in"]) == \
+            (counts.dead, counts.records_in)
+        shown = checks_tab(page, ds.name, DLQ_CHECK)
+        assert shown["description"] == (f"{counts.dead} dead letter(s) / {counts.records_in} "
+                                        f"record(s) in the last 1h: {verdict.summary}"), shown
+        assert (shown["status"], shown["result"]) == (
+            ("Succeeded", "Passed") if passed else ("Failed", "Failed")), shown
+
+
+def test_freshness_checks_pass_and_fail_as_the_sensors_state_says(page, webserver, kafka, capsys):
+    url = webserver.settings.dagster_url
+    sensor = f"{CUSTOMER_LEDGER.name}__kafka"
+    try:
+        stopped = time.time()
+        stop_sensor(url, sensor)
+        assert kafka.send_json("ledger.customer", [
+            (e["event_id"].encode(), e, event_headers()) for e in ledger_events(3, 44_000)]) == 3
+        window = CUSTOMER_LEDGER.freshness.total_seconds()
+        stale = evaluation_after(url, CUSTOMER_LEDGER.name, FRESHNESS_CHECK, stopped,
+                                 lambda e: not e["success"], "failing", timeout=window + 90)
+        fresh = evaluation_after(url, "orders", FRESHNESS_CHECK, stale["timestamp"] - 10,
+                                 lambda e: True, "after the ledger's")
+        # the data: the ledger's records wait behind a stopped sensor; orders' wait for nothing
+        assert main(["lag", CUSTOMER_LEDGER.name, "--json"]) == 0
+        [lag] = json.loads(capsys.readouterr().out)
+        assert lag["lag"] >= 3 and lag["sensor_status"] == "STOPPED"
+        assert main(["lag", "orders", "--json"]) == 0
+        [orders_lag] = json.loads(capsys.readouterr().out)
+        assert orders_lag["lag"] == 0 and orders_lag["sensor_status"] == "RUNNING"
+        assert fresh["success"] is True
+
+        shown = checks_tab(page, CUSTOMER_LEDGER.name, FRESHNESS_CHECK)
+        assert shown["result"] == "Failed" and shown["status"] != "Succeeded", shown
+        assert "dagster/overdue_seconds" in shown["text"]
+        overdue = metadata(stale)["dagster/overdue_seconds"]
+        assert overdue > 0
+        shown = checks_tab(page, "orders", FRESHNESS_CHECK)
+        assert (shown["status"], shown["result"]) == ("Succeeded", "Passed"), shown
+        assert "current as of" in shown["description"]
+    finally:
+        assert api.start_sensor(url, sensor) == "RUNNING"
