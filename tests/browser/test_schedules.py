@@ -5,6 +5,9 @@ run succeeded, the switch turns it off again — and the lake holds what the sou
 
 from __future__ import annotations
 
+import re
+import time
+
 import pandas as pd
 import psycopg
 import pytest
@@ -34,20 +37,29 @@ def is_on(switch) -> bool:
     return switch.locator("input[type=checkbox]").is_checked()
 
 
-def toggle(page, switch) -> None:
-    """Click the switch and see it flip."""
-    before = is_on(switch)
+def toggle(page, switch, url: str, name: str, want: str) -> None:
+    """Click the switch, then wait until the request behind it is done (the switch is shown
+    on, and disabled, while ``startSchedule`` is in flight) and the schedule is ``want``."""
     switch.click()
-    page.wait_for_function("([el, was]) => el.checked !== was",
-                           arg=[switch.locator("input[type=checkbox]").element_handle(), before])
+    checkbox = switch.locator("input[type=checkbox]")
+    deadline = time.monotonic() + 30
+    while (status := api.schedule_state(url, name, location=PROBE).status) != want:
+        assert time.monotonic() < deadline, f"{name} is {status}, not {want}, 30 s after the click"
+        time.sleep(0.5)
+    page.wait_for_function("([el, on]) => !el.disabled && el.checked === on",
+                           arg=[checkbox.element_handle(), want == "RUNNING"])
 
 
-def run_row(page, short_id: str) -> list[str]:
-    """The statuses (Success, Failure, ...) shown in the run history row of ``short_id``: the
-    row's cells, as lines of the page after the id, up to the next row."""
+def run_statuses(page, short_id: str) -> list[str]:
+    """The statuses (Success, Failure, ...) in the run history row of ``short_id``: the lines
+    of the page after the id, up to the next row's id."""
     lines = [line.strip() for line in page.inner_text("body").splitlines() if line.strip()]
-    cells = lines[lines.index(short_id) + 1:][:8]
-    return [c for c in cells if c in {"Success", "Failure", "Canceled", "Started", "Queued"}]
+    row = []
+    for line in lines[lines.index(short_id) + 1:]:
+        if re.fullmatch(r"[0-9a-f]{8}", line):
+            break
+        row.append(line)
+    return [c for c in row if c in {"Success", "Failure", "Canceled", "Started", "Queued"}]
 
 
 @pytest.fixture
@@ -68,8 +80,7 @@ def test_schedules_turned_on_in_the_ui_run_and_load_their_sources(sources, page,
         for name in SCHEDULES:
             switch = schedule_page(page, name)
             assert not is_on(switch), f"{name} starts stopped"
-            toggle(page, switch)
-            assert api.schedule_state(url, name, location=PROBE).status == "RUNNING", name
+            toggle(page, switch, url, name, "RUNNING")
 
         ran: dict[str, str] = {}
 
@@ -77,20 +88,19 @@ def test_schedules_turned_on_in_the_ui_run_and_load_their_sources(sources, page,
             for name in SCHEDULES:
                 ticks = api.schedule_state(url, name, location=PROBE).ticks
                 runs = [r for t in ticks if t["status"] == "SUCCESS" for r in t["runIds"]]
-                if runs and api.run_status(url, runs[-1]) in api.DONE_RUN:
-                    ran[name] = runs[-1]
+                if runs and api.run_status(url, runs[0]) in api.DONE_RUN:  # newest first
+                    ran[name] = runs[0]
             return len(ran) == len(SCHEDULES), f"{len(ran)}/{len(SCHEDULES)} schedule(s) ran"
 
         api.wait(poll, timeout=360, every=3, report=lambda line: None)  # next minute + a run
 
         for name, run_id in ran.items():
             switch = schedule_page(page, name)
-            assert page.get_by_text("1 run requested").first.is_visible(), name
+            page.get_by_text(run_id[:8], exact=True).first.wait_for()  # in the tick history
             page.get_by_text("Run history", exact=True).click()
             page.get_by_text(run_id[:8], exact=True).first.wait_for()
-            assert run_row(page, run_id[:8]) == ["Success"], name
-            toggle(page, switch)  # off again, from the UI
-            assert api.schedule_state(url, name, location=PROBE).status == "STOPPED", name
+            assert run_statuses(page, run_id[:8]) == ["Success"], name
+            toggle(page, switch, url, name, "STOPPED")  # off again, from the UI
     finally:
         for name in SCHEDULES:
             api.reset_schedule(url, name, location=PROBE)

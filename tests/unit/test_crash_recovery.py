@@ -18,7 +18,7 @@ from conflux.settings import Settings
 from conflux.stack.procs import group_members, pid_alive
 from conflux.stack.run_launcher import process_started_at, worker_status
 from conflux.stack.service import Service
-from reliability.chaos import TARGETS, compare, plan_faults
+from reliability.chaos import TARGETS, Fault, Injector, Result, compare, plan_faults
 from sensors import kafka_sensor
 
 
@@ -91,6 +91,23 @@ def test_fault_plan_covers_every_target_and_replays_by_seed():
     again = plan_faults(random.Random(5), 20, [("postgres", 30.0), ("kafka", 30.0)])
     assert [(f.target, f.delay_s) for f in plan] == [(f.target, f.delay_s) for f in again]
     assert [f.target for f in plan_faults(random.Random(6), 20, [])] != kills
+
+
+def test_a_kill_with_nothing_to_kill_is_reported_not_counted():
+    """When the sensor drains a burst inline, tick by tick, no ingest run starts: the harness
+    says so and does not count the kill point (it used to stop with a traceback)."""
+    import dagster as dg
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        injector = Injector(stack=None, instance=instance, rng=random.Random(1))
+        injector.run_wait_s = 0.5
+        fault = Fault("kill", "run-worker", 0.0)
+        injector.apply(fault)
+    assert fault.missed and fault.detail.startswith("nothing killed: no ingest run started")
+    done = Fault("kill", "kafka", 0.0, detail="killed pid 1; restarted in 3.0s")
+    lines = Result(1, 10, 10, 0, [fault, done]).lines()
+    assert lines[2] == ("kill points survived: 1 ({'kafka': 1}); 1 planned kill(s) found "
+                        "nothing to kill"), lines
 
 
 def test_compare_finds_lost_extra_twice_and_changed_rows():
