@@ -7,8 +7,9 @@ Against the running stack of ``CONFLUX_HOME`` (started if needed, through the pr
 tooling), it publishes orders, their lineitems and customer-ledger events with fresh keys, in
 chunks. During each chunk it injects one fault, chosen and timed by a seeded random generator:
 
-* ``kill -9`` of a **run worker** (the chunk is then a burst over the inline backlog limit, so the
-  sensor hands it to an ingest run; the worker is killed once it has reported its pid),
+* ``kill -9`` of a **run worker** (the chunk is then a burst over the inline backlog limit,
+  published while the lineitem sensor is paused, so that on resuming it hands the backlog to an
+  ingest run; the worker is killed once it has reported its pid),
 * ``kill -9`` of the **Dagster daemon**, the **Kafka broker** or **Postgres** — each restarted
   through ``Stack.up`` like an operator or a service manager would;
 * an **outage**: the service stopped for N seconds while events flow, then started again.
@@ -47,6 +48,9 @@ KEYS = {"orders": ["o_orderkey"], "lineitem": ["l_orderkey", "l_linenumber"],
 # 3x EventDataset.inline_max_backlog (10,000), published at full speed: more than an inline
 # tick applies while it arrives, so the next tick hands the rest to an ingest run
 BURST_LINEITEMS = 30_000
+# the inline sensor reads on while a tick lasts: a burst published more slowly than it drains
+# (seen right after a Kafka restart) never forms a backlog, so its sensor is paused meanwhile
+BURST_SENSOR = "lineitem__kafka"
 
 
 def log(line: str) -> None:
@@ -288,6 +292,23 @@ def sensor_states(instance, names: list[str]) -> dict:
     return found
 
 
+def set_sensor(instance, name: str, *, running: bool, settle_s: float = 4.0) -> None:
+    """Stop or resume sensor ``name`` as the UI's switch does, its cursor kept. A tick under way
+    when it is stopped writes its state back when it ends: set it until it stays."""
+    from dagster._core.scheduler.instigation import InstigatorStatus
+
+    want = InstigatorStatus.DECLARED_IN_CODE if running else InstigatorStatus.STOPPED
+    for _ in range(6):
+        state = sensor_states(instance, [name])[name]
+        if state.status == want:
+            time.sleep(settle_s)
+            if sensor_states(instance, [name])[name].status == want:
+                return
+            continue
+        instance.update_instigator_state(state.with_status(want))
+    raise RuntimeError(f"sensor {name} did not stay {want.value}")
+
+
 def lag_of(instance, kafka, datasets: list[str]) -> dict[str, int]:
     from sensors.kafka_sensor import parse_cursor
 
@@ -419,10 +440,11 @@ def what_the_ui_shows(instance, datasets: list[str], since: float) -> dict:
                 while error.cause is not None:  # the root cause, not Dagster's wrapper
                     error = error.cause
                 reasons[f"{name} FAILURE: {error.message.strip().splitlines()[0][:100]}"] += 1
-            elif tick.status == TickStatus.SKIPPED and "unavailable" in (tick.skip_reason or ""):
+            skipped = tick.skip_reason or ""  # may carry both notes: resumed, then unavailable
+            if tick.status == TickStatus.SKIPPED and "unavailable" in skipped:
                 reasons[f"{name} SKIPPED: Kafka unavailable"] += 1
-            elif "resumed after" in (tick.skip_reason or ""):
-                reasons[f"{name}: {tick.skip_reason.split(';')[0]}"] += 1
+            if "resumed after" in skipped:
+                reasons[f"{name}: {skipped.split(';')[0]}"] += 1
     runs = ingest_runs(instance, since)
     by_status = Counter(r.dagster_run.status.value for r in runs)
     retries = sum(1 for r in runs if r.dagster_run.tags.get("dagster/parent_run_id"))
@@ -560,11 +582,18 @@ def run(*, events: int, kills: int, outages: list[tuple[str, float]], seed: int,
                     errors.append(exc)
 
             thread = threading.Thread(target=produce, name=f"publish-{i}", daemon=True)
+            if i in bursts:  # a backlog builds behind the paused sensor, then goes to a run
+                set_sensor(instance, BURST_SENSOR, running=False)
             thread.start()
             if fault is not None:
                 time.sleep(fault.delay_s)
                 progress(f"chunk {i + 1}/{len(workload.chunks)} ({chunk.events:,} events): "
                          f"{fault.kind} {fault.target}")
+                if i in bursts:
+                    try:
+                        thread.join(max(deadline - time.monotonic(), 1))
+                    finally:
+                        set_sensor(instance, BURST_SENSOR, running=True)
                 injector.apply(fault)
                 progress(f"  {fault.detail}")
             thread.join(max(deadline - time.monotonic(), 1))

@@ -46,7 +46,13 @@ def checks_tab(page, asset: str, check: str) -> dict[str, str]:
     its latest evaluation's result and description, and the panel's text."""
     page.goto(f"/assets/{asset}?view=checks&checkDetail={check}")
     page.get_by_text("Evaluation result").first.wait_for()
-    lines = [line.strip() for line in page.inner_text("body").splitlines() if line.strip()]
+    deadline = time.monotonic() + 30
+    while True:  # the evaluation's description renders a moment after its result
+        lines = [line.strip() for line in page.inner_text("body").splitlines() if line.strip()]
+        if (lines[lines.index("Latest execution") + 1] != "Evaluation result"
+                or time.monotonic() > deadline):
+            break
+        time.sleep(0.5)
     listed = [line for line in lines[lines.index(check):] if line != check]
     return {"status": listed[0],  # the list: the check's name, then its status
             "result": lines[lines.index("Evaluation result") + 1],
