@@ -177,15 +177,14 @@ query($sel: ScheduleSelector!) {
     ... on Error { message }
   }
 }"""
-_TOGGLE = """
+RESET_SCHEDULE = """
 mutation($sel: ScheduleSelector!) {
-  %s(scheduleSelector: $sel) {
+  resetSchedule(scheduleSelector: $sel) {
     __typename
     ... on ScheduleStateResult { scheduleState { status } }
     ... on Error { message }
   }
 }"""
-RESET_SCHEDULE = _TOGGLE % "resetSchedule"
 
 
 @dataclass

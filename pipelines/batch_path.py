@@ -93,15 +93,16 @@ def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
         if ds.partitioned:
             key_col = out[ds.event_time].astype(str)
             groups = dict(tuple(out.groupby(key_col))) if len(out) else {}
+            ranged = len(partitions) > 1
+            if ranged:  # the run's total, not any one partition's
+                meta["conflux/run_rows"] = meta.pop("dagster/row_count")
             for i, p in enumerate(partitions):
                 part = groups.get(p, out.iloc[0:0])
                 lake.write(ds.name, part, p)
-                if len(partitions) > 1:  # each partition's materialization: its own rows
+                if ranged:  # each partition's materialization: its own rows
                     context.add_asset_metadata({"dagster/row_count": len(part)}, partition_key=p)
                 if (i + 1) % 200 == 0:
                     context.log.info(f"{ds.name}: wrote {i + 1}/{len(partitions)} partitions")
-            if len(partitions) > 1:  # the run's total, not any one partition's
-                meta["conflux/run_rows"] = meta.pop("dagster/row_count")
         else:
             lake.write(ds.name, out)
         return dg.MaterializeResult(metadata={**meta, **extra})

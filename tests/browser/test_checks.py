@@ -4,36 +4,20 @@ dead letters and records counted from Kafka offsets, freshness from the Kafka se
 
 from __future__ import annotations
 
-import json
 import time
 
 import dagster as dg
 import pytest
 
 from conflux import dagster_api as api
-from conflux.cli import main
 from conflux.demo.producer import event_headers, json_rows, tpch_tables
 from conflux.demo.tpch import ledger
 from pipelines.catalog import CUSTOMER_LEDGER, LINEITEM
 from pipelines.dlq import evaluate
 from pipelines.dlq_ops import window_counts
-from tests.live import stop_sensor
+from tests.live import evaluation_after, lag_of, stop_sensor, wait_for_lag
 
 DLQ_CHECK, FRESHNESS_CHECK = "dead_letters", "freshness_check"
-
-
-def evaluation_after(url: str, asset: str, check: str, after: float, want, what: str,
-                     timeout: float = 180) -> dict:
-    """The newest evaluation of ``asset``'s ``check`` stored after ``after`` for which
-    ``want(evaluation)`` holds (polled through the webserver's API)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for execution in api.check_executions(url, asset, check, limit=5):
-            evaluation = execution["evaluation"]
-            if evaluation and evaluation["timestamp"] > after and want(evaluation):
-                return evaluation
-        time.sleep(3)
-    pytest.fail(f"no evaluation of {asset}'s {check} {what} within {timeout:g}s")
 
 
 def metadata(evaluation: dict) -> dict:
@@ -65,22 +49,12 @@ def ledger_events(n: int, first_id: int) -> list[dict]:
     return list(json_rows(ledger(tables["customer"], seed=29, start_id=first_id).head(n)))
 
 
-def lag_of(capsys, name: str) -> dict:
-    """``conflux lag NAME --json``: records waiting behind the sensor's cursor, its status."""
-    assert main(["lag", name, "--json"]) == 0
-    [row] = json.loads(capsys.readouterr().out)
-    return row
-
-
 def applied(capsys, name: str, timeout: float = 120) -> float:
     """Wait until the live sensor has applied everything on ``name``'s topics (lag 0); returns
     the time of its newest materialization. The Checks tab shows the latest evaluation only
     when it is newer than that (Dagster ties runless evaluations to the latest
     materialization)."""
-    deadline = time.monotonic() + timeout
-    while (row := lag_of(capsys, name))["lag"] != 0:
-        assert time.monotonic() < deadline, f"{name}: lag {row['lag']} after {timeout:g}s"
-        time.sleep(1)
+    wait_for_lag(capsys, name, 0, timeout)
     with dg.DagsterInstance.get() as instance:
         [newest] = instance.fetch_materializations(dg.AssetKey(name), limit=1).records
     return newest.timestamp
