@@ -18,6 +18,8 @@ from pipelines.dlq_ops import window_counts
 from tests.live import evaluation_after, lag_of, stop_sensor, wait_for_lag
 
 DLQ_CHECK, FRESHNESS_CHECK = "dead_letters", "freshness_check"
+LIST_STATUSES = {"Succeeded", "Failed", "Not evaluated", "Not Evaluated", "In progress",
+                 "Skipped", "Execution failed"}
 
 
 def metadata(evaluation: dict) -> dict:
@@ -31,14 +33,15 @@ def checks_tab(page, asset: str, check: str) -> dict[str, str]:
     page.goto(f"/assets/{asset}?view=checks&checkDetail={check}")
     page.get_by_text("Evaluation result").first.wait_for()
     deadline = time.monotonic() + 30
-    while True:  # the evaluation's description renders a moment after its result
+    while True:  # the list and the evaluation's description render a moment after the result
         lines = [line.strip() for line in page.inner_text("body").splitlines() if line.strip()]
-        if (lines[lines.index("Latest execution") + 1] != "Evaluation result"
-                or time.monotonic() > deadline):
+        listed = [lines[i + 1] for i in range(len(lines) - 1)
+                  if lines[i] == check and lines[i + 1] in LIST_STATUSES]
+        described = lines[lines.index("Latest execution") + 1] != "Evaluation result"
+        if (listed and described) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    listed = [line for line in lines[lines.index(check):] if line != check]
-    return {"status": listed[0],  # the list: the check's name, then its status
+    return {"status": listed[0] if listed else "",  # the list: the check's name, its status
             "result": lines[lines.index("Evaluation result") + 1],
             "description": lines[lines.index("Latest execution") + 1],
             "text": "\n".join(lines[lines.index("Latest execution"):])}
