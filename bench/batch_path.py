@@ -7,7 +7,7 @@
    (``BackfillPolicy.single_run``) vs one run per partition — a sample of per-partition runs is
    timed and extrapolated to the full range.
 
-It starts its own stack (state in ``.conflux/bench``, ports 39092 / 39093 / 35432 / 33000),
+It starts its own stack (state in ``.conflux/bench``, ports 26092 / 26093 / 26432 / 26000),
 loopback only, and stops it at the end. Usage::
 
     .venv/bin/python -m bench.batch_path [--scale 1] [--sample 12]

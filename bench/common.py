@@ -1,5 +1,5 @@
 """What every benchmark shares: its own stack (state in ``.conflux/bench``, loopback ports
-39092 / 39093 / 35432 / 33000, never the ``make dev`` or test stack) and a workspace with the
+26092 / 26093 / 26432 / 26000, never the ``make dev`` or test stack) and a workspace with the
 Conflux code location plus the benchmark's baseline location."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCH_ENV = {
     "CONFLUX_HOME": str(REPO / ".conflux" / "bench"),
-    "CONFLUX_KAFKA_PORT": "39092", "CONFLUX_KAFKA_CONTROLLER_PORT": "39093",
-    "CONFLUX_PG_PORT": "35432", "CONFLUX_DAGSTER_PORT": "33000",
+    "CONFLUX_KAFKA_PORT": "26092", "CONFLUX_KAFKA_CONTROLLER_PORT": "26093",
+    "CONFLUX_PG_PORT": "26432", "CONFLUX_DAGSTER_PORT": "26000",
 }
 WORKSPACE = """\
 load_from:

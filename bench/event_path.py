@@ -7,7 +7,7 @@
 2. sustained records/s through decode → validate → route → upsert, against raw kafka-python
    consumption of the same records.
 
-It starts its own stack (state in ``.conflux/bench``, ports 39092 / 39093 / 35432), loopback
+It starts its own stack (state in ``.conflux/bench``, ports 26092 / 26093 / 26432), loopback
 only, and stops it at the end. Usage::
 
     .venv/bin/python -m bench.event_path [--duration 120] [--rates 1,1000] [--no-naive]

@@ -1,0 +1,189 @@
+"""The production deployment files under ``deploy/``: valid for the Dagster this project pins,
+consistent with each other, passing every variable the platform reads, holding no secret.
+
+The run launchers are checked against their own classes' config schemas (the Docker one is also
+built); launching real containers or Kubernetes Jobs needs an engine or a cluster this machine
+does not have (README, "Running at scale"). ``tests/integration/test_deploy.py`` runs the same
+files as separate webserver, daemon and code-server processes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+INSTANCE_FILES = [DEPLOY / "dagster.yaml", DEPLOY / "k8s" / "dagster.yaml"]
+PROD_ENV = {"DAGSTER_PG_HOST": "pg.internal", "DAGSTER_PG_PORT": "5432",
+            "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": "s3cret",
+            "DAGSTER_PG_DB": "dagster", "CONFLUX_DOCKER_NETWORK": "conflux",
+            "CONFLUX_K8S_NAMESPACE": "conflux", "CONFLUX_CODE_SERVER_HOST": "conflux-code",
+            "CONFLUX_CODE_SERVER_PORT": "4000"}
+# read by client libraries rather than Conflux's resources; optional in production
+OPTIONAL = {"KAFKA_SSL_CAFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "OPENLINEAGE_URL",
+            "OPENLINEAGE_NAMESPACE"}
+
+
+def platform_env_names() -> set[str]:
+    """Every variable the platform's Dagster resources read (``dg.EnvVar``), with every optional
+    Kafka security setting switched on."""
+    from pipelines.resources import platform_resources
+    from resources.kafka import SECURITY_ENV
+
+    names: set[str] = set()
+    with pytest.MonkeyPatch.context() as mp:
+        for name in SECURITY_ENV.values():
+            mp.setenv(name, "set")
+        for resource in platform_resources().values():
+            for value in resource._get_non_default_public_field_values().values():
+                if getattr(value, "env_var_name", None):
+                    names.add(value.env_var_name)
+    return names
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("path", INSTANCE_FILES, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_the_instance_files_validate_against_dagsters_schema(path, monkeypatch):
+    from dagster._config import process_config, resolve_to_config_type
+    from dagster._core.instance.config import dagster_instance_config_schema
+    from dagster._serdes import ConfigurableClassData
+    from dagster._serdes.config_class import class_from_code_pointer
+
+    for name, value in PROD_ENV.items():
+        monkeypatch.setenv(name, value)
+    config = load(path)
+    result = process_config(resolve_to_config_type(dagster_instance_config_schema()), config)
+    assert result.success, [e.message for e in result.errors]
+    storage = config["storage"]["postgres"]["postgres_db"]
+    assert storage["password"] == {"env": "DAGSTER_PG_PASSWORD"}
+    assert storage["scheme"] == "postgresql+psycopg2"  # not psycopg 3 (deploy/dagster.yaml)
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["run_monitoring"]["enabled"] and config["run_retries"]["enabled"]
+
+    launcher = config["run_launcher"]
+    data = ConfigurableClassData(launcher["module"], launcher["class"],
+                                 yaml.safe_dump(launcher["config"]))
+    klass = class_from_code_pointer(launcher["module"], launcher["class"])  # imports it
+    checked = process_config(resolve_to_config_type(klass.config_type()), launcher["config"])
+    assert checked.success, [e.message for e in checked.errors]
+    if launcher["class"] == "DockerRunLauncher":  # builds without a Docker engine
+        built = data.rehydrate()
+        assert built.networks == ["conflux"]
+        assert "KAFKA_SASL_PASSWORD" in built.env_vars
+
+
+def test_a_misspelt_instance_setting_is_refused_by_the_same_check():
+    """The schema check above can fail: a typo in a key is an error, not ignored."""
+    from dagster._config import process_config, resolve_to_config_type
+    from dagster._core.instance.config import dagster_instance_config_schema
+
+    config = load(INSTANCE_FILES[0])
+    config["run_coordinator"]["config"]["max_concurent_runs"] = 3
+    result = process_config(resolve_to_config_type(dagster_instance_config_schema()), config)
+    assert not result.success
+
+
+def test_docker_and_kubernetes_instances_differ_only_in_the_run_launcher():
+    docker, k8s = (load(p) for p in INSTANCE_FILES)
+    assert docker.pop("run_launcher")["class"] == "DockerRunLauncher"
+    assert k8s.pop("run_launcher")["class"] == "K8sRunLauncher"
+    assert docker == k8s
+
+
+def test_run_containers_get_every_variable_the_platform_reads():
+    """A variable a resource reads but the launcher does not pass fails every run in production
+    only; the env example documents each of them."""
+    needed = platform_env_names()
+    assert {"KAFKA_BOOTSTRAP_SERVERS", "CONFLUX_POSTGRES_URL", "CONFLUX_LAKE_PATH"} <= needed
+    passed = set(load(DEPLOY / "dagster.yaml")["run_launcher"]["config"]["env_vars"])
+    storage = {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
+               "DAGSTER_PG_DB"}
+    assert (needed - OPTIONAL) | storage <= passed
+    example = (DEPLOY / "conflux.env.example").read_text()
+    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.MULTILINE))
+    assert needed | storage | OPTIONAL | {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= documented
+
+
+def test_no_deployment_file_holds_a_secret():
+    """Secrets come from the environment: every password/secret/token setting is an env
+    reference, and the env example's secret values are placeholders."""
+    def walk(node, path=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if re.search(r"(?i)password|secret|token", str(key)) and not isinstance(value, list):
+                    assert isinstance(value, dict) and set(value) == {"env"}, f"{path}.{key}"
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, path)
+
+    for path in [*INSTANCE_FILES, DEPLOY / "workspace.yaml", DEPLOY / "docker-compose.yaml"]:
+        walk(load(path))
+    for line in (DEPLOY / "conflux.env.example").read_text().splitlines():
+        name, _, value = line.partition("=")
+        if re.search(r"PASSWORD|SECRET", name) and not line.startswith("#"):
+            assert value == "change-me", line
+        if name == "CONFLUX_POSTGRES_URL":
+            assert ":change-me@" in value
+
+
+def test_the_workspace_reaches_the_code_location_over_grpc(monkeypatch):
+    from dagster._config import process_config, resolve_to_config_type
+    from dagster._core.workspace.config_schema import WORKSPACE_CONFIG_SCHEMA
+
+    for name, value in PROD_ENV.items():
+        monkeypatch.setenv(name, value)
+    config = load(DEPLOY / "workspace.yaml")
+    result = process_config(resolve_to_config_type(WORKSPACE_CONFIG_SCHEMA), config)
+    assert result.success, [e.message for e in result.errors]
+    server = result.value["load_from"][0]["grpc_server"]
+    assert (server["host"], server["port"], server["location_name"]) == ("conflux-code", 4000, "conflux")
+
+
+def test_kubernetes_manifests_agree_with_the_instance_and_the_workspace():
+    """Names the pieces use to find each other (ConfigMaps, Secret, ports, service accounts)
+    match, and every variable the platform reads reaches the pods from the ConfigMap or the
+    Secret that deploy/README.md creates. (Rendering with ``kubectl kustomize deploy/k8s``
+    needs kubectl, which the project does not install; applying needs a cluster.)"""
+    kustomization = load(DEPLOY / "k8s" / "kustomization.yaml")
+    docs = {(d["kind"], d["metadata"]["name"]): d
+            for d in yaml.safe_load_all((DEPLOY / "k8s" / "conflux.yaml").read_text())}
+    launcher = load(DEPLOY / "k8s" / "dagster.yaml")["run_launcher"]["config"]
+    maps = {g["name"]: g for g in kustomization["configMapGenerator"]}
+    assert maps[launcher["instance_config_map"]]["files"] == ["dagster.yaml"]
+    assert set(launcher["env_config_maps"]) <= set(maps)
+    literals = dict(line.split("=", 1) for line in maps["conflux-config"]["literals"])
+
+    for name in ("conflux-code", "dagster-webserver", "dagster-daemon"):
+        pod = docs[("Deployment", name)]["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            sources = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
+            assert sources == {*launcher["env_config_maps"], *launcher["env_secrets"]}, name
+            assert container["volumeMounts"][0]["mountPath"] == "/opt/dagster/dagster_home"
+        assert pod["volumes"][0]["configMap"]["name"] == launcher["instance_config_map"]
+
+    args = docs[("Deployment", "conflux-code")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    service = docs[("Service", "conflux-code")]["spec"]["ports"][0]
+    assert args[args.index("-p") + 1] == literals["CONFLUX_CODE_SERVER_PORT"] == str(service["port"])
+    assert literals["CONFLUX_CODE_SERVER_HOST"] == "conflux-code"
+    assert ("ServiceAccount", launcher["service_account_name"]) in docs
+    launching = docs[("RoleBinding", "conflux-launch-runs")]["subjects"][0]["name"]
+    for name in ("dagster-webserver", "dagster-daemon"):  # start and stop run Jobs
+        assert docs[("Deployment", name)]["spec"]["template"]["spec"]["serviceAccountName"] == launching
+    jobs = docs[("Role", "conflux-launch-runs")]["rules"][0]
+    assert "jobs" in jobs["resources"] and "create" in jobs["verbs"]
+
+    secret = set(re.findall(r"--from-literal=([A-Z_0-9]+)=", (DEPLOY / "README.md").read_text()))
+    storage = {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
+               "DAGSTER_PG_DB"}
+    assert (platform_env_names() - OPTIONAL) | storage <= set(literals) | secret
+    assert {"DAGSTER_PG_PASSWORD", "KAFKA_SASL_PASSWORD", "CONFLUX_POSTGRES_URL",
+            "AWS_SECRET_ACCESS_KEY"} <= secret
+    assert not {"DAGSTER_PG_PASSWORD", "KAFKA_SASL_PASSWORD", "CONFLUX_POSTGRES_URL",
+                "AWS_SECRET_ACCESS_KEY"} & set(literals)
