@@ -271,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stack = sub.add_parser("stack", help="manage the local stack of real services")
     stack_sub = stack.add_subparsers(dest="stack_command", required=True)
-    services_help = "services to act on: all (default), dagster, postgres, kafka, " \
-                    "dagster-webserver, dagster-daemon"
+    services_help = "services to act on: all (default), dagster, postgres, kafka (every " \
+                    "Kafka node), dagster-webserver, dagster-daemon; with CONFLUX_KAFKA_BROKERS=N " \
+                    "also one node: kafka-1 .. kafka-N"
     up = stack_sub.add_parser("up", help="start the stack (idempotent)")
     up.add_argument("services", nargs="*", help=services_help)
     up.set_defaults(func=cmd_stack_up)

@@ -8,19 +8,26 @@ from conflux.settings import Settings
 
 
 def ensure_platform_topics(settings: Settings, report: Callable[[str], None] = print) -> None:
-    """Create each event dataset's topics and dead-letter topic with explicit partitions. An
-    event-sourced (append-only) dataset's topics keep every record (``retention.ms=-1``): its
-    projection must stay rebuildable from offset zero."""
+    """Create each event dataset's topics and dead-letter topic with explicit partitions,
+    replicated on the local cluster (:func:`conflux.stack.kafka.replication`: 3 replicas and
+    ``min.insync.replicas=2`` from 3 nodes on; 1 on a single broker). An event-sourced
+    (append-only) dataset's topics keep every record (``retention.ms=-1``): its projection must
+    stay rebuildable from offset zero."""
+    from conflux.stack.kafka import replication
     from pipelines.catalog import event_datasets
     from resources.kafka import KafkaResource
 
     kafka = KafkaResource.from_env(settings)
+    factor, min_isr = replication(settings.kafka_brokers)
+    isr = {"min.insync.replicas": str(min_isr)} if settings.kafka_brokers > 1 else {}
     for ds in event_datasets():
-        forever = {"retention.ms": "-1"} if ds.append_only else None
-        for topic, partitions, configs in [*((t, ds.partitions, forever) for t in ds.topics),
-                                           (ds.dlq_topic, 1, None)]:
-            if kafka.ensure_topic(topic, partitions, configs=configs):
-                report(f"kafka: created topic {topic} ({partitions} partitions)")
+        kept = {**isr, "retention.ms": "-1"} if ds.append_only else isr
+        for topic, partitions, configs in [*((t, ds.partitions, kept) for t in ds.topics),
+                                           (ds.dlq_topic, 1, isr)]:
+            if kafka.ensure_topic(topic, partitions, factor, configs=configs or None):
+                report(f"kafka: created topic {topic} ({partitions} partitions"
+                       + (f", {factor} replicas, min.insync.replicas {min_isr})"
+                          if factor > 1 else ")"))
 
 
 def register_contracts(settings: Settings, report: Callable[[str], None] = print) -> dict[str, str]:

@@ -10,7 +10,8 @@ folder, or an existing Postgres server.
 | ``CONFLUX_CACHE`` | ``~/.cache/conflux`` | downloads reused across clones (the Kafka jars) |
 | ``CONFLUX_KAFKA_PORT`` | 9092 | broker listener on 127.0.0.1 |
 | ``CONFLUX_KAFKA_CONTROLLER_PORT`` | 9093 | KRaft controller listener on 127.0.0.1 |
-| ``CONFLUX_KAFKA_HEAP`` | ``1g`` | broker ``-Xmx`` (and ``-Xms`` half of it) |
+| ``CONFLUX_KAFKA_HEAP`` | ``1g`` (``512m`` per node of a cluster) | broker ``-Xmx`` (and ``-Xms`` half of it) |
+| ``CONFLUX_KAFKA_BROKERS`` | 1 | local KRaft nodes (1..5; 3 for a cluster that survives a broker's loss): node *i* listens on ``CONFLUX_KAFKA_PORT + 2(i-1)`` and its controller on ``CONFLUX_KAFKA_CONTROLLER_PORT + 2(i-1)`` |
 | ``CONFLUX_PG_PORT`` | 15432 | local Postgres on 127.0.0.1 (not 5432, to leave a system server alone) |
 | ``CONFLUX_POSTGRES_URL`` | (local cluster) | use an existing server instead of starting one |
 | ``CONFLUX_DAGSTER_PORT`` | 3000 | Dagster webserver on 127.0.0.1 |
@@ -36,6 +37,7 @@ from pathlib import Path
 from conflux.errors import ConfigError
 
 KAFKA_VERSION = "4.1.1"
+MAX_KAFKA_BROKERS = 5
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -86,13 +88,20 @@ class Settings:
     kafka_sasl_mechanism: str = "SCRAM-SHA-512"
     kafka_sasl_username: str | None = None
     kafka_ssl_cafile: str | None = None
+    kafka_brokers: int = 1  # CONFLUX_KAFKA_BROKERS: local KRaft nodes (broker + controller each)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
         home = Path(env.get("CONFLUX_HOME") or REPO_ROOT / ".conflux").expanduser().resolve()
         cache = Path(env.get("CONFLUX_CACHE") or Path.home() / ".cache" / "conflux").expanduser()
-        heap = env.get("CONFLUX_KAFKA_HEAP", "1g")
+        brokers_raw = (env.get("CONFLUX_KAFKA_BROKERS") or "1").strip()
+        if not brokers_raw.isdigit() or not 1 <= int(brokers_raw) <= MAX_KAFKA_BROKERS:
+            raise ConfigError(f"CONFLUX_KAFKA_BROKERS={brokers_raw!r} must be a number of local "
+                              f"Kafka nodes from 1 to {MAX_KAFKA_BROKERS} (3 for a cluster that "
+                              "survives the loss of one broker)")
+        brokers = int(brokers_raw)
+        heap = env.get("CONFLUX_KAFKA_HEAP") or ("1g" if brokers == 1 else "512m")
         if not heap[:-1].isdigit() or heap[-1].lower() not in "mg":
             raise ConfigError(f"CONFLUX_KAFKA_HEAP={heap!r} must look like 512m or 1g")
         security = (env.get("CONFLUX_KAFKA_SECURITY") or "plaintext").strip().lower()
@@ -119,18 +128,39 @@ class Settings:
             kafka_sasl_mechanism=(env.get("KAFKA_SASL_MECHANISM") or "SCRAM-SHA-512").strip().upper(),
             kafka_sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
             kafka_ssl_cafile=cafile,
+            kafka_brokers=brokers,
         )
-        ports = [settings.kafka_port, settings.kafka_controller_port, settings.dagster_port]
+        node_ports = [p for i in settings.kafka_nodes for p in settings.kafka_node_ports(i)]
+        if max(node_ports) > 65535:
+            raise ConfigError(f"CONFLUX_KAFKA_BROKERS={brokers} needs ports up to "
+                              f"{max(node_ports)}, beyond 65535")
+        ports = [*node_ports, settings.dagster_port]
         if settings.external_pg_url is None:
             ports.append(settings.pg_port)
         if len(set(ports)) != len(ports):
-            raise ConfigError(f"the stack's ports must differ, got {sorted(ports)}")
+            shifted = (f" (with CONFLUX_KAFKA_BROKERS={brokers}, Kafka node i uses the Kafka "
+                       "ports + 2(i-1))" if brokers > 1 else "")
+            raise ConfigError(f"the stack's ports must differ, got {sorted(ports)}{shifted}")
         return settings
 
     # --- derived locations -------------------------------------------------------------------
     @property
+    def kafka_nodes(self) -> range:
+        """The local Kafka node ids, 1-based."""
+        return range(1, self.kafka_brokers + 1)
+
+    def kafka_node_ports(self, node: int) -> tuple[int, int]:
+        """(client, controller) port of local Kafka node ``node``: the configured pair shifted
+        by 2 per node after the first."""
+        return self.kafka_port + 2 * (node - 1), self.kafka_controller_port + 2 * (node - 1)
+
+    def kafka_node_dir(self, node: int) -> Path:
+        """Configuration and data of node ``node`` (node 1 keeps the single broker's folder)."""
+        return self.kafka_dir if node == 1 else self.kafka_dir / f"node-{node}"
+
+    @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.bind_host}:{self.kafka_port}"
+        return ",".join(f"{self.bind_host}:{self.kafka_node_ports(i)[0]}" for i in self.kafka_nodes)
 
     @property
     def kafka_dir(self) -> Path:

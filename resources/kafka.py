@@ -104,8 +104,10 @@ def security_config(security_protocol: str = "PLAINTEXT", sasl_mechanism: str | 
     return config
 
 
-def broker_ready(bootstrap: str, *, timeout_ms: int = 5000, **security) -> bool:
-    """True when the broker answers a metadata request within ``timeout_ms`` (used by health
+def broker_ready(bootstrap: str, *, timeout_ms: int = 5000, node_id: int | None = None,
+                 **security) -> bool:
+    """True when the broker answers a metadata request within ``timeout_ms`` — and, with
+    ``node_id``, lists broker ``node_id`` among the cluster's live brokers (used by health
     checks); ``security`` are :func:`security_config`'s arguments (the same credentials the
     platform's clients use).
 
@@ -126,8 +128,9 @@ def broker_ready(bootstrap: str, *, timeout_ms: int = 5000, **security) -> bool:
                     f"{(refused or [exc])[-1]}") from None
             return False
     try:
-        admin.describe_cluster()
-        return True
+        cluster = admin.describe_cluster()
+        return node_id is None or any(b.get("broker_id") == node_id and not b.get("is_fenced")
+                                      for b in cluster["brokers"])
     except KafkaError:
         return False
     finally:
@@ -223,10 +226,11 @@ class KafkaResource(dg.ConfigurableResource):
         return security_config(self.security_protocol, self.sasl_mechanism, self.sasl_username,
                                self.sasl_password, self.ssl_cafile)
 
-    def ready(self) -> bool:
-        """True when the brokers answer a metadata request with these credentials."""
+    def ready(self, node_id: int | None = None) -> bool:
+        """True when the brokers answer a metadata request with these credentials (and list
+        broker ``node_id`` as live, when given)."""
         return broker_ready(self.bootstrap_servers, timeout_ms=self.request_timeout_ms,
-                            **self.security_settings())
+                            node_id=node_id, **self.security_settings())
 
     def security_settings(self) -> dict:
         """The security fields as :func:`security_config` takes them."""
@@ -247,8 +251,14 @@ class KafkaResource(dg.ConfigurableResource):
         return KafkaAdminClient(**self._common())
 
     def producer(self, **overrides) -> KafkaProducer:
+        """A producer that waits for every in-sync replica (``acks=all``: with the local
+        cluster's ``min.insync.replicas=2``, two copies before the ack) and is idempotent
+        (kafka-python retries a send without writing it twice; set explicitly, so an override
+        that conflicts — ``acks=1``, ``retries=0`` — fails instead of silently turning it off).
+        Re-sends by the application are not de-duplicated: consumers upsert by key."""
         # 8 MiB like the local broker's message.max.bytes: dead letters keep oversize values
-        config = {"acks": "all", "linger_ms": 5, "max_block_ms": self.request_timeout_ms * 2,
+        config = {"acks": "all", "enable_idempotence": True, "linger_ms": 5,
+                  "max_block_ms": self.request_timeout_ms * 2,
                   "max_request_size": 8 * 1024 * 1024}
         config.update(overrides)
         return KafkaProducer(**self._common(), **config)
@@ -265,14 +275,16 @@ class KafkaResource(dg.ConfigurableResource):
         return KafkaConsumer(**self._common(), **config)
 
     # --- topics ------------------------------------------------------------------------------
-    def ensure_topic(self, topic: str, partitions: int = 1, replication: int = 1,
+    def ensure_topic(self, topic: str, partitions: int = 1, replication: int | None = None,
                      configs: dict[str, str] | None = None) -> bool:
-        """Create ``topic`` (or grow it to ``partitions``) with topic-level ``configs`` (also
-        applied to an existing topic); returns True when created."""
+        """Create ``topic`` (or grow it to ``partitions``) with ``replication`` replicas (None:
+        the cluster's ``default.replication.factor``) and topic-level ``configs`` (also applied
+        to an existing topic); returns True when created."""
         admin = self.admin()
         try:
             try:
-                admin.create_topics([NewTopic(topic, partitions, replication,
+                admin.create_topics([NewTopic(topic, partitions,
+                                              -1 if replication is None else replication,
                                               topic_configs=configs or {})])
                 admin.wait_for_topics([topic], timeout_ms=self.request_timeout_ms * 2)
                 return True
@@ -290,6 +302,19 @@ class KafkaResource(dg.ConfigurableResource):
                 return False
         finally:
             admin.close()
+
+    def partition_replicas(self, topics: list[str]) -> dict[tuple[str, int], dict[str, object]]:
+        """Per ``(topic, partition)``: its ``leader`` broker id (-1 when it has none), its
+        ``replicas`` and its in-sync replicas (``isr``)."""
+        admin = self.admin()
+        try:
+            described = admin.describe_topics(topics)
+        finally:
+            admin.close()
+        return {(t["name"], p["partition_index"]): {"leader": p["leader_id"],
+                                                    "replicas": sorted(p["replica_nodes"]),
+                                                    "isr": sorted(p["isr_nodes"])}
+                for t in described for p in t["partitions"]}
 
     def topic_configs(self, topics: list[str]) -> dict[str, dict[str, str]]:
         """The non-default configuration of each topic: ``{topic: {name: value}}``."""

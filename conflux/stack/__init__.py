@@ -1,4 +1,10 @@
-"""The local stack: Kafka, Postgres, Dagster webserver and daemon, started and stopped by PID."""
+"""The local stack: Kafka, Postgres, Dagster webserver and daemon, started and stopped by PID.
+
+With ``CONFLUX_KAFKA_BROKERS=N`` Kafka is N services, ``kafka`` (node 1) and ``kafka-2`` ..
+``kafka-N``; selecting ``kafka`` means all of them, ``kafka-1`` node 1 alone. They are launched
+together, then awaited one by one, and stopped together (a KRaft quorum needs most of its
+voters running to start, and to let its brokers shut down cleanly).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from collections.abc import Callable, Iterable
 from conflux.errors import ConfigError
 from conflux.settings import Settings
 from conflux.stack.dagster import DagsterDaemon, DagsterWebserver
-from conflux.stack.kafka import Kafka
+from conflux.stack.kafka import Kafka, node_name
 from conflux.stack.postgres import ExternalPostgres, Postgres
 from conflux.stack.service import Service, ServiceStatus
 
@@ -16,20 +22,30 @@ SERVICE_NAMES = ("postgres", "kafka", "dagster-webserver", "dagster-daemon")
 GROUPS = {"dagster": ("dagster-webserver", "dagster-daemon"), "all": SERVICE_NAMES}
 
 
-def select(names: Iterable[str] | None) -> list[str]:
-    """Expand a service selection ("all", "dagster", or names) in start order; ``None`` means
-    all of them and an empty selection none (``down(started)`` after an ``up`` that started
-    nothing must stop nothing)."""
+def service_names(brokers: int = 1) -> tuple[str, ...]:
+    """The services of a stack with ``brokers`` Kafka nodes, in start order."""
+    nodes = tuple(node_name(i) for i in range(1, brokers + 1))
+    return ("postgres", *nodes, "dagster-webserver", "dagster-daemon")
+
+
+def select(names: Iterable[str] | None, brokers: int = 1) -> list[str]:
+    """Expand a service selection ("all", "dagster", "kafka" — every Kafka node —, or names) in
+    start order; ``None`` means all of them and an empty selection none (``down(started)``
+    after an ``up`` that started nothing must stop nothing)."""
+    universe = service_names(brokers)
+    groups = {**GROUPS, "all": universe, "kafka": tuple(n for n in universe if n.startswith("kafka"))}
+    if brokers > 1:
+        groups["kafka-1"] = ("kafka",)
     wanted: set[str] = set()
     for name in ["all"] if names is None else list(names):
-        if name in GROUPS:
-            wanted.update(GROUPS[name])
-        elif name in SERVICE_NAMES:
+        if name in groups:
+            wanted.update(groups[name])
+        elif name in universe:
             wanted.add(name)
         else:
             raise ConfigError(f"unknown service {name!r}; choose from "
-                              f"{', '.join([*GROUPS, *SERVICE_NAMES])}")
-    return [n for n in SERVICE_NAMES if n in wanted]
+                              f"{', '.join(dict.fromkeys([*groups, *universe]))}")
+    return [n for n in universe if n in wanted]
 
 
 class Stack:
@@ -39,24 +55,34 @@ class Stack:
         self.settings = settings or Settings.from_env()
         pg: Service = (ExternalPostgres(self.settings) if self.settings.external_pg_url
                        else Postgres(self.settings))
+        self.kafka_nodes = [node_name(i) for i in self.settings.kafka_nodes]
         self.services: dict[str, Service] = {
             "postgres": pg,
-            "kafka": Kafka(self.settings),
+            **{node_name(i): Kafka(self.settings, i) for i in self.settings.kafka_nodes},
             "dagster-webserver": DagsterWebserver(self.settings),
             "dagster-daemon": DagsterDaemon(self.settings),
         }
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return service_names(self.settings.kafka_brokers)
+
+    def select(self, names: Iterable[str] | None) -> list[str]:
+        return select(names, self.settings.kafka_brokers)
+
     def up(self, names: Iterable[str] | None = None, report: Callable[[str], None] = print) -> list[str]:
         """Start the selected services (idempotent); returns the names this call started."""
         started = []
-        for name in select(names):
+        selected = self.select(names)
+        nodes = [n for n in selected if n in self.kafka_nodes]
+        for name in selected:
+            if name in nodes:
+                if name == nodes[0]:
+                    started += self._up_kafka(nodes, report)
+                continue
             service = self.services[name]
             was_running = service.status().running
             report(service.up())
-            if name == "kafka":
-                from conflux.platform import ensure_platform_topics
-
-                ensure_platform_topics(self.settings, report)
             if name == "postgres":
                 from conflux.platform import register_contracts
 
@@ -65,9 +91,38 @@ class Stack:
                 started.append(name)
         return started
 
+    def _up_kafka(self, nodes: list[str], report: Callable[[str], None]) -> list[str]:
+        """Launch the Kafka ``nodes``, then wait for each (no node of a 3-voter quorum is
+        healthy alone), then create the platform's topics; returns the nodes started. On a
+        failure the nodes this call spawned are stopped again."""
+        from conflux.platform import ensure_platform_topics
+
+        services = [self.services[n] for n in nodes]
+        launches = []
+        try:
+            for service in services:
+                launches.append(service.launch())
+            for service, launch in zip(services, launches):
+                report(service.await_up(launch))
+        except BaseException:
+            for service, launch in zip(services, launches):
+                service.abort(launch)
+            raise
+        ensure_platform_topics(self.settings, report)
+        return [n for n, launch in zip(nodes, launches) if launch.proc is not None]
+
     def down(self, names: Iterable[str] | None = None, report: Callable[[str], None] = print) -> None:
-        for name in reversed(select(names)):
-            report(self.services[name].down())
+        selected = self.select(names)
+        nodes = [n for n in selected if n in self.kafka_nodes]
+        for name in reversed(selected):
+            if name not in nodes:
+                report(self.services[name].down())
+            elif name == nodes[-1]:  # all together: the last voters would wait for a quorum
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(len(nodes)) as pool:
+                    for line in pool.map(lambda n: self.services[n].down(), nodes):
+                        report(line)
         if strays := self.end_strays():
             report(f"dagster: ended {len(strays)} stray process(es) of this stack "
                    f"(pids {', '.join(map(str, strays))})")
@@ -87,17 +142,26 @@ class Stack:
         return strays
 
     def status(self) -> list[ServiceStatus]:
-        return [self.services[n].status() for n in SERVICE_NAMES]
+        return [self.services[n].status() for n in self.names]
 
     def reset(self, report: Callable[[str], None] = print) -> None:
-        """Stop everything and wipe broker data, the local databases and the lake."""
+        """Stop everything and wipe broker data, the local databases and the lake. A lake on
+        object storage (``CONFLUX_LAKE_PATH=s3://...``) is not touched: it may be shared, and
+        its prefix is the store's business; the report says so."""
         if self.settings.external_pg_url:
             raise ConfigError("stack reset wipes the local Postgres cluster only; with "
                               "CONFLUX_POSTGRES_URL set, drop that database yourself")
         self.down(report=report)
         s = self.settings
-        for what, path in [("kafka data", s.kafka_dir / "data"), ("postgres cluster", s.pg_dir),
-                           ("lake", s.lake_path), ("dagster storage", s.dagster_home)]:
+        # every node's data a cluster of any size left, and its shared id
+        (s.kafka_dir / "cluster.id").unlink(missing_ok=True)
+        nodes = [(f"kafka {d.parent.name} data", d) for d in sorted(s.kafka_dir.glob("node-*/data"))]
+        for what, path in [("kafka data", s.kafka_dir / "data"), *nodes,
+                           ("postgres cluster", s.pg_dir), ("lake", s.lake_path),
+                           ("dagster storage", s.dagster_home)]:
             existed = path.exists()
             shutil.rmtree(path, ignore_errors=True)
             report(f"reset: {'wiped' if existed else 'nothing to wipe in'} {what} ({path})")
+        if s.lake_url:
+            report(f"reset: left the object-store lake {s.lake_url} alone (not wiped; delete "
+                   "that prefix with your store's tools if you mean to)")

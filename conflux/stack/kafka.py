@@ -1,4 +1,14 @@
-"""Apache Kafka 4.x, KRaft mode, single node, from Maven Central jars and the machine's java.
+"""Apache Kafka 4.x, KRaft mode, from Maven Central jars and the machine's java: one node, or a
+cluster of ``CONFLUX_KAFKA_BROKERS`` nodes on loopback.
+
+Each node is both broker and controller. A single node formats its storage ``--standalone``
+(a dynamic quorum of itself). A cluster has static voters (``controller.quorum.voters``, every
+node), one cluster id shared by its nodes (``$CONFLUX_HOME/kafka/cluster.id``), its own ports
+(:meth:`Settings.kafka_node_ports`), folder (``kafka/`` for node 1, ``kafka/node-<i>/`` for the
+others), pid file and log; internal topics get replication factor ``min(3, nodes)`` and, from 3
+nodes on, ``min.insync.replicas=2`` (the broker default for topics too): with ``acks=all`` a
+record is acknowledged once two replicas have it, and one node may stop without losing any.
+A storage formatted for another number of nodes is refused (``conflux stack reset --yes``).
 
 First use copies ``kafka-pom.xml`` into ``$CONFLUX_CACHE/kafka-<version>/`` and resolves the
 broker and its runtime dependencies there with ``mvn dependency:copy-dependencies``; later starts
@@ -86,16 +96,32 @@ def security_properties(settings: Settings, listener: str) -> list[str]:
     return lines
 
 
-def render_server_properties(settings: Settings, data_dir: Path) -> str:
-    """The broker's ``server.properties`` (pure: tested without starting anything). It never
-    holds a secret: a secured listener's credentials are ``${env:...}`` references."""
-    host, port, cport = settings.bind_host, settings.kafka_port, settings.kafka_controller_port
+def replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, ``min.insync.replicas``) of the platform's topics on a cluster of
+    ``brokers`` nodes: 3 and 2 from 3 nodes on, so one node may be down while producers with
+    ``acks=all`` go on."""
+    factor = min(3, brokers)
+    return factor, 2 if factor >= 3 else 1
+
+
+def render_server_properties(settings: Settings, data_dir: Path, node: int = 1) -> str:
+    """The ``server.properties`` of local node ``node`` (pure: tested without starting
+    anything). It never holds a secret: a secured listener's credentials are ``${env:...}``
+    references."""
+    host = settings.bind_host
+    port, cport = settings.kafka_node_ports(node)
     listener = KAFKA_SECURITY_MODES[settings.kafka_security]
+    factor, min_isr = replication(settings.kafka_brokers)
+    if settings.kafka_brokers == 1:  # a dynamic quorum of itself (formatted --standalone)
+        quorum = f"controller.quorum.bootstrap.servers={host}:{cport}"
+    else:  # static voters: every node, formatted with the shared cluster id
+        quorum = "controller.quorum.voters=" + ",".join(
+            f"{i}@{host}:{settings.kafka_node_ports(i)[1]}" for i in settings.kafka_nodes)
     return "\n".join([
         "# written by conflux stack; edits are overwritten on the next start",
         "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.bootstrap.servers={host}:{cport}",
+        f"node.id={node}",
+        quorum,
         f"listeners={listener}://{host}:{port},CONTROLLER://{host}:{cport}",
         f"advertised.listeners={listener}://{host}:{port}",
         "controller.listener.names=CONTROLLER",
@@ -105,12 +131,14 @@ def render_server_properties(settings: Settings, data_dir: Path) -> str:
         f"log.dirs={data_dir}",
         "auto.create.topics.enable=false",
         "num.partitions=1",
-        "offsets.topic.replication.factor=1",
+        f"default.replication.factor={factor}",
+        f"min.insync.replicas={min_isr}",
+        f"offsets.topic.replication.factor={factor}",
         "offsets.topic.num.partitions=4",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
+        f"transaction.state.log.replication.factor={factor}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"share.coordinator.state.topic.replication.factor={factor}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
         "group.initial.rebalance.delay.ms=0",
         "log.retention.hours=168",
         # accept messages up to 8 MiB so the platform, not the broker, judges oversize records
@@ -205,20 +233,48 @@ def java_major(java: str = "java") -> int:
     return int(match.group(2)) if major == 1 else major
 
 
+def node_name(node: int) -> str:
+    """The service name of local Kafka node ``node``: ``kafka`` for the first (as for a single
+    broker), ``kafka-<i>`` for the others."""
+    return "kafka" if node == 1 else f"kafka-{node}"
+
+
 class Kafka(Service):
-    name = "kafka"
+    """One local Kafka node (broker and controller); node 1 is the single broker's service."""
+
     start_timeout = 90.0
+
+    def __init__(self, settings: Settings, node: int = 1):
+        super().__init__(settings)
+        if node not in settings.kafka_nodes:
+            raise ConfigError(f"kafka: no node {node} with CONFLUX_KAFKA_BROKERS="
+                              f"{settings.kafka_brokers}")
+        self.node = node
+        self.name = node_name(node)
 
     @property
     def port(self) -> int:
-        return self.settings.kafka_port
+        return self.settings.kafka_node_ports(self.node)[0]
+
+    @property
+    def node_dir(self) -> Path:
+        """This node's configuration, format record and ``data/``."""
+        return self.settings.kafka_node_dir(self.node)
 
     @property
     def data_dir(self) -> Path:
-        return self.settings.kafka_dir / "data"
+        return self.node_dir / "data"
 
     def marker(self) -> str:
-        return f"-Dconflux.home={self.settings.home} kafka.Kafka"
+        node = f" -Dconflux.kafka.node={self.node}" if self.node > 1 else ""
+        return f"-Dconflux.home={self.settings.home}{node} kafka.Kafka"
+
+    def describe(self) -> str:
+        if self.settings.kafka_brokers == 1:
+            return super().describe()
+        return (f"{self.settings.bind_host}:{self.port} (node {self.node} of "
+                f"{self.settings.kafka_brokers}, controller :"
+                f"{self.settings.kafka_node_ports(self.node)[1]})")
 
     def ensure_jars(self) -> Path:
         """Resolve the broker jars into the cache (first use only); returns the libs folder."""
@@ -255,11 +311,11 @@ class Kafka(Service):
     def _java(self, main: str, *args: str) -> list[str]:
         """``java ... main args``; ``main`` may be an ``@argfile`` holding the main class and
         its arguments."""
-        cfg = self.settings.kafka_dir
+        node = [f"-Dconflux.kafka.node={self.node}"] if self.node > 1 else []
         return ["java", *heap_flags(self.settings.kafka_heap), "-XX:+UseG1GC",
                 "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={cfg / 'log4j2.yaml'}",
-                f"-Dconflux.home={self.settings.home}",
+                f"-Dlog4j2.configurationFile={self.node_dir / 'log4j2.yaml'}",
+                f"-Dconflux.home={self.settings.home}", *node,
                 "-cp", self.classpath(), main, *args]
 
     @property
@@ -268,49 +324,86 @@ class Kafka(Service):
 
     @property
     def format_record(self) -> Path:
-        """What the storage was formatted for (security mode, SCRAM user; no secret)."""
-        return self.settings.kafka_dir / "format.json"
+        """What the storage was formatted for (security mode, SCRAM user, nodes; no secret)."""
+        return self.node_dir / "format.json"
+
+    @property
+    def cluster_id_file(self) -> Path:
+        """The cluster id every node of a cluster is formatted with."""
+        return self.settings.kafka_dir / "cluster.id"
+
+    def cluster_id(self) -> str:
+        """A new random id for a single node; a cluster's shared one (created on first use)."""
+        fresh = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if self.settings.kafka_brokers == 1:
+            return fresh
+        try:
+            return self.cluster_id_file.read_text().strip()
+        except FileNotFoundError:
+            self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
+            self.cluster_id_file.write_text(fresh + "\n")
+            return fresh
 
     def prepare(self) -> None:
         major = java_major()
         if major < 17:
             raise StackError(f"kafka: Kafka {KAFKA_VERSION} needs java 17+, found java {major}")
         user = scram_user_from_env()[0] if self.secured else None
+        # never formatted, or a format that died half-way (no meta.properties): format below
+        formatted = (self.data_dir / "meta.properties").exists()
+        if formatted:
+            self.check_format(user)  # before any file is rewritten
         self.ensure_jars()
-        cfg = self.settings.kafka_dir
+        cfg = self.node_dir
         cfg.mkdir(parents=True, exist_ok=True)
         if self.settings.kafka_security == "sasl_ssl":
             from conflux.stack.tls import ensure_server_tls
 
             ensure_server_tls(self.settings.kafka_tls_dir, self.settings.bind_host)
         props = cfg / "server.properties"
-        props.write_text(render_server_properties(self.settings, self.data_dir))
+        props.write_text(render_server_properties(self.settings, self.data_dir, self.node))
         (cfg / "log4j2.yaml").write_text(render_log4j2(self.log))
-        formatted_for = {"security": self.settings.kafka_security, "scram_user": user}
-        if not (self.data_dir / "meta.properties").exists():
-            # never formatted, or a format that died half-way: start from an empty dir
+        if not formatted:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self._format(props)
-            self.format_record.write_text(json.dumps(formatted_for) + "\n")
-        elif self.secured:
-            try:
-                before = json.loads(self.format_record.read_text())
-            except (OSError, ValueError):
-                before = {"security": "plaintext", "scram_user": None}
-            if before.get("scram_user") != user:
-                raise StackError(
-                    f"kafka: the broker's storage in {self.data_dir} was formatted "
-                    f"{'for SCRAM user ' + repr(before['scram_user']) if before.get('scram_user') else 'without SCRAM users'}"
-                    f", not for KAFKA_SASL_USERNAME={user!r}: SCRAM credentials are written when "
-                    "the storage is formatted. Use that user, or wipe the broker's data "
-                    "(`conflux stack reset --yes`)")
+            record = {"security": self.settings.kafka_security, "scram_user": user}
+            if self.settings.kafka_brokers > 1:
+                record["brokers"] = self.settings.kafka_brokers
+            self.format_record.write_text(json.dumps(record) + "\n")
+
+    def check_format(self, user: str | None) -> None:
+        """Refuse a formatted storage that does not fit the settings: formatted for another
+        number of nodes (a KRaft quorum's voters are fixed then), or, secured, for another
+        SCRAM user.
+
+        Raises:
+            StackError: naming the data dir, what it was formatted for and the way out.
+        """
+        try:
+            before = json.loads(self.format_record.read_text())
+        except (OSError, ValueError):
+            before = {"security": "plaintext", "scram_user": None}
+        if before.get("brokers", 1) != self.settings.kafka_brokers:
+            raise StackError(
+                f"{self.name}: the storage in {self.data_dir} was formatted for "
+                f"{before.get('brokers', 1)} Kafka node(s), not CONFLUX_KAFKA_BROKERS="
+                f"{self.settings.kafka_brokers}: a KRaft quorum's voters are fixed when it is "
+                "formatted. Set it back, or wipe the brokers' data (`conflux stack reset --yes`)")
+        if self.secured and before.get("scram_user") != user:
+            raise StackError(
+                f"kafka: the broker's storage in {self.data_dir} was formatted "
+                f"{'for SCRAM user ' + repr(before['scram_user']) if before.get('scram_user') else 'without SCRAM users'}"
+                f", not for KAFKA_SASL_USERNAME={user!r}: SCRAM credentials are written when "
+                "the storage is formatted. Use that user, or wipe the broker's data "
+                "(`conflux stack reset --yes`)")
 
     def _format(self, props: Path) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         # "--cluster-id=ID": a base64 id may start with "-", which argparse would take for an
         # option (seen in CI: 1 start in 64 failed to format)
-        args = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                "-c", str(props), "--standalone"]
+        args = ["kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id()}",
+                "-c", str(props)]
+        if self.settings.kafka_brokers == 1:
+            args.append("--standalone")  # a cluster's voters are static, in server.properties
         if not self.secured:
             run_checked(self._java(*args), what="kafka: format storage", log=self.log, timeout=120)
             return
@@ -319,7 +412,7 @@ class Kafka(Service):
         user, password = scram_user_from_env()
         for mechanism in SCRAM_MECHANISMS:
             args += ["--add-scram", scram_credential(mechanism, user, password)]
-        argfile = self.settings.kafka_dir / "format.args"
+        argfile = self.node_dir / "format.args"
         argfile.unlink(missing_ok=True)
         fd = os.open(argfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -331,7 +424,7 @@ class Kafka(Service):
             argfile.unlink(missing_ok=True)
 
     def command(self) -> list[str]:
-        return self._java("kafka.Kafka", str(self.settings.kafka_dir / "server.properties"))
+        return self._java("kafka.Kafka", str(self.node_dir / "server.properties"))
 
     def env(self) -> dict[str, str] | None:
         if not self.secured:
@@ -340,16 +433,17 @@ class Kafka(Service):
         return dict(os.environ)
 
     def client(self):
-        """A client of this broker as the health check uses it: the stack's own security
+        """A client of this node as the health check uses it: the stack's own security
         mode, the SCRAM user from the environment, the local CA."""
         from resources.kafka import KafkaResource
 
+        address = f"{self.settings.bind_host}:{self.port}"
         if not self.secured:
-            return KafkaResource(bootstrap_servers=self.settings.kafka_bootstrap)
+            return KafkaResource(bootstrap_servers=address)
         user, password = scram_user_from_env()
         ca = (str(self.settings.kafka_tls_dir / "ca.pem")
               if self.settings.kafka_security == "sasl_ssl" else None)
-        return KafkaResource(bootstrap_servers=self.settings.kafka_bootstrap,
+        return KafkaResource(bootstrap_servers=address,
                              security_protocol=KAFKA_SECURITY_MODES[self.settings.kafka_security],
                              sasl_mechanism="SCRAM-SHA-512", sasl_username=user,
                              sasl_password=password, ssl_cafile=ca)
@@ -381,7 +475,9 @@ class Kafka(Service):
         # the port opens before the broker has joined its own quorum; ask for metadata
         mark = self._log_size()
         try:
-            ready = self.client().ready()
+            # a cluster's node counts once the cluster lists it as a live (unfenced) broker
+            ready = self.client().ready(
+                node_id=self.node if self.settings.kafka_brokers > 1 else None)
         except KafkaAuthenticationError as exc:
             refused = str(exc)
         else:

@@ -13,7 +13,7 @@ import subprocess
 import time
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from conflux.errors import StackError
@@ -33,6 +33,18 @@ class ServiceStatus:
         state = f"running (pid {self.pid})" if self.running and self.pid else (
             "running" if self.running else "stopped")
         return f"{self.name:<18} {state:<22} {self.detail}"
+
+
+@dataclass
+class Launch:
+    """What :meth:`Service.launch` did: the service's pid, and the process it spawned (None
+    when the service was already running)."""
+
+    pid: int
+    proc: subprocess.Popen | None
+    began: float
+    recorded: int | None = None
+    leftovers: list[int] = field(default_factory=list)
 
 
 class Service(ABC):
@@ -116,14 +128,15 @@ class Service(ABC):
 
     def up(self) -> str:
         """Start unless already running; returns a one-line report."""
+        return self.await_up(self.launch())
+
+    def launch(self) -> "Launch":
+        """The first half of :meth:`up`: checks, ``prepare`` and spawn, without waiting (the
+        nodes of a KRaft cluster must all run before any of them becomes healthy)."""
         recorded = self.pidfile.recorded_pid()
         pid = self.pidfile.live_pid()
         if pid is not None:
-            if self.healthy():
-                return f"{self.name}: already running (pid {pid}) {self.describe()}"
-            # ours but not answering: give it the rest of a start timeout, then fail clearly
-            wait_for(self.healthy, service=self.name, log=self.log, timeout=self.start_timeout)
-            return f"{self.name}: already running (pid {pid}) {self.describe()}"
+            return Launch(pid=pid, proc=None, began=time.monotonic())
         if self.port is not None and port_open(self.settings.bind_host, self.port):
             raise StackError(
                 f"{self.name}: port {self.settings.bind_host}:{self.port} is in use by a process "
@@ -135,19 +148,36 @@ class Service(ABC):
         self.prepare()
         proc = spawn(self.command(), log=self.log, env=self.env(), cwd=self.cwd(), user=self.user)
         self.pidfile.write(proc.pid)
+        return Launch(pid=proc.pid, proc=proc, began=start, recorded=recorded,
+                      leftovers=leftovers)
+
+    def await_up(self, launch: "Launch") -> str:
+        """The second half of :meth:`up`: wait until healthy, then ``after_start``; a process
+        ``launch`` spawned is stopped again when that fails."""
+        if launch.proc is None:
+            if not self.healthy():
+                # ours but not answering: give it the rest of a start timeout, then fail clearly
+                wait_for(self.healthy, service=self.name, log=self.log,
+                         timeout=self.start_timeout)
+            return f"{self.name}: already running (pid {launch.pid}) {self.describe()}"
         try:
             wait_for(self.healthy, service=self.name, log=self.log,
-                     timeout=self.start_timeout, proc=proc)
+                     timeout=self.start_timeout, proc=launch.proc)
             self.after_start()
         except BaseException:
-            stop_pid(proc.pid, sig=self.stop_signal)
-            self.pidfile.clear()
+            self.abort(launch)
             raise
-        took = time.monotonic() - start
-        note = (f" (ended {len(leftovers)} process(es) left by the previous pid {recorded})"
-                if leftovers else "")
-        return (f"{self.name}: started (pid {proc.pid}) {self.describe()} in {took:.1f}s; "
+        took = time.monotonic() - launch.began
+        note = (f" (ended {len(launch.leftovers)} process(es) left by the previous pid "
+                f"{launch.recorded})" if launch.leftovers else "")
+        return (f"{self.name}: started (pid {launch.pid}) {self.describe()} in {took:.1f}s; "
                 f"log {self.log}{note}")
+
+    def abort(self, launch: "Launch") -> None:
+        """Stop the process ``launch`` spawned (none when the service was already running)."""
+        if launch.proc is not None:
+            stop_pid(launch.proc.pid, sig=self.stop_signal)
+            self.pidfile.clear()
 
     def kill(self) -> int | None:
         """``kill -9`` the service's leader process only, as a crash would (fault injection);
