@@ -2,6 +2,7 @@
 
     python -m reliability.chaos --events 100000 --kills 20 --seed 7
     python -m reliability.chaos --events 20000 --kills 0 --outage postgres:30 --outage kafka:30
+    CONFLUX_KAFKA_BROKERS=3 python -m reliability.chaos --events 20000 --kills 0 --outage broker:30
 
 Against the running stack of ``CONFLUX_HOME`` (started if needed, through the project's own
 tooling), it publishes orders, their lineitems and customer-ledger events with fresh keys, in
@@ -13,6 +14,11 @@ chunks. During each chunk it injects one fault, chosen and timed by a seeded ran
 * ``kill -9`` of the **Dagster daemon**, the **Kafka broker** or **Postgres** — each restarted
   through ``Stack.up`` like an operator or a service manager would;
 * an **outage**: the service stopped for N seconds while events flow, then started again.
+
+Target ``broker`` (with a local Kafka cluster, ``CONFLUX_KAFKA_BROKERS`` ≥ 2) is the one node
+leading the most partitions of the platform's topics, chosen when the fault strikes: an outage
+stops it (SIGTERM: a controlled shutdown) while the other nodes serve on, a kill ``kill -9``s it;
+either way it is started again and rejoins. Target ``kafka`` means every node.
 
 Then it waits until every event dataset's sensor has caught up with its topic and no ingest run is
 in flight, and compares the datasets with the ground truth computed from what was published:
@@ -181,7 +187,8 @@ class Publisher:
 @dataclass
 class Fault:
     kind: str          # "kill" | "outage"
-    target: str        # one of TARGETS (outage: postgres, kafka or dagster-daemon)
+    target: str        # one of TARGETS or "broker" (outage: postgres, kafka, broker or
+    #                    dagster-daemon)
     delay_s: float     # into the chunk
     seconds: float = 0.0
     detail: str = ""
@@ -254,20 +261,36 @@ class Injector:
                 fault.missed = True
                 fault.detail = f"nothing killed: run {run_id[:8]} ended before the kill (pid {pid})"
         elif fault.kind == "kill":
-            service = self.stack.services[fault.target]
-            pid = service.kill()
+            name, which = self.resolve(fault.target)
+            pid = self.stack.services[name].kill()
             took = time.monotonic()
-            self.up(fault.target)
-            fault.detail = f"killed pid {pid}; restarted in {time.monotonic() - took:.1f}s"
+            self.up(name)
+            fault.detail = f"killed {which}pid {pid}; restarted in {time.monotonic() - took:.1f}s"
         else:
-            self.stack.down([fault.target], report=lambda line: None)
-            log(f"{fault.target} stopped for {fault.seconds:g}s")
+            name, which = self.resolve(fault.target)
+            self.stack.down([name], report=lambda line: None)
+            log(f"{name} stopped for {fault.seconds:g}s")
             time.sleep(fault.seconds)
             took = time.monotonic()
-            self.up(fault.target)
-            fault.detail = (f"down {fault.seconds:g}s; started again in "
+            self.up(name)
+            fault.detail = (f"{which}down {fault.seconds:g}s; started again in "
                             f"{time.monotonic() - took:.1f}s")
         fault.ended = time.time()
+
+    def resolve(self, target: str) -> tuple[str, str]:
+        """The service a fault's target names, and words for the report: ``broker`` is the
+        Kafka node leading the most partitions of the platform's topics right now."""
+        if target != "broker":
+            return target, ""
+        from conflux.stack.kafka import node_name
+        from resources.kafka import KafkaResource
+
+        replicas = KafkaResource.from_env(self.stack.settings).partition_replicas(
+            list(TOPICS.values()))
+        leaders = Counter(r["leader"] for r in replicas.values() if r["leader"] >= 0)
+        node, led = leaders.most_common(1)[0]
+        name = node_name(node)
+        return name, f"{name} (leader of {led}/{len(replicas)} partitions) "
 
     def up(self, name: str) -> None:
         for attempt in range(3):
@@ -547,6 +570,9 @@ def run(*, events: int, kills: int, outages: list[tuple[str, float]], seed: int,
     kafka = KafkaResource.from_env(settings)
     refs = register_contracts(settings, report=lambda line: None)
     faults = plan_faults(rng, kills, outages, targets)
+    if settings.kafka_brokers < 2 and any(f.target == "broker" for f in faults):
+        raise ConfigError("a 'broker' fault stops one node of a local Kafka cluster: set "
+                          "CONFLUX_KAFKA_BROKERS=3 (the stack has a single broker)")
     if settings.external_pg_url and any(f.target == "postgres" for f in faults):
         raise ConfigError("CONFLUX_POSTGRES_URL points at a Postgres server the tooling did not "
                           "start: the harness kills and stops only its own services (unset it, "
@@ -617,8 +643,10 @@ def run(*, events: int, kills: int, outages: list[tuple[str, float]], seed: int,
 
 def parse_outage(text: str) -> tuple[str, float]:
     target, _, seconds = text.partition(":")
-    if target not in ("postgres", "kafka", "dagster-daemon") or not seconds.replace(".", "").isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected postgres|kafka|dagster-daemon:SECONDS")
+    if target not in ("postgres", "kafka", "broker", "dagster-daemon") \
+            or not seconds.replace(".", "").isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected postgres|kafka|broker|dagster-daemon:SECONDS")
     return target, float(seconds)
 
 
@@ -629,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=20, help="kill -9 points (20)")
     parser.add_argument("--outage", type=parse_outage, action="append", default=[],
                         metavar="SERVICE:SECONDS", help="stop a service while events flow "
-                        "(repeatable), e.g. postgres:30 kafka:30")
+                        "(repeatable), e.g. postgres:30 kafka:30; broker:30 stops one node of a "
+                        "local Kafka cluster")
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: random)")
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s between bursts")
     parser.add_argument("--timeout", type=float, default=600.0,
