@@ -81,6 +81,21 @@ class LakeError(ConfluxError):
     code = "LAKE_UNREADABLE"
 
 
+class LakeStorageError(LakeError):
+    """The lake's storage refused or could not be reached: a missing bucket, refused
+    credentials, an unreachable endpoint, an unsupported lake URL. Names the lake URL, never
+    a secret."""
+
+    code = "LAKE_STORAGE"
+
+
+class LakeLockError(LakeError):
+    """A partition lock that cannot be taken: an object-store lake without a lock database
+    (``lock_url``), or that database unreachable."""
+
+    code = "LAKE_LOCK"
+
+
 class TopicConfigError(ConfluxError):
     """Kafka refused a topic's configuration (for example the unlimited retention an
     event-sourced dataset's topic needs)."""

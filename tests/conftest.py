@@ -135,3 +135,28 @@ def lake(stack, tmp_path):
     from resources.lake import LakeResource
 
     return LakeResource(path=str(tmp_path / "lake"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A moto S3 server on a free loopback port for the session, with bucket ``conflux-test``;
+    the AWS_* variables that point the lake at it are set for the session (and restored)."""
+    from tests import s3
+
+    proc, endpoint = s3.start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    env = pytest.MonkeyPatch()
+    try:
+        for name, value in {**s3.S3_TEST_ENV, "AWS_ENDPOINT_URL_S3": endpoint}.items():
+            env.setenv(name, value)
+        env.delenv("AWS_ENDPOINT_URL", raising=False)
+        s3.create_bucket(endpoint, "conflux-test")
+        yield endpoint
+    finally:
+        env.undo()
+        s3.stop(proc)
+
+
+@pytest.fixture
+def s3_lake_url(s3_server):
+    """A fresh prefix of the session's bucket."""
+    return f"s3://conflux-test/{uuid.uuid4().hex[:12]}"
