@@ -50,7 +50,7 @@ def register(sub) -> None:
 def _lake(settings):
     from resources.lake import LakeResource
 
-    return LakeResource(path=os.environ.get("CONFLUX_LAKE_PATH") or str(settings.lake_path))
+    return LakeResource.for_stack(settings, path=os.environ.get("CONFLUX_LAKE_PATH"))
 
 
 def cmd_rebuild(args) -> int:

@@ -23,6 +23,8 @@ folder, or an existing Postgres server.
 | ``KAFKA_SASL_USERNAME`` | (none) | SASL user of the clients; with a secured local broker, also the SCRAM user it is formatted with (a super user) |
 | ``KAFKA_SASL_PASSWORD`` | (none) | its password: a secret, read from the environment only (Dagster resources get it through ``dg.EnvVar``), never printed, logged, written to disk or put on a command line by Conflux |
 | ``KAFKA_SSL_CAFILE`` | the local CA with ``sasl_ssl``, else the system's trust store | PEM file of the CA(s) that signed the brokers' certificates (``SSL``/``SASL_SSL``) |
+| ``CONFLUX_LAKE_PATH`` | ``$CONFLUX_HOME/lake`` | an ``s3://bucket/prefix`` URL puts the stack's lake on S3 or an S3-compatible store (a local path here is ignored: the local lake is always the state folder's); its partition locks are Postgres advisory locks in the stack's database |
+| ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` | (AWS defaults) | how an ``s3://`` lake is reached (``resources/lake.py``); not read here, passed unchanged to every Dagster process the stack starts |
 | ``OPENLINEAGE_URL`` or ``OPENLINEAGE__TRANSPORT__*`` or ``OPENLINEAGE_CONFIG`` | (off) | OpenLineage run events (``pipelines/openlineage.py``: HTTP endpoint, file, ...); not read here, passed unchanged to every Dagster process the stack starts (daemon, webserver, their code servers and runs) |
 | ``OPENLINEAGE_NAMESPACE`` | ``conflux`` | namespace of Conflux's jobs in OpenLineage events |
 | ``OPENLINEAGE_DISABLED`` | (unset) | ``true``: no OpenLineage events, whatever else is set |
@@ -89,6 +91,7 @@ class Settings:
     kafka_sasl_username: str | None = None
     kafka_ssl_cafile: str | None = None
     kafka_brokers: int = 1  # CONFLUX_KAFKA_BROKERS: local KRaft nodes (broker + controller each)
+    lake_url: str | None = None  # CONFLUX_LAKE_PATH when it is an object-store URL (s3://...)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -108,6 +111,7 @@ class Settings:
         if security not in KAFKA_SECURITY_MODES:
             raise ConfigError(f"CONFLUX_KAFKA_SECURITY={security!r} must be one of "
                               f"{', '.join(KAFKA_SECURITY_MODES)}")
+        lake = (env.get("CONFLUX_LAKE_PATH") or "").strip()
         cafile = env.get("KAFKA_SSL_CAFILE") or None
         if cafile is None and security == "sasl_ssl":
             cafile = str(home / "kafka" / "tls" / "ca.pem")
@@ -129,6 +133,7 @@ class Settings:
             kafka_sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
             kafka_ssl_cafile=cafile,
             kafka_brokers=brokers,
+            lake_url=lake if lake.startswith("s3://") else None,
         )
         node_ports = [p for i in settings.kafka_nodes for p in settings.kafka_node_ports(i)]
         if max(node_ports) > 65535:
@@ -191,7 +196,14 @@ class Settings:
 
     @property
     def lake_path(self) -> Path:
+        """The local lake folder (used unless ``lake_url`` is set)."""
         return self.home / "lake"
+
+    @property
+    def lake_location(self) -> str:
+        """Where the stack's lake is: the ``s3://`` URL of ``CONFLUX_LAKE_PATH``, else the
+        local folder."""
+        return self.lake_url or str(self.lake_path)
 
     @property
     def run_dir(self) -> Path:
@@ -236,6 +248,6 @@ class Settings:
             "CONFLUX_POSTGRES_URL": self.postgres_url,
             "DAGSTER_PG_URL": self.dagster_pg_url,
             "DAGSTER_HOME": str(self.dagster_home),
-            "CONFLUX_LAKE_PATH": str(self.lake_path),
+            "CONFLUX_LAKE_PATH": self.lake_location,
             "CONFLUX_DAGSTER_URL": self.dagster_url,
         }

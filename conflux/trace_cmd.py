@@ -20,7 +20,7 @@ def cmd_trace(args) -> int:
     os.environ.setdefault("DAGSTER_PG_URL", settings.dagster_pg_url)
     with dg.DagsterInstance.get() as instance:
         found = trace(args.correlation_id, CATALOG,
-                      lake=LakeResource(path=str(settings.lake_path)),
+                      lake=LakeResource.for_stack(settings),
                       kafka=KafkaResource.from_env(settings),
                       instance=instance, pg_url=settings.postgres_url)
     if args.json:

@@ -28,6 +28,8 @@ def platform_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "kafka": kafka_resource(),
         "postgres": PostgresResource(url=dg.EnvVar("CONFLUX_POSTGRES_URL")),
-        "lake": LakeResource(path=dg.EnvVar("CONFLUX_LAKE_PATH")),
+        # an s3:// lake's partition locks are advisory locks in the platform's Postgres
+        "lake": LakeResource(path=dg.EnvVar("CONFLUX_LAKE_PATH"),
+                             lock_url=dg.EnvVar("CONFLUX_POSTGRES_URL")),
         "registry": SchemaRegistryResource(url=dg.EnvVar("CONFLUX_POSTGRES_URL")),
     }

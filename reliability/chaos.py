@@ -631,7 +631,7 @@ def run(*, events: int, kills: int, outages: list[tuple[str, float]], seed: int,
         recovered = wait_caught_up(instance, kafka, datasets, since, catch_up_timeout)
         result = Result(seed, workload.events, publisher.sent, publisher.resent, faults,
                         recovered_s=recovered)
-        lake = LakeResource(path=str(settings.lake_path))
+        lake = LakeResource.for_stack(settings)
         for ds in datasets:
             truth = normalise(workload.truth(ds))
             stored = normalise(stored_rows(lake, ds, workload))

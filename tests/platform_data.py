@@ -3,7 +3,6 @@ join — shared by the batch-path tests (CLI) and the browser tests (UI)."""
 
 from __future__ import annotations
 
-import shutil
 
 import dagster as dg
 import duckdb
@@ -36,7 +35,7 @@ def load(settings: Settings) -> dict:
     the first and last order day."""
     tables = tpch_tables(0.0005, seed=5)
     load_ops(settings.postgres_url, tables)
-    lake = LakeResource(path=str(settings.lake_path))
+    lake = LakeResource.for_stack(settings)
     postgres = PostgresResource(url=settings.postgres_url)
     for ds in (ORDERS, LINEITEM):
         reconcile(ds, postgres=postgres, lake=lake)
@@ -55,8 +54,9 @@ def load(settings: Settings) -> dict:
 
 def clear(settings: Settings) -> None:
     """Leave the shared lake as found: later tests reuse these order keys with other dates."""
+    store = LakeResource.for_stack(settings).store()
     for name in LAKE_DATASETS:
-        shutil.rmtree(settings.lake_path / name, ignore_errors=True)
+        store.delete_dir(store.join(name))
 
 
 def read_all(lake: LakeResource, name: str) -> pd.DataFrame:
