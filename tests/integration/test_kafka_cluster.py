@@ -13,6 +13,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -112,9 +113,14 @@ def test_a_broker_stopped_while_events_flow_loses_nothing_and_rejoins(cluster):
     configs = kafka.topic_configs([*TOPICS, "tpch.orders.dlq"])
     assert all(c.get("min.insync.replicas") == "2" for c in configs.values()), configs
     assert configs["ledger.customer"].get("retention.ms") == "-1"
+    # a topic created without a replication factor gets the cluster's default (3)
+    scratch = f"test.cluster.{uuid.uuid4().hex[:8]}"
+    assert kafka.ensure_topic(scratch, 2)
+    assert [r["replicas"] for r in kafka.partition_replicas([scratch]).values()] == [[1, 2, 3]] * 2
     producer = kafka.producer()
     try:
         assert producer.config["acks"] == -1 and producer.config["enable_idempotence"] is True
+        assert producer.send(scratch, b"x").get(timeout=30).offset == 0
     finally:
         producer.close(timeout=5)
 
