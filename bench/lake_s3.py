@@ -1,6 +1,6 @@
 """Lake operations on a typical partition, local folder vs S3 (a moto server on loopback, real
-HTTP; partition locks in the bench stack's Postgres): median seconds per upsert, idempotent
-re-upsert, append, read and partition listing, and the S3/local ratio.
+HTTP; partition locks in the bench stack's Postgres): median milliseconds per upsert, idempotent
+re-upsert, append, read, partition listing and lock, and the S3/local ratio.
 
     .venv/bin/python -m bench.lake_s3 [--rows 2500] [--repeat 15]
 
@@ -52,9 +52,15 @@ def measure(lake, rows: int, repeat: int) -> dict[str, float]:
         "append 100 rows (delta file)": timed(
             lambda: lake.append("lineitem", late, key, "day", order_by=order,
                                 compact_after=10**6), repeat),
-        "read (base + pending deltas merged)": timed(lambda: lake.read_table("lineitem", "day"),
-                                                     repeat),
     }
+    figures[f"read (base + {repeat} pending deltas)"] = timed(
+        lambda: lake.read_table("lineitem", "day"), repeat)
+
+    def lock_only():
+        with lake.locked("lineitem", "day"):
+            pass
+
+    figures["partition lock + unlock"] = timed(lock_only, repeat)
     lake.compact("lineitem", "day")
     figures["read (compacted base)"] = timed(lambda: lake.read_table("lineitem", "day"), repeat)
     figures["list partitions"] = timed(lambda: lake.partitions("lineitem"), repeat)
@@ -88,11 +94,11 @@ def main() -> None:
     finally:
         s3.stop(proc)
         stack.down(started, report=lambda line: None)
-    print(f"lake operations, {args.rows}-row partition, median of {args.repeat} (seconds)")
+    print(f"lake operations, {args.rows}-row partition, median of {args.repeat} (ms)")
     print(f"{'operation':40} {'local':>9} {'s3 (moto)':>10} {'ratio':>7}")
     for op in results["local"]:
         loc, rem = results["local"][op], results["s3 (moto)"][op]
-        print(f"{op:40} {loc:9.4f} {rem:10.4f} {rem / loc:6.1f}x")
+        print(f"{op:40} {loc * 1e3:9.2f} {rem * 1e3:10.2f} {rem / loc:6.1f}x")
 
 
 if __name__ == "__main__":

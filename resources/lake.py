@@ -175,7 +175,9 @@ class LakeStore:
             raise LakeStorageError(f"lake {path}: unsupported lake URL (a local folder, file://"
                                    " or s3://bucket/prefix)")
         url = f"s3://{parts.netloc}{parts.path.rstrip('/')}"
-        options: dict = {"connect_timeout": 5, "request_timeout": 60,
+        # allow_delayed_open: an object smaller than one upload part is one PutObject
+        # (not create + upload part + complete multipart)
+        options: dict = {"connect_timeout": 5, "request_timeout": 60, "allow_delayed_open": True,
                          "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
         if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
             options["region"] = region
@@ -312,9 +314,11 @@ _STORES_LOCK = threading.Lock()
 
 
 def lake_store(path: str) -> LakeStore:
-    """The (cached) store of a lake path; an S3 store is rebuilt when its AWS_* environment
-    changes."""
-    key = (path, *(os.environ.get(n) for n in S3_ENV)) if is_object_store(path) else (path,)
+    """The store of a lake path; an S3 store is cached (and rebuilt when its AWS_* environment
+    changes), a local one is cheap enough to make each time."""
+    if not is_object_store(path):
+        return LakeStore.open(path)
+    key = (path, *(os.environ.get(n) for n in S3_ENV))
     with _STORES_LOCK:
         store = _STORES.get(key)
     if store is None:
