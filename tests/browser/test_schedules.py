@@ -105,7 +105,7 @@ def test_schedules_turned_on_in_the_ui_run_and_load_their_sources(sources, page,
         for name in SCHEDULES:
             api.reset_schedule(url, name, location=PROBE)
 
-    lake = LakeResource(path=str(webserver.settings.lake_path))
+    lake = LakeResource.for_stack(webserver.settings)
     nation = lake.read(PROBE_NATION.name)
     assert sorted(nation.n_nationkey) == sorted(sources["nation"].n_nationkey)
     with psycopg.connect(webserver.settings.postgres_url) as conn:

@@ -46,7 +46,7 @@ def test_produced_stream_lands_exactly_once(stack, kafka):
     assert counts["tpch.orders"][0] == 600 and counts["tpch.orders"][1] > 0
     assert "sent" in res.stderr, "progress is shown"
 
-    lake = LakeResource(path=str(stack.settings.lake_path))
+    lake = LakeResource.for_stack(stack.settings)
     url = stack.settings.postgres_url
     orders_truth = ops_frame(url, "orders", list(ORDERS.fields))
     lines_truth = ops_frame(url, "lineitem", ["l_orderkey", "l_linenumber", "l_extendedprice"])
@@ -122,7 +122,7 @@ def test_produced_through_the_outbox_reaches_the_datasets_once_the_relay_runs(st
     ids = [r.header("conflux.event_id") for r in records]
     assert len(records) == queued and all(ids) and len(set(ids)) == queued
 
-    lake = LakeResource(path=str(stack.settings.lake_path))
+    lake = LakeResource.for_stack(stack.settings)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         orders = lake_frame(lake, ORDERS)[["o_orderkey", "o_totalprice"]]

@@ -49,7 +49,7 @@ def test_running_daemon_turns_demo_events_into_materializations(stack, kafka, in
     df["o_orderkey"] += 90_000_000  # keys of its own: other tests publish demo orders too
     publish(kafka, "tpch.orders", df)
     expected = {str(d) for d in df["o_orderdate"]}
-    lake = LakeResource(path=str(stack.settings.lake_path))
+    lake = LakeResource.for_stack(stack.settings)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         done = instance.get_materialized_partitions(dg.AssetKey("orders"))
@@ -93,7 +93,7 @@ def wait_for_keys(lake, keys, timeout=120):
 
 
 def test_the_sensor_cursor_survives_a_daemon_restart(stack, kafka, instance):
-    lake = LakeResource(path=str(stack.settings.lake_path))
+    lake = LakeResource.for_stack(stack.settings)
     first = orders_rows(20, seed=21)
     first["o_orderkey"] += 91_000_000
     publish(kafka, "tpch.orders", first)
