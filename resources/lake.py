@@ -206,6 +206,9 @@ class LakeStore:
         except FileNotFoundError:
             raise
         except OSError as exc:
+            if "RESOURCE_NOT_FOUND" in str(exc) or "NoSuchKey" in str(exc):
+                # an object removed between pyarrow's HEAD and its GET (a compaction): missing
+                raise FileNotFoundError(str(exc)) from None
             raise LakeStorageError(f"lake {self.url}: {what} failed: {_redact(str(exc))}") from None
 
     def exists(self, path: str) -> bool:
@@ -235,21 +238,38 @@ class LakeStore:
         return []
 
     def read(self, path: str, columns: list[str] | None = None) -> pa.Table:
-        """One Parquet file (FileNotFoundError when missing); an object is fetched whole in one
-        GET, not by ranged reads."""
-        with self._guard(f"read {path}"):
-            if not self.remote:
+        """One Parquet file (FileNotFoundError when missing)."""
+        if not self.remote:
+            with self._guard(f"read {path}"):
                 return pq.ParquetFile(path).read(columns=columns)
-            with self.fs.open_input_stream(path) as src:
-                data = src.readall()
-            return pq.ParquetFile(pa.BufferReader(data)).read(columns=columns)
+        return self._fetch(path).read(columns=columns)
 
     def num_rows(self, path: str) -> int:
-        with self._guard(f"read {path}"):
-            if not self.remote:
+        if not self.remote:
+            with self._guard(f"read {path}"):
                 return pq.ParquetFile(path).metadata.num_rows
-            with self.fs.open_input_file(path) as src:
-                return pq.ParquetFile(src).metadata.num_rows
+        return self._fetch(path).metadata.num_rows
+
+    def _fetch(self, path: str) -> pq.ParquetFile:
+        """A whole Parquet object, checked. pyarrow sizes an object (HEAD) before it GETs it:
+        an object replaced in between comes back torn (the new object cut at the old size),
+        which the Parquet magic at both ends and a parse of the footer reveal; such a read is
+        simply repeated (a replace is one PUT, so the next read sees one whole object)."""
+        for attempt in range(10):
+            with self._guard(f"read {path}"):
+                try:
+                    with self.fs.open_input_stream(path) as src:
+                        data = src.readall()
+                    if data[:4] == b"PAR1" and data[-4:] == b"PAR1":
+                        return pq.ParquetFile(pa.BufferReader(data))  # the footer parses
+                except FileNotFoundError:
+                    raise
+                except (OSError, pa.ArrowInvalid) as exc:
+                    if "RESOURCE_NOT_FOUND" in str(exc) or "NoSuchKey" in str(exc):
+                        raise  # the guard makes it a FileNotFoundError
+            time.sleep(0.005 * (attempt + 1))
+        raise LakeStorageError(f"lake {self.url}: {path} is not a readable Parquet object "
+                               "(or kept changing while read)")
 
     def read_text(self, path: str) -> str | None:
         try:

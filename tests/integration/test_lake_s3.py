@@ -95,3 +95,32 @@ def test_missing_bucket_and_unreachable_endpoint_are_clear_errors(s3_server, mon
     assert secret not in str(exc.value)
     with pytest.raises(LakeStorageError, match="unsupported lake URL"):
         LakeResource(path="gs://bucket/x").read("d")
+
+
+WRITER = """
+import sys
+import pandas as pd
+from resources.lake import LakeResource
+path, lock_url, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lake = LakeResource(path=path, lock_url=lock_url)
+for k in range(first, first + 8):
+    row = pd.DataFrame([{"k": k, "v": f"p{first}", "__ts": 1, "__offset": k}])
+    if k % 2:
+        lake.append("d", row, ["k"], "p", order_by=["__ts", "__offset"], compact_after=3)
+    else:
+        lake.upsert("d", row, ["k"], "p", order_by=["__ts", "__offset"])
+"""
+
+
+def test_writers_in_separate_processes_lose_nothing(lake):
+    """Three processes (as on three machines: nothing shared but S3 and Postgres) upsert and
+    append into one partition at once, compacting as they go."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, lake.path, lake.lock_url, str(first)],
+                              cwd=REPO) for first in (0, 100, 200)]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    assert sorted(lake.read("d", "p").k) == [f + i for f in (0, 100, 200) for i in range(8)]
