@@ -413,7 +413,10 @@ class LakeScan:
                 yield from pa.concat_tables(current).combine_chunks().to_batches()
 
     def to_table(self) -> pa.Table:
-        return self._store().dataset(list(self.files)).to_table(columns=list(self.columns))
+        store = self._store()
+        if store.remote:  # whole checked objects (see LakeStore._fetch), not ranged reads
+            return pa.concat_tables([store.read(f, list(self.columns)) for f in self.files])
+        return store.dataset(list(self.files)).to_table(columns=list(self.columns))
 
     def __len__(self) -> int:
         store = self._store()
@@ -577,8 +580,10 @@ class LakeResource(dg.ConfigurableResource):
                     columns=[*store.dataset(matched[:1]).schema.names, "__filename"]
                 ) if matched else None
                 break
-            except FileNotFoundError:
-                continue
+            except (OSError, pa.ArrowInvalid) as exc:  # FileNotFoundError included
+                if not (isinstance(exc, FileNotFoundError) or store.remote):
+                    raise
+                continue  # on S3 also a ranged read of an object replaced meanwhile
         else:
             raise LakeError(f"{dataset}: files kept changing while searching {column}")
         hits = []
