@@ -189,7 +189,11 @@ class LakeStore:
             fs = pafs.S3FileSystem(**options)  # allow_bucket_creation stays off
             bucket = fs.get_file_info(parts.netloc)
         except OSError as exc:
-            raise LakeStorageError(f"lake {url}: object store{where} not usable: "
+            refused = any(s in str(exc) for s in ("ACCESS_DENIED", "InvalidAccessKeyId",
+                                                  "SignatureDoesNotMatch", "Forbidden"))
+            hint = (" (credentials refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+                    "AWS_SESSION_TOKEN, or the role, and the bucket's policy)" if refused else "")
+            raise LakeStorageError(f"lake {url}: object store{where} not usable{hint}: "
                                    f"{_redact(str(exc))}") from None
         if bucket.type == pafs.FileType.NotFound:
             raise LakeStorageError(f"lake {url}: bucket {parts.netloc!r} does not exist{where} "

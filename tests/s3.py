@@ -3,6 +3,7 @@ subprocess of the test session and stopped by its handle."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -22,13 +23,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_moto(log: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_moto(log: Path, port: int | None = None, *,
+               check_credentials: bool = False) -> tuple[subprocess.Popen, str]:
     """``python -m moto.server`` bound to 127.0.0.1; returns the process and its endpoint URL
-    once it accepts connections."""
+    once it accepts connections. ``check_credentials``: moto refuses every access key it has
+    not issued (``INITIAL_NO_AUTH_ACTION_COUNT=0``), as S3 refuses unknown ones."""
     port = port or free_port()
+    env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -97,6 +97,21 @@ def test_missing_bucket_and_unreachable_endpoint_are_clear_errors(s3_server, mon
         LakeResource(path="gs://bucket/x").read("d")
 
 
+def test_refused_credentials_are_a_clear_error(s3_server, monkeypatch, tmp_path):
+    """A server that checks access keys (moto with authentication on) refuses the test's."""
+    from tests import s3
+
+    proc, endpoint = s3.start_moto(tmp_path / "moto-auth.log", check_credentials=True)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+        with pytest.raises(LakeStorageError, match="credentials refused") as exc:
+            LakeResource(path="s3://conflux-test/lake").partitions("d")
+        assert "s3://conflux-test/lake" in str(exc.value) and "ACCESS_DENIED" in str(exc.value)
+        assert s3.S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"] not in str(exc.value)
+    finally:
+        s3.stop(proc)
+
+
 WRITER = """
 import sys
 import pandas as pd
