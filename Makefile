@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 dev: install
 	$(BIN)/conflux dev
 
+# two workers: the shared-stack tests on one, the unit and own-stack tests on the other
+# (tests/conftest.py); PYTEST_WORKERS=0 runs everything in one process
+PYTEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest -ra --durations=15 $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup)
 
 test-unit: install
 	$(BIN)/python -m pytest -ra tests/unit
