@@ -21,11 +21,22 @@ $(STAMP): pyproject.toml
 dev: install
 	$(BIN)/conflux dev
 
-# two workers: the shared-stack tests on one, the unit and own-stack tests on the other
-# (tests/conftest.py); PYTEST_WORKERS=0 runs everything in one process
-PYTEST_WORKERS ?= 2
+# Two pytest processes at once: the tests of the shared test stack in this one, the unit tests
+# and the tests that start a stack of their own (3-broker cluster, ...) in a second one whose
+# report is printed after (tests/conftest.py marks them). PARALLEL=0: everything in one process.
+PARALLEL ?= 1
 test: install
-	$(BIN)/python -m pytest -ra --durations=15 $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup)
+ifeq ($(PARALLEL),0)
+	$(BIN)/python -m pytest -ra --durations=15
+else
+	@mkdir -p .conflux; rc=0; \
+	$(BIN)/python -m pytest -ra --durations=8 -p no:cacheprovider -m "not shared_stack" \
+		> .conflux/standalone-tests.log 2>&1 & pid=$$!; \
+	$(BIN)/python -m pytest -ra --durations=15 -m shared_stack || rc=1; \
+	wait $$pid || rc=1; \
+	echo "==== unit and own-stack tests (the second pytest, run meanwhile; .conflux/standalone-tests.log) ===="; \
+	cat .conflux/standalone-tests.log; exit $$rc
+endif
 
 test-unit: install
 	$(BIN)/python -m pytest -ra tests/unit

@@ -30,15 +30,18 @@ for _name, _value in TEST_STACK_ENV.items():
     os.environ.setdefault(_name, _value)
 
 
+def pytest_itemcollected(item):
+    # `make test` runs two pytest processes at once: the tests of the shared stack (marked
+    # here) in one, in the order below; the unit tests and the tests that bring a stack of their
+    # own (3-broker cluster, ...) in the other (Makefile)
+    if "stack" in item.fixturenames:
+        item.add_marker(pytest.mark.shared_stack)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/integration/" in str(item.fspath) or "/browser/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-        # `make test` runs two pytest-xdist workers (--dist loadgroup): every test of the shared
-        # stack on one of them, in the order below; the unit tests and the tests that bring a
-        # stack of their own (cluster, lifecycle) on the other, meanwhile
-        shared = "stack" in item.fixturenames
-        item.add_marker(pytest.mark.xdist_group("shared-stack" if shared else "standalone"))
     # tests that kill the shared stack's services, and fill its lake, run after all the others
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 
