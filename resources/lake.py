@@ -382,12 +382,7 @@ def advisory_lock(lock_url: str, key: int, what: str) -> Iterator[None]:
         conn.execute("select pg_advisory_lock(%s)", (key,))
         yield
     finally:
-        try:
-            conn.execute("select pg_advisory_unlock(%s)", (key,))
-        except psycopg.Error:
-            pass  # the connection died: Postgres released the lock with it
-        finally:
-            conn.close()
+        conn.close()  # a session's advisory locks end with it (or with its dead connection)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from conflux import dagster_api
-from conflux.stack.procs import spawn, stop_pid, wait_for
+from conflux.stack.procs import port_open, spawn, stop_pid, wait_for
 from conflux.stack.sockets import descendants
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +86,7 @@ def topology(stack, tmp_path):
                                "-p", str(code_port), "-m", "pipelines.definitions", "-a", "defs",
                                "--location-name", "conflux"],
                               log=logs / "code.log", env=code_env, cwd=REPO)
-        wait_for(lambda: _port_open(code_port), service="code server", log=logs / "code.log",
+        wait_for(lambda: port_open("127.0.0.1", code_port), service="code server", log=logs / "code.log",
                  timeout=120, proc=procs["code"])
         workspace = str(DEPLOY / "workspace.yaml")
         procs["web"] = spawn([str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1",
@@ -101,12 +101,6 @@ def topology(stack, tmp_path):
     finally:
         for proc in reversed(list(procs.values())):
             stop_pid(proc.pid, timeout=20)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _answers(url: str) -> bool:

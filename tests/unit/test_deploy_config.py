@@ -22,6 +22,9 @@ PROD_ENV = {"DAGSTER_PG_HOST": "pg.internal", "DAGSTER_PG_PORT": "5432",
             "DAGSTER_PG_DB": "dagster", "CONFLUX_DOCKER_NETWORK": "conflux",
             "CONFLUX_K8S_NAMESPACE": "conflux", "CONFLUX_CODE_SERVER_HOST": "conflux-code",
             "CONFLUX_CODE_SERVER_PORT": "4000"}
+# Dagster's own storage (deploy/dagster.yaml), needed by every Dagster process and run
+STORAGE = {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
+           "DAGSTER_PG_DB"}
 # read by client libraries rather than Conflux's resources; optional in production
 OPTIONAL = {"KAFKA_SSL_CAFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "OPENLINEAGE_URL",
             "OPENLINEAGE_NAMESPACE"}
@@ -102,12 +105,10 @@ def test_run_containers_get_every_variable_the_platform_reads():
     needed = platform_env_names()
     assert {"KAFKA_BOOTSTRAP_SERVERS", "CONFLUX_POSTGRES_URL", "CONFLUX_LAKE_PATH"} <= needed
     passed = set(load(DEPLOY / "dagster.yaml")["run_launcher"]["config"]["env_vars"])
-    storage = {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
-               "DAGSTER_PG_DB"}
-    assert (needed - OPTIONAL) | storage <= passed
+    assert (needed - OPTIONAL) | STORAGE <= passed
     example = (DEPLOY / "conflux.env.example").read_text()
     documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.MULTILINE))
-    assert needed | storage | OPTIONAL | {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= documented
+    assert needed | STORAGE | OPTIONAL | {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= documented
 
 
 def test_no_deployment_file_holds_a_secret():
@@ -180,9 +181,7 @@ def test_kubernetes_manifests_agree_with_the_instance_and_the_workspace():
     assert "jobs" in jobs["resources"] and "create" in jobs["verbs"]
 
     secret = set(re.findall(r"--from-literal=([A-Z_0-9]+)=", (DEPLOY / "README.md").read_text()))
-    storage = {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD",
-               "DAGSTER_PG_DB"}
-    assert (platform_env_names() - OPTIONAL) | storage <= set(literals) | secret
+    assert (platform_env_names() - OPTIONAL) | STORAGE <= set(literals) | secret
     assert {"DAGSTER_PG_PASSWORD", "KAFKA_SASL_PASSWORD", "CONFLUX_POSTGRES_URL",
             "AWS_SECRET_ACCESS_KEY"} <= secret
     assert not {"DAGSTER_PG_PASSWORD", "KAFKA_SASL_PASSWORD", "CONFLUX_POSTGRES_URL",
