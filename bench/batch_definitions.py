@@ -5,10 +5,10 @@ import dataclasses
 
 import dagster as dg
 
-from pipelines.batch_path import build_batch_asset
+from conflux.batch.asset import build_batch_asset
 from pipelines.catalog import CATALOG, REVENUE_BY_NATION
-from pipelines.compile import asset_spec
-from pipelines.resources import platform_resources
+from conflux.dagster.compile import asset_spec
+from conflux.dagster.resources import platform_resources
 
 PER_PARTITION = dataclasses.replace(REVENUE_BY_NATION, name="revenue_by_nation_per_partition",
                                     backfill="per_partition", schedule=None, automation=False)

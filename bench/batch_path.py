@@ -27,9 +27,9 @@ from bench.common import REPO, use_bench_stack
 
 OURS = """
 import json, sys, time
-from pipelines.batch_path import read_inputs
+from conflux.batch.asset import read_inputs
 from pipelines.catalog import CATALOG, REVENUE_BY_NATION
-from resources.lake import LakeResource
+from conflux.io.lake import LakeResource
 t = time.perf_counter()
 inputs = read_inputs(REVENUE_BY_NATION, CATALOG, LakeResource(path=sys.argv[1]), None)
 out = REVENUE_BY_NATION.compute(inputs)
@@ -79,8 +79,8 @@ def engine(code: str, lake: Path) -> dict:
 
 def write_lake(lake_path: Path, scale: float) -> tuple[str, str, int]:
     """TPC-H tables into the lake as the platform stores them; returns (first, last, days)."""
-    from conflux.demo.producer import tpch_tables
-    from resources.lake import LakeResource
+    from pipelines.demo.producer import tpch_tables
+    from conflux.io.lake import LakeResource
 
     lake = LakeResource(path=str(lake_path))
     t = time.perf_counter()
@@ -101,8 +101,7 @@ def write_lake(lake_path: Path, scale: float) -> tuple[str, str, int]:
 
 
 def timed_backfill(url: str, asset: str, first: str, last: str, timeout: float) -> tuple[float, int]:
-    from conflux import dagster_api as api
-
+    from conflux.cli import dagster_api as api
     t = time.monotonic()
     backfill_id = api.launch_backfill(url, asset, first, last)
     api.wait(lambda: ((s := api.backfill_state(url, backfill_id)).done,
@@ -124,7 +123,7 @@ def main(argv=None) -> int:
 
     use_bench_stack("bench.batch_definitions", "batch_baseline")
 
-    from conflux.settings import Settings
+    from conflux.core.settings import Settings
     from conflux.stack import Stack
 
     settings = Settings.from_env()

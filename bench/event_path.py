@@ -77,7 +77,7 @@ class CpuSampler(threading.Thread):
 def produce_live(kafka, topic: str, subject_ref: str, rate: float, duration: float,
                  first_key: int) -> list[tuple[int, int, float]]:
     """Live orders at ``rate``/s for ``duration`` s; returns (partition, offset, sent_at)."""
-    from conflux.demo.producer import Outgoing, build_stream, live_orders
+    from pipelines.demo.producer import Outgoing, build_stream, live_orders
 
     import pandas as pd
 
@@ -213,14 +213,14 @@ def phase(label, *, stack, kafka, instance, topic, asset, job, ref, rate, durati
 
 def throughput(kafka, registry_url: str, n: int) -> dict:
     """Raw kafka-python consumption vs Conflux's decode → validate → route → upsert."""
-    from conflux.demo.producer import build_stream, live_orders
+    from pipelines.demo.producer import build_stream, live_orders
     from kafka import KafkaConsumer, TopicPartition
     import pandas as pd
 
     from pipelines.catalog import ORDERS
-    from pipelines.ingest import apply_records, resolver_for
-    from resources.lake import LakeResource
-    from resources.registry import SchemaRegistryResource
+    from conflux.event.ingest import apply_records, resolver_for
+    from conflux.io.lake import LakeResource
+    from conflux.io.registry import SchemaRegistryResource
 
     topic = f"bench.throughput.{int(time.time())}"
     kafka.ensure_topic(topic, 3)
@@ -278,12 +278,12 @@ def main(argv=None) -> int:
 
     use_bench_stack("bench.naive_definitions", "naive")
 
-    from conflux.settings import Settings
+    from conflux.core.settings import Settings
     from conflux.stack import Stack
-    from contracts.lineage import contract_schema
-    from contracts.registry import SchemaRegistry
+    from conflux.contracts.lineage import contract_schema
+    from conflux.io.schema_registry import SchemaRegistry
     from pipelines.catalog import ORDERS
-    from resources.kafka import KafkaResource
+    from conflux.io.kafka import KafkaResource
 
     settings = Settings.from_env()
     stack = Stack(settings)

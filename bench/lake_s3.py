@@ -33,7 +33,7 @@ def timed(fn, repeat: int) -> float:
 
 
 def measure(lake, rows: int, repeat: int) -> dict[str, float]:
-    from conflux.demo.tpch import TpchGenerator
+    from pipelines.demo.tpch import TpchGenerator
 
     base = TpchGenerator(0.01, seed=3).lineitem().head(rows).reset_index(drop=True)
     base["__ts"], base["__offset"] = 1, range(len(base))
@@ -74,9 +74,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     os.environ.update(BENCH_ENV)
-    from conflux.settings import Settings
+    from conflux.core.settings import Settings
     from conflux.stack import Stack
-    from resources.lake import LakeResource
+    from conflux.io.lake import LakeResource
     from tests import s3
 
     settings = Settings.from_env()

@@ -8,10 +8,10 @@ import json
 import dagster as dg
 
 from pipelines.catalog import ORDERS
-from pipelines.compile import asset_specs
-from pipelines.event_path import build_ingest_job
-from pipelines.resources import platform_resources
-from resources.kafka import KafkaResource
+from conflux.dagster.compile import asset_specs
+from conflux.event.job import build_ingest_job
+from conflux.dagster.resources import platform_resources
+from conflux.io.kafka import KafkaResource
 
 NAIVE = dataclasses.replace(ORDERS, name="naive_orders", topics=("bench.naive.orders",),
                             dlq_topic="bench.naive.orders.dlq", fallback=None, ingest="runs")

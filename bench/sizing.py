@@ -68,8 +68,7 @@ def net(cpu: dict[str, float], idle_rate: dict[str, float], wall: float) -> dict
 
 def launch_and_drain(url: str, job: str, count: int, timeout: float) -> list[str]:
     """Launch ``count`` runs of ``job`` at once; wait until none is queued or running."""
-    from conflux import dagster_api
-
+    from conflux.cli import dagster_api
     ids = [dagster_api.launch_run(url, job, {}, tags={"conflux/launched_by": "bench"})
            for _ in range(count)]
     deadline = time.monotonic() + timeout
@@ -98,13 +97,13 @@ def main(argv=None) -> int:
     use_bench_stack("bench.naive_definitions", "naive")
     os.environ["CONFLUX_WORKSPACE"] = str(REPO / "workspace.yaml")  # Conflux alone, as deployed
 
-    from conflux.demo.producer import load_ops, tpch_tables
-    from conflux.settings import Settings
+    from pipelines.demo.producer import load_ops, tpch_tables
+    from conflux.core.settings import Settings
     from conflux.stack import Stack
-    from contracts.lineage import contract_schema
-    from contracts.registry import SchemaRegistry
+    from conflux.contracts.lineage import contract_schema
+    from conflux.io.schema_registry import SchemaRegistry
     from pipelines.catalog import ORDERS
-    from resources.kafka import KafkaResource
+    from conflux.io.kafka import KafkaResource
 
     settings = Settings.from_env()
     stack = Stack(settings)

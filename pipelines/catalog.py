@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from contracts import tpch
-from pipelines.datasets import (BatchDataset, BatchFallback, Dataset, DeadLetterPolicy,
-                                EventDataset, validate_catalog)
+from conflux import (BatchDataset, BatchFallback, Dataset, DeadLetterPolicy, EventDataset,
+                     ledger_projection, validate_catalog)
+from pipelines import contracts as tpch
 from pipelines.joins.revenue import revenue_by_nation
-from pipelines.projection import ledger_projection
 
 # --- event datasets ---------------------------------------------------------------------------
 ORDERS = EventDataset(

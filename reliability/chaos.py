@@ -45,8 +45,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from sensors import requeue
-
+from conflux.event import requeue
 TARGETS = ("run-worker", "dagster-daemon", "kafka", "postgres")
 TOPICS = {"orders": "tpch.orders", "lineitem": "tpch.lineitem", "customer_ledger": "ledger.customer"}
 KEYS = {"orders": ["o_orderkey"], "lineitem": ["l_orderkey", "l_linenumber"],
@@ -95,8 +94,8 @@ class Workload:
 def build_workload(events: int, chunks: int, seed: int, bursts: set[int], tag: str) -> Workload:
     """``events`` demo events in ``chunks`` chunks with fresh keys (one business day each, from
     2030-01-01); chunks in ``bursts`` carry at least ``BURST_LINEITEMS`` lineitems."""
-    from conflux.demo.producer import live_orders
-    from conflux.demo.tpch import TpchGenerator, ledger
+    from pipelines.demo.producer import live_orders
+    from pipelines.demo.tpch import TpchGenerator, ledger
 
     gen = TpchGenerator(0.001, seed=seed)
     customers = gen.customer()
@@ -135,7 +134,7 @@ class Publisher:
         self.resent = 0
 
     def records(self, chunk: Chunk, seed: int) -> list:
-        from conflux.demo.producer import build_stream
+        from pipelines.demo.producer import build_stream
 
         recs = (build_stream("tpch.orders", chunk.orders, self.refs["orders"])
                 + build_stream("tpch.lineitem", chunk.lineitem, self.refs["lineitem"])
@@ -283,7 +282,7 @@ class Injector:
         if target != "broker":
             return target, ""
         from conflux.stack.kafka import node_name
-        from resources.kafka import KafkaResource
+        from conflux.io.kafka import KafkaResource
 
         replicas = KafkaResource.from_env(self.stack.settings).partition_replicas(
             list(TOPICS.values()))
@@ -333,7 +332,7 @@ def set_sensor(instance, name: str, *, running: bool, settle_s: float = 4.0) -> 
 
 
 def lag_of(instance, kafka, datasets: list[str]) -> dict[str, int]:
-    from sensors.kafka_sensor import parse_cursor
+    from conflux.event.offsets import parse_cursor
 
     states = sensor_states(instance, [f"{d}__kafka" for d in datasets])
     lag = {}
@@ -359,7 +358,7 @@ def ingest_runs(instance, since: float) -> list:
 
 def awaiting_retry(runs, now: float | None = None) -> list:
     """Failed runs nothing has succeeded yet — neither Dagster's retry nor the sensor's requeue
-    (``sensors.requeue``) — and that the sensor has not given up on: their ranges are still to
+    (``conflux.event.requeue``) — and that the sensor has not given up on: their ranges are still to
     be applied. A run given up on shows in the ground-truth comparison."""
     successors = {r.dagster_run.tags.get(tag) for r in runs
                   for tag in (requeue.PARENT, requeue.REQUEUED_FROM)}
@@ -552,12 +551,12 @@ def run(*, events: int, kills: int, outages: list[tuple[str, float]], seed: int,
     module docstring)."""
     import dagster as dg
 
-    from conflux.errors import ConfigError
-    from conflux.platform import register_contracts
-    from conflux.settings import Settings
+    from conflux.core.errors import ConfigError
+    from conflux.stack.platform import register_contracts
+    from conflux.core.settings import Settings
     from conflux.stack import Stack
-    from resources.kafka import KafkaResource
-    from resources.lake import LakeResource
+    from conflux.io.kafka import KafkaResource
+    from conflux.io.lake import LakeResource
 
     started = time.monotonic()
     since = time.time()

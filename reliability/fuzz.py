@@ -12,7 +12,7 @@ publishes the records of ``reliability.hostile.generate``: ``--records`` hostile
 split over the datasets, with one kept (plain or odd-but-valid) record after every
 ``--good-every`` hostile ones. Then it applies the topic twice, into two lakes:
 
-* **inline** — ticks of the dataset's real Kafka sensor (``sensors/kafka_sensor.py``, the path
+* **inline** — ticks of the dataset's real Kafka sensor (``conflux/event/sensor.py``, the path
   the daemon runs), until its cursor reaches the end offsets;
 * **run** — one run of the dataset's ingest job (``build_ingest_job``) over every partition,
   executed against the stack's Postgres-backed Dagster instance.
@@ -80,14 +80,15 @@ def fuzz_dataset(dataset: str, *, hostile: int, seed: int, good_every: int, kafk
     """Declare, publish, apply through both paths and verify one dataset (see the module)."""
     import dagster as dg
 
-    from contracts.lineage import contract_schema
-    from contracts.registry import SchemaRegistry
+    from conflux.contracts.lineage import contract_schema
+    from conflux.io.schema_registry import SchemaRegistry
     from pipelines.catalog import CATALOG
-    from pipelines.event_path import build_ingest_job
-    from resources.kafka import Outgoing
-    from resources.lake import LakeResource
-    from resources.registry import SchemaRegistryResource
-    from sensors.kafka_sensor import build_kafka_sensor, dump_cursor, parse_cursor
+    from conflux.event.job import build_ingest_job
+    from conflux.io.kafka import Outgoing
+    from conflux.io.lake import LakeResource
+    from conflux.io.registry import SchemaRegistryResource
+    from conflux.event.offsets import dump_cursor, parse_cursor
+    from conflux.event.sensor import build_kafka_sensor
 
     tag = uuid.uuid4().hex[:10]
     base = CATALOG[dataset]
@@ -357,10 +358,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from conflux.settings import Settings
+    from conflux.core.settings import Settings
     from conflux.stack import Stack
     from conflux.stack.dagster import write_instance
-    from resources.kafka import KafkaResource
+    from conflux.io.kafka import KafkaResource
 
     started_at = time.perf_counter()
     settings = Settings.from_env()

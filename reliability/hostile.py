@@ -1,7 +1,7 @@
 """Hostile input for the demo event datasets: a pure, seeded generator (no Dagster, no Kafka).
 
 **Hostile** means: a record the contract must reject. A record is read as its dataset's contract
-— the registered JSON Schema of ``subject@version``, checked by ``pipelines/decode.py`` — so it
+— the registered JSON Schema of ``subject@version``, checked by ``conflux/event/decode.py`` — so it
 is hostile when
 
 * its ``contract`` header does not name a readable version of the dataset's subject (unknown,
@@ -51,9 +51,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from conflux.demo.tpch import TpchGenerator, ledger
+from pipelines.demo.tpch import TpchGenerator, ledger
 
-# reason codes (the values of pipelines.decode's constants; not imported: no platform code here)
+# reason codes (the values of conflux.event.decode's constants; not imported: no platform code here)
 NULL_VALUE = "NULL_VALUE"
 OVERSIZE = "OVERSIZE"
 UNDECODABLE = "UNDECODABLE_BYTES"

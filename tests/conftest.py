@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def stack():
     """The session's stack: Postgres, Kafka and the Dagster daemon, from a clean slate."""
-    from conflux.settings import Settings
+    from conflux.core.settings import Settings
     from conflux.stack import Stack
     from conflux.stack.dagster import write_instance
 
@@ -84,7 +84,7 @@ def platform_data(webserver):
 
 @pytest.fixture
 def kafka(stack):
-    from resources.kafka import KafkaResource
+    from conflux.io.kafka import KafkaResource
 
     return KafkaResource.from_env(stack.settings)
 
@@ -109,7 +109,7 @@ def instance(stack):
 @pytest.fixture
 def registry(stack):
     """The schema registry in the test stack's Postgres, its tables created."""
-    from contracts.registry import SchemaRegistry
+    from conflux.io.schema_registry import SchemaRegistry
 
     reg = SchemaRegistry(stack.settings.postgres_url)
     reg.ensure_schema()
@@ -124,10 +124,10 @@ def fallback_ds(stack):
 
     import psycopg
 
-    from conflux.demo.tpch import TpchGenerator
+    from pipelines.demo.tpch import TpchGenerator
     from pipelines.catalog import ORDERS
-    from pipelines.datasets import BatchFallback
-    from resources.postgres import replace_table
+    from conflux.core.declarations import BatchFallback
+    from conflux.io.postgres import replace_table
 
     tag = uuid.uuid4().hex[:8]
     source = TpchGenerator(0.001, seed=11).orders().head(60).reset_index(drop=True)
@@ -140,7 +140,7 @@ def fallback_ds(stack):
 
 @pytest.fixture
 def lake(stack, tmp_path):
-    from resources.lake import LakeResource
+    from conflux.io.lake import LakeResource
 
     return LakeResource(path=str(tmp_path / "lake"))
 

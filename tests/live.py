@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conflux import dagster_api as api
+from conflux.cli import dagster_api as api
 from conflux.cli import main
 
 

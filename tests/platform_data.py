@@ -8,12 +8,12 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from conflux.demo.producer import load_ops, tpch_tables
-from conflux.settings import Settings
+from pipelines.demo.producer import load_ops, tpch_tables
+from conflux.core.settings import Settings
 from pipelines.catalog import LINEITEM, ORDERS
-from pipelines.fallback import reconcile
-from resources.lake import LakeResource
-from resources.postgres import PostgresResource
+from conflux.batch.reconcile import reconcile
+from conflux.io.lake import LakeResource
+from conflux.io.postgres import PostgresResource
 
 DUCKDB_REVENUE = """
 select o.o_orderdate::date as o_orderdate, n.n_name,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterable
 
-from conflux.errors import ConfigError
-from conflux.settings import Settings
+from conflux.core.errors import ConfigError
+from conflux.core.settings import Settings
 from conflux.stack.dagster import DagsterDaemon, DagsterWebserver
 from conflux.stack.kafka import Kafka, node_name
 from conflux.stack.postgres import ExternalPostgres, Postgres
@@ -84,7 +84,7 @@ class Stack:
             was_running = service.status().running
             report(service.up())
             if name == "postgres":
-                from conflux.platform import register_contracts
+                from conflux.stack.platform import register_contracts
 
                 register_contracts(self.settings, report)
             if not was_running and not isinstance(service, ExternalPostgres):
@@ -95,7 +95,7 @@ class Stack:
         """Launch the Kafka ``nodes``, then wait for each (no node of a 3-voter quorum is
         healthy alone), then create the platform's topics; returns the nodes started. On a
         failure the nodes this call spawned are stopped again."""
-        from conflux.platform import ensure_platform_topics
+        from conflux.stack.platform import ensure_platform_topics
 
         services = [self.services[n] for n in nodes]
         launches = []

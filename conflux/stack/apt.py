@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from conflux.errors import StackError
+from conflux.core.errors import StackError
 from conflux.stack.service import run_checked
 
 APT_LOG = Path("/tmp/conflux-apt.log")

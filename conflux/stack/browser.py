@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from conflux.errors import StackError
+from conflux.core.errors import StackError
 
 CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 

@@ -14,8 +14,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from conflux.errors import StackError
-from conflux.settings import REPO_ROOT, Settings
+from conflux.core.errors import StackError
+from conflux.core.settings import Settings
 from conflux.stack.procs import port_open
 from conflux.stack.service import Service
 
@@ -96,16 +96,28 @@ def ensure_storage(settings: Settings) -> None:
     from importlib.metadata import version
 
     write_instance(settings)
+    ensure_workspace(settings)
     tag = hashlib.sha256(f"{settings.postgres_url}|{version('dagster')}".encode()).hexdigest()[:16]
     marker = settings.dagster_home / f".storage-{tag}"
     if marker.exists():
         return
     res = subprocess.run([_script("dagster"), "instance", "migrate"], env=dagster_env(settings),
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+                         cwd=settings.project_root, capture_output=True, text=True, timeout=300)
     if res.returncode != 0:
         raise StackError(f"dagster instance migrate failed (exit {res.returncode}):\n"
                          f"{(res.stderr or res.stdout)[-2000:]}")
     marker.touch()
+
+
+def ensure_workspace(settings: Settings) -> None:
+    """A project without a ``workspace.yaml`` of its own gets one in the state folder, loading
+    its ``[tool.dagster] module_name`` from the project folder."""
+    from conflux.core.project import Project
+
+    if settings.workspace.exists() or settings.workspace.parent != settings.home:
+        return
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.workspace.write_text(Project.load(settings.project_root).workspace_yaml())
 
 
 def _script(name: str) -> str:
@@ -146,7 +158,7 @@ class DagsterWebserver(_DagsterService):
         return dagster_env(self.settings)
 
     def cwd(self) -> Path:
-        return REPO_ROOT
+        return self.settings.project_root
 
     def healthy(self) -> bool:
         if not port_open(self.settings.bind_host, self.port):
@@ -178,14 +190,14 @@ class DagsterDaemon(_DagsterService):
         return dagster_env(self.settings)
 
     def cwd(self) -> Path:
-        return REPO_ROOT
+        return self.settings.project_root
 
     def healthy(self) -> bool:
         # heartbeats land in Postgres once every daemon loop is up
         import subprocess
 
         res = subprocess.run([_script("dagster-daemon"), "liveness-check"], env=self.env(),
-                             cwd=REPO_ROOT, capture_output=True, timeout=60)
+                             cwd=self.settings.project_root, capture_output=True, timeout=60)
         return res.returncode == 0
 
     def describe(self) -> str:

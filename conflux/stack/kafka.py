@@ -55,8 +55,8 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
-from conflux.errors import ConfigError, KafkaAuthenticationError, StackError
-from conflux.settings import KAFKA_SECURITY_MODES, KAFKA_VERSION, Settings
+from conflux.core.errors import ConfigError, KafkaAuthenticationError, StackError
+from conflux.core.settings import KAFKA_SECURITY_MODES, KAFKA_VERSION, Settings
 from conflux.stack.service import Service, run_checked
 
 SCRAM_MECHANISMS = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
@@ -435,7 +435,7 @@ class Kafka(Service):
     def client(self):
         """A client of this node as the health check uses it: the stack's own security
         mode, the SCRAM user from the environment, the local CA."""
-        from resources.kafka import KafkaResource
+        from conflux.io.kafka import KafkaResource
 
         address = f"{self.settings.bind_host}:{self.port}"
         if not self.secured:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from conflux.errors import StackError
+from conflux.core.errors import StackError
 from conflux.stack.service import Service, run_checked
 
 DATABASE = "conflux"

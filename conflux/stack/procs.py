@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from conflux.errors import StackError
+from conflux.core.errors import StackError
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conflux.errors import StackError
-from conflux.settings import Settings
+from conflux.core.errors import StackError
+from conflux.core.settings import Settings
 from conflux.stack.procs import (PidFile, reap, group_members, pid_alive, port_open, spawn,
                                  stop_pid, wait_for)
 
@@ -141,7 +141,7 @@ class Service(ABC):
             raise StackError(
                 f"{self.name}: port {self.settings.bind_host}:{self.port} is in use by a process "
                 f"that conflux did not start (no live pid file in {self.settings.run_dir}); stop it "
-                f"or choose another port (see `conflux stack env` and conflux/settings.py)"
+                f"or choose another port (see `conflux stack env` and conflux/core/settings.py)"
             )
         start = time.monotonic()
         leftovers = self.clear_leftovers(recorded) if recorded else []

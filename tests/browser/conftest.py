@@ -36,7 +36,7 @@ def browser() -> Iterator:
 @pytest.fixture
 def page(browser, webserver, request) -> Iterator:
     """A fresh page on the webserver; its screenshot is saved whatever the outcome."""
-    from conflux.dagster_api import graphql
+    from conflux.cli.dagster_api import graphql
 
     # the "Join the Dagster community" dialog, shown once per instance, would cover the page
     graphql(webserver.settings.dagster_url, "mutation SetNuxSeen { setNuxSeen }")

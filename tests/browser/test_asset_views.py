@@ -8,11 +8,11 @@ import time
 import dagster as dg
 import pytest
 
-from conflux.demo.producer import event_headers, json_rows
-from conflux.demo.tpch import TpchGenerator
+from pipelines.demo.producer import event_headers, json_rows
+from pipelines.demo.tpch import TpchGenerator
 from pipelines.catalog import CUSTOMER, ORDERS
 from pipelines.definitions import defs
-from resources.kafka import KafkaResource
+from conflux.io.kafka import KafkaResource
 
 GROUP_URL = "/locations/conflux/asset-groups/{group}"
 

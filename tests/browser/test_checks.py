@@ -9,12 +9,12 @@ import time
 import dagster as dg
 import pytest
 
-from conflux import dagster_api as api
-from conflux.demo.producer import event_headers, json_rows, tpch_tables
-from conflux.demo.tpch import ledger
+from conflux.cli import dagster_api as api
+from pipelines.demo.producer import event_headers, json_rows, tpch_tables
+from pipelines.demo.tpch import ledger
 from pipelines.catalog import CUSTOMER_LEDGER, LINEITEM
-from pipelines.dlq import evaluate
-from pipelines.dlq_ops import window_counts
+from conflux.observe.dlq import evaluate
+from conflux.observe.dlq_replay import window_counts
 from tests.live import evaluation_after, lag_of, stop_sensor, wait_for_lag
 
 DLQ_CHECK, FRESHNESS_CHECK = "dead_letters", "freshness_check"

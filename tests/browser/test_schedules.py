@@ -12,10 +12,10 @@ import pandas as pd
 import psycopg
 import pytest
 
-from conflux import dagster_api as api
-from conflux.demo.producer import load_ops, tpch_tables
-from resources.lake import LakeResource
-from resources.postgres import replace_table
+from conflux.cli import dagster_api as api
+from pipelines.demo.producer import load_ops, tpch_tables
+from conflux.io.lake import LakeResource
+from conflux.io.postgres import replace_table
 from tests.fixtures.minutely import PROBE_NATION, PROBE_ORDERS
 
 PROBE = "conflux_minutely"

@@ -9,10 +9,10 @@ import time
 import pandas as pd
 import pytest
 
-from conflux import dagster_api as api
+from conflux.cli import dagster_api as api
 from conflux.cli import main
-from conflux.demo.producer import build_stream
-from resources.kafka import KafkaResource
+from pipelines.demo.producer import build_stream
+from conflux.io.kafka import KafkaResource
 from tests.platform_data import assert_same, duckdb_revenue, stored_revenue
 
 

@@ -9,11 +9,11 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from conflux.demo.producer import tpch_tables
+from pipelines.demo.producer import tpch_tables
 from pipelines.definitions import defs
-from resources.lake import LakeResource
-from resources.postgres import PostgresResource
-from resources.registry import SchemaRegistryResource
+from conflux.io.lake import LakeResource
+from conflux.io.postgres import PostgresResource
+from conflux.io.registry import SchemaRegistryResource
 from tests.platform_data import assert_same, duckdb_revenue, stored_revenue
 from tests.unit.test_batch_partitions import fill
 

@@ -6,13 +6,13 @@ import json
 
 import dagster as dg
 
-from conflux.demo.producer import event_headers, json_rows
-from conflux.demo.tpch import TpchGenerator
-from contracts.lineage import contract_schema
-from contracts.registry import SchemaRegistry
+from pipelines.demo.producer import event_headers, json_rows
+from pipelines.demo.tpch import TpchGenerator
+from conflux.contracts.lineage import contract_schema
+from conflux.io.schema_registry import SchemaRegistry
 from pipelines.catalog import ORDERS
-from pipelines.event_path import build_ingest_job
-from resources.registry import SchemaRegistryResource
+from conflux.event.job import build_ingest_job
+from conflux.io.registry import SchemaRegistryResource
 
 
 def test_unknown_versions_are_dead_lettered_and_headerless_events_read_as_latest(

@@ -1,4 +1,4 @@
-"""`conflux produce tpch` with duplicates, shuffled order and invalid records, consumed by the
+"""`python -m pipelines.demo tpch` (the demo's producer) with duplicates, shuffled order and invalid records, consumed by the
 running daemon: every dataset equals what the operational database holds — nothing lost,
 nothing counted twice — and every invalid record is dead-lettered."""
 
@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from pipelines.catalog import CUSTOMER_LEDGER, LINEITEM, ORDERS
-from resources.lake import LakeResource
+from conflux.io.lake import LakeResource
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def test_produced_stream_lands_exactly_once(stack, kafka):
     dlq_before = {t: kafka.end_offsets(f"{t}.dlq")[0]  # other tests' dead letters are not ours
                   for t in ("tpch.orders", "tpch.lineitem", "ledger.customer")}
     res = subprocess.run(
-        [str(Path(sys.executable).parent / "conflux"), "produce", "tpch", "--scale", "0.0004",
+        [sys.executable, "-m", "pipelines.demo", "tpch", "--scale", "0.0004",
          "--duplicates", "0.1", "--invalid", "0.05", "--shuffle", "--seed", "11"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -104,7 +104,11 @@ def test_produced_through_the_outbox_reaches_the_datasets_once_the_relay_runs(st
     conflux("ops", "relay", "--once")  # the outbox is shared: start with nothing waiting
     topics = ("tpch.orders", "tpch.lineitem")
     before = {t: kafka.end_offsets(t) for t in topics}
-    out = conflux("produce", "tpch", "--scale", "0.0004", "--seed", "23", "--via-outbox")
+    res = subprocess.run([sys.executable, "-m", "pipelines.demo", "tpch", "--scale", "0.0004",
+                          "--seed", "23", "--via-outbox"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
     queued = int(re.search(r"ops.outbox: ([\d,]+) order and lineitem events queued", out)[1]
                  .replace(",", ""))
     url = stack.settings.postgres_url

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import yaml
 
-from conflux import dagster_api
+from conflux.cli import dagster_api
 from conflux.stack.procs import port_open, spawn, stop_pid, wait_for
 from conflux.stack.sockets import descendants
 
@@ -112,8 +112,8 @@ def _answers(url: str) -> bool:
 
 
 def test_webserver_daemon_and_code_location_run_apart_on_the_production_files(stack, topology):
-    from conflux.demo.producer import load_ops, tpch_tables
-    from resources.lake import LakeResource
+    from pipelines.demo.producer import load_ops, tpch_tables
+    from conflux.io.lake import LakeResource
 
     tables = tpch_tables(0.0005, seed=5)  # the same data the other modules load
     load_ops(stack.settings.postgres_url, tables)

@@ -23,18 +23,18 @@ import pytest
 from pydantic import Field
 
 from conflux.cli import main
-from conflux.demo.producer import event_headers, json_rows
-from conflux.demo.tpch import TpchGenerator
-from contracts import tpch
-from contracts.lineage import contract_schema
+from pipelines.demo.producer import event_headers, json_rows
+from pipelines.demo.tpch import TpchGenerator
+from pipelines import contracts as tpch
+from conflux.contracts.lineage import contract_schema
 from pipelines.catalog import ORDERS
-from pipelines.datasets import DeadLetterPolicy
-from pipelines.dlq import evaluate
-from pipelines.dlq_ops import ReplayLedger, window_counts
-from pipelines.ingest import apply_records, resolver_for
-from resources.kafka import Outgoing
-from resources.registry import SchemaRegistryResource
-from sensors.dlq_monitor import CHECK_NAME, build_dlq_check, build_dlq_sensor
+from conflux.core.declarations import DeadLetterPolicy
+from conflux.observe.dlq import evaluate
+from conflux.observe.dlq_replay import ReplayLedger, window_counts
+from conflux.event.ingest import apply_records, resolver_for
+from conflux.io.kafka import Outgoing
+from conflux.io.registry import SchemaRegistryResource
+from conflux.observe.dlq_monitor import CHECK_NAME, build_dlq_check, build_dlq_sensor
 
 
 class OrderV2(tpch.Order):
@@ -344,7 +344,7 @@ query($key: [String!]!) {
 
 
 def test_the_daemon_evaluates_the_check_and_the_ui_shows_it(webserver):
-    from conflux.dagster_api import graphql
+    from conflux.cli.dagster_api import graphql
 
     url = webserver.settings.dagster_url
     deadline = time.monotonic() + 120

@@ -16,15 +16,16 @@ import pandas as pd
 import pytest
 from kafka.errors import KafkaError
 
-from conflux.demo.producer import event_headers, json_rows
-from conflux.demo.tpch import TpchGenerator
-from contracts.lineage import contract_schema
-from contracts.registry import SchemaRegistry
+from pipelines.demo.producer import event_headers, json_rows
+from pipelines.demo.tpch import TpchGenerator
+from conflux.contracts.lineage import contract_schema
+from conflux.io.schema_registry import SchemaRegistry
 from pipelines.catalog import ORDERS
-from pipelines.event_path import build_ingest_job
-from resources.kafka import KafkaResource
-from resources.registry import SchemaRegistryResource
-from sensors.kafka_sensor import build_kafka_sensor, parse_cursor
+from conflux.event.job import build_ingest_job
+from conflux.io.kafka import KafkaResource
+from conflux.io.registry import SchemaRegistryResource
+from conflux.event.offsets import parse_cursor
+from conflux.event.sensor import build_kafka_sensor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -171,10 +172,10 @@ def test_a_run_killed_midway_reruns_to_the_same_result(kafka, topic, instance, r
     script.write_text(f"""
 import dataclasses, dagster as dg
 from pipelines.catalog import ORDERS
-from pipelines.event_path import build_ingest_job
-from resources.lake import LakeResource
-from resources.kafka import KafkaResource
-from resources.registry import SchemaRegistryResource
+from conflux.event.job import build_ingest_job
+from conflux.io.lake import LakeResource
+from conflux.io.kafka import KafkaResource
+from conflux.io.registry import SchemaRegistryResource
 ds = dataclasses.replace(ORDERS, name={ds.name!r}, topics=({topic!r},), dlq_topic={ds.dlq_topic!r},
                          fallback=None, ingest="runs")
 build_ingest_job(ds).execute_in_process(run_config={config!r}, resources={{
@@ -357,8 +358,7 @@ def test_a_failed_run_whose_retry_never_launched_is_requested_again(kafka, topic
     """What the crash test once hit: run monitoring failed a killed run, Dagster marked it for
     retry, but the retry could not be launched (Postgres was down) and is never tried again.
     The cursor already moved past its range; the sensor's next tick requests it again."""
-    from sensors import requeue
-
+    from conflux.event import requeue
     ds = make_ds(ingest="runs", max_records_per_run=100)
     job = build_ingest_job(ds)
     sensor = build_kafka_sensor(ds, job)

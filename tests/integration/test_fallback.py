@@ -7,16 +7,16 @@ import json
 import dagster as dg
 import pandas as pd
 
-from conflux.demo.tpch import TpchGenerator
-from pipelines.decode import ContractResolver
-from pipelines.fallback_path import CHECK_NAME, build_fallback
-from pipelines.ingest import apply_records
-from resources.kafka import Record
-from resources.postgres import PostgresResource
+from pipelines.demo.tpch import TpchGenerator
+from conflux.event.decode import ContractResolver
+from conflux.batch.fallback import CHECK_NAME, build_fallback
+from conflux.event.ingest import apply_records
+from conflux.io.kafka import Record
+from conflux.io.postgres import PostgresResource
 
 
 def as_records(df: pd.DataFrame, topic: str) -> list[Record]:
-    from conflux.demo.producer import json_rows
+    from pipelines.demo.producer import json_rows
 
     return [Record(topic, 0, i, 1_000 + i, str(r["o_orderkey"]).encode(), json.dumps(r).encode(), ())
             for i, r in enumerate(json_rows(df))]

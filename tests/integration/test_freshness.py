@@ -7,10 +7,10 @@ import time
 
 import dagster as dg
 
-from conflux import dagster_api as api
-from conflux.demo.producer import event_headers, json_rows
-from conflux.demo.tpch import TpchGenerator
-from pipelines.freshness_path import CHECK_NAME
+from conflux.cli import dagster_api as api
+from pipelines.demo.producer import event_headers, json_rows
+from pipelines.demo.tpch import TpchGenerator
+from conflux.observe.freshness_checks import CHECK_NAME
 from tests.live import evaluation_after, lag_of, stop_sensor, wait_for_lag
 
 SENSOR = "orders__kafka"

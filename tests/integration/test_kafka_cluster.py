@@ -36,7 +36,7 @@ DATASETS = ("orders", "lineitem", "customer_ledger")
 def cluster():
     """Postgres, three Kafka nodes and the Dagster daemon, from a clean slate; this process's
     environment points at them meanwhile (the chaos harness and Dagster read it)."""
-    from conflux.settings import Settings
+    from conflux.core.settings import Settings
     from conflux.stack import Stack
     from conflux.stack.dagster import write_instance
 
@@ -62,7 +62,7 @@ def cluster():
 def cursors(instance) -> dict[tuple[str, int], int]:
     """The event sensors' cursors: the next offset to apply, per (topic, partition)."""
     from reliability.chaos import sensor_states
-    from sensors.kafka_sensor import parse_cursor
+    from conflux.event.offsets import parse_cursor
 
     found = {}
     for state in sensor_states(instance, [f"{d}__kafka" for d in DATASETS]).values():
@@ -100,7 +100,7 @@ def test_a_broker_stopped_while_events_flow_loses_nothing_and_rejoins(cluster):
     import dagster as dg
 
     from reliability.chaos import run
-    from resources.kafka import KafkaResource
+    from conflux.io.kafka import KafkaResource
 
     settings = cluster.settings
     kafka = KafkaResource.from_env(settings)

@@ -2,7 +2,7 @@
 
 import json
 
-from conflux.demo.producer import event_headers
+from pipelines.demo.producer import event_headers
 
 
 def test_read_range_returns_exactly_the_requested_offsets(kafka, topic):

@@ -7,8 +7,8 @@ unreachable endpoint or a missing lock database."""
 import psycopg
 import pytest
 
-from conflux.errors import LakeLockError, LakeStorageError
-from resources.lake import LakeResource, lock_key
+from conflux.core.errors import LakeLockError, LakeStorageError
+from conflux.io.lake import LakeResource, lock_key
 from tests.unit.test_lake import (  # noqa: F401 — the shared behaviour tests, collected here too
     lake,
     rows,
@@ -115,7 +115,7 @@ def test_refused_credentials_are_a_clear_error(s3_server, monkeypatch, tmp_path)
 WRITER = """
 import sys
 import pandas as pd
-from resources.lake import LakeResource
+from conflux.io.lake import LakeResource
 path, lock_url, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
 lake = LakeResource(path=path, lock_url=lock_url)
 for k in range(first, first + 8):

@@ -18,21 +18,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conflux.demo.producer import event_headers, json_rows
-from conflux.demo.tpch import TpchGenerator, ledger as ledger_events
-from conflux.ledger_cmd import run_explain, run_rebuild
-from contracts.lineage import contract_schema
-from contracts.registry import SchemaRegistry
-from pipelines import ledger_audit
-from pipelines.batch_path import build_batch_asset
+from pipelines.demo.producer import event_headers, json_rows
+from pipelines.demo.tpch import TpchGenerator, ledger as ledger_events
+from conflux.cli.ledger import run_explain, run_rebuild
+from conflux.contracts.lineage import contract_schema
+from conflux.io.schema_registry import SchemaRegistry
+from conflux.ledger import audit as ledger_audit
+from conflux.batch.asset import build_batch_asset
 from pipelines.catalog import CUSTOMER, CUSTOMER_BALANCE, CUSTOMER_LEDGER
-from pipelines.compile import asset_spec
-from pipelines.datasets import validate_catalog
-from pipelines.ingest import apply_records, resolver_for
-from pipelines.joins.ledger import customer_balance
-from pipelines.projection import ledger_projection
-from resources.postgres import PostgresResource
-from resources.registry import SchemaRegistryResource
+from conflux.dagster.compile import asset_spec
+from conflux.core.declarations import validate_catalog
+from conflux.event.ingest import apply_records, resolver_for
+from conflux.ledger.fold import customer_balance
+from conflux.ledger.projection import ledger_projection
+from conflux.io.postgres import PostgresResource
+from conflux.io.registry import SchemaRegistryResource
 
 OLD_TS = 1_000_000  # 1970: a later copy claiming to be older than the stored one
 

@@ -18,22 +18,23 @@ import dagster as dg
 import psycopg
 import pytest
 
-from conflux.demo.producer import event_headers, json_rows
-from conflux.demo.tpch import TpchGenerator
-from contracts.lineage import contract_schema
-from contracts.registry import SchemaRegistry
-from pipelines import openlineage as ol
-from pipelines.batch_path import build_batch_asset
+from pipelines.demo.producer import event_headers, json_rows
+from pipelines.demo.tpch import TpchGenerator
+from conflux.contracts.lineage import contract_schema
+from conflux.io.schema_registry import SchemaRegistry
+from conflux.observe import openlineage as ol
+from conflux.batch.asset import build_batch_asset
 from pipelines.catalog import CATALOG, LINEITEM, NATION, ORDERS, REVENUE_BY_NATION
-from pipelines.compile import asset_spec
-from pipelines.decode import ContractResolver
-from pipelines.event_path import build_ingest_job
-from pipelines.fallback_path import build_fallback
-from pipelines.ingest import apply_records
-from resources.kafka import Record
-from resources.postgres import PostgresResource, replace_table
-from resources.registry import SchemaRegistryResource
-from sensors.kafka_sensor import build_kafka_sensor, parse_cursor
+from conflux.dagster.compile import asset_spec
+from conflux.event.decode import ContractResolver
+from conflux.event.job import build_ingest_job
+from conflux.batch.fallback import build_fallback
+from conflux.event.ingest import apply_records
+from conflux.io.kafka import Record
+from conflux.io.postgres import PostgresResource, replace_table
+from conflux.io.registry import SchemaRegistryResource
+from conflux.event.offsets import parse_cursor
+from conflux.event.sensor import build_kafka_sensor
 from tests.fixtures.openlineage import assert_valid
 
 

@@ -9,13 +9,13 @@ import dagster as dg
 import psycopg
 import pytest
 
-from conflux.demo.tpch import TpchGenerator
-from pipelines.batch_path import build_batch_asset
+from pipelines.demo.tpch import TpchGenerator
+from conflux.batch.asset import build_batch_asset
 from pipelines.catalog import CUSTOMER
-from pipelines.compile import asset_spec
-from pipelines.ops_load import add_updated_at
-from resources.postgres import PostgresResource, replace_table
-from resources.registry import SchemaRegistryResource
+from conflux.dagster.compile import asset_spec
+from conflux.batch.ops_load import add_updated_at
+from conflux.io.postgres import PostgresResource, replace_table
+from conflux.io.registry import SchemaRegistryResource
 
 
 @pytest.fixture

@@ -10,15 +10,15 @@ import psycopg
 import pytest
 
 from conflux.cli import main
-from conflux.demo.producer import json_rows
-from conflux.demo.tpch import TpchGenerator
-from contracts import tpch
+from pipelines.demo.producer import json_rows
+from pipelines.demo.tpch import TpchGenerator
+from pipelines import contracts as tpch
 from pipelines.catalog import ORDERS
-from pipelines.decode import ContractResolver
-from pipelines.ingest import apply_records
-from pipelines.outbox import (EVENT_ID_HEADER, Change, OutboxError, Target, apply_changes,
+from conflux.event.decode import ContractResolver
+from conflux.event.ingest import apply_records
+from conflux.outbox.relay import (EVENT_ID_HEADER, Change, OutboxError, Target, apply_changes,
                               parse_changes, pending, relay_all, relay_once)
-from resources.postgres import replace_table
+from conflux.io.postgres import replace_table
 
 
 class Crash(Exception):
@@ -83,7 +83,7 @@ def test_the_relay_publishes_with_a_dedupe_id_and_a_crash_before_marking_only_du
     assert {r.key.decode() for r in records} == {str(c.row["o_orderkey"]) for c in changes}
 
     # downstream, the duplicates are harmless: the dataset equals one delivery of each event
-    from resources.lake import LakeResource
+    from conflux.io.lake import LakeResource
 
     ds = dataclasses.replace(ORDERS, name=f"ob_{table}", topics=(topic,))
     resolver = ContractResolver(ds.subject, None, [])

@@ -5,9 +5,9 @@ import uuid
 
 import pytest
 
-from conflux.errors import IncompatibleSchemaError
-from contracts.compat import Mode
-from contracts.registry import SchemaRegistry, UnknownSubjectError, UnknownVersionError
+from conflux.core.errors import IncompatibleSchemaError
+from conflux.contracts.compat import Mode
+from conflux.io.schema_registry import SchemaRegistry, UnknownSubjectError, UnknownVersionError
 
 
 def schema(*optional: str, required=("id",)) -> dict:

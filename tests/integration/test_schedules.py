@@ -2,9 +2,9 @@
 someone turns them on (turned on from the UI and run by the daemon: tests/browser/
 test_schedules.py)."""
 
-from conflux import dagster_api as api
+from conflux.cli import dagster_api as api
 from pipelines.catalog import DATASETS
-from pipelines.datasets import BatchDataset, EventDataset
+from conflux.core.declarations import BatchDataset, EventDataset
 from pipelines.definitions import defs
 
 

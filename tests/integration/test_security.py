@@ -22,24 +22,24 @@ from pathlib import Path
 import pytest
 from kafka.errors import KafkaError
 
-from conflux.demo.producer import event_headers
-from conflux.demo.tpch import TpchGenerator
-from conflux.demo.producer import json_rows
-from conflux.errors import KafkaAuthenticationError, StackError
-from conflux.platform import ensure_platform_topics
-from conflux.settings import Settings
+from pipelines.demo.producer import event_headers
+from pipelines.demo.tpch import TpchGenerator
+from pipelines.demo.producer import json_rows
+from conflux.core.errors import KafkaAuthenticationError, StackError
+from conflux.stack.platform import ensure_platform_topics
+from conflux.core.settings import Settings
 from conflux.stack.kafka import Kafka
 from conflux.stack.postgres import find_pg_bin
 from conflux.stack.procs import PidFile
 from conflux.stack.sockets import descendants, is_loopback, listeners
-from contracts.lineage import contract_schema
-from contracts.registry import SchemaRegistry
+from conflux.contracts.lineage import contract_schema
+from conflux.io.schema_registry import SchemaRegistry
 from pipelines.catalog import ORDERS
-from pipelines.event_path import build_ingest_job
-from pipelines.resources import kafka_resource
-from resources.kafka import KafkaResource
-from resources.lake import LakeResource
-from resources.registry import SchemaRegistryResource
+from conflux.event.job import build_ingest_job
+from conflux.dagster.resources import kafka_resource
+from conflux.io.kafka import KafkaResource
+from conflux.io.lake import LakeResource
+from conflux.io.registry import SchemaRegistryResource
 
 SECURE_PORT = os.environ.get("CONFLUX_TEST_SECURE_KAFKA_PORT", "19192")
 SECURE_CONTROLLER_PORT = os.environ.get("CONFLUX_TEST_SECURE_KAFKA_CONTROLLER_PORT", "19193")

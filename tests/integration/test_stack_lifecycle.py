@@ -76,7 +76,7 @@ def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(stack, monkey
     import uuid
 
     import conflux.stack.kafka as kafka_mod
-    from conflux.settings import Settings
+    from conflux.core.settings import Settings
 
     home = REPO / ".conflux" / "test-format"
     shutil.rmtree(home, ignore_errors=True)

@@ -6,10 +6,10 @@ import uuid
 import dagster as dg
 import pandas as pd
 
-from contracts import tpch
-from pipelines.compile import build_definitions
-from pipelines.datasets import BatchDataset, EventDataset
-from pipelines.events import report_materializations
+from pipelines import contracts as tpch
+from conflux.dagster.compile import build_definitions
+from conflux.core.declarations import BatchDataset, EventDataset
+from conflux.event.report import report_materializations
 
 
 def mini_catalog():

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from conflux.cli import main
-from conflux.demo.producer import event_headers, json_rows, load_ops
-from conflux.demo.tpch import TpchGenerator
+from pipelines.demo.producer import event_headers, json_rows, load_ops
+from pipelines.demo.tpch import TpchGenerator
 
 
 def trace_json(capsys, cid: str) -> tuple[int, dict]:

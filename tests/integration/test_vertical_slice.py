@@ -8,15 +8,15 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from conflux.demo.producer import event_headers, json_rows, load_ops
-from conflux.demo.tpch import TpchGenerator
-from pipelines.batch_path import build_batch_asset
-from pipelines.compile import asset_specs
+from pipelines.demo.producer import event_headers, json_rows, load_ops
+from pipelines.demo.tpch import TpchGenerator
+from conflux.batch.asset import build_batch_asset
+from conflux.dagster.compile import asset_specs
 from pipelines.catalog import NATION
-from resources.kafka import KafkaResource
-from resources.lake import LakeResource
-from resources.postgres import PostgresResource
-from resources.registry import SchemaRegistryResource
+from conflux.io.kafka import KafkaResource
+from conflux.io.lake import LakeResource
+from conflux.io.postgres import PostgresResource
+from conflux.io.registry import SchemaRegistryResource
 
 
 def orders_rows(n: int, seed: int = 1) -> pd.DataFrame:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dagster as dg
 import pandas as pd
 
-from conflux.demo.producer import tpch_tables
+from pipelines.demo.producer import tpch_tables
 from pipelines.catalog import CATALOG
 from pipelines.definitions import defs
-from resources.lake import LakeResource
-from resources.postgres import PostgresResource
-from resources.registry import SchemaRegistryResource
+from conflux.io.lake import LakeResource
+from conflux.io.postgres import PostgresResource
+from conflux.io.registry import SchemaRegistryResource
 
 NOWHERE = "postgresql://127.0.0.1:1/none?connect_timeout=1"  # a join needs no database
 

@@ -1,4 +1,4 @@
-"""Schema-change cases for contracts.compat, each with its verdict under BACKWARD/FORWARD/FULL/NONE.
+"""Schema-change cases for conflux.contracts.compat, each with its verdict under BACKWARD/FORWARD/FULL/NONE.
 
 Every case is an *old* (registered) schema and a *new* one. ``backward`` says whether the new
 schema can read data written with the old one; ``forward`` whether the old schema can read data
@@ -15,8 +15,8 @@ from typing import Literal, Optional
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from conflux.errors import SchemaError
-from contracts.compat import (
+from conflux.core.errors import SchemaError
+from conflux.contracts.compat import (
     Incompatibility,
     Mode,
     check_compatibility,

@@ -1,4 +1,4 @@
-"""contracts.compat must agree with Confluent Schema Registry's own JSON Schema test data.
+"""conflux.contracts.compat must agree with Confluent Schema Registry's own JSON Schema test data.
 
 The data lives outside the repository (read-only reference folder next to it). Each case gives
 an original and an updated schema and Confluent's BACKWARD verdict: can the update read data
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from contracts.compat import diff_schemas
+from conflux.contracts.compat import diff_schemas
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 FILES = ("confluent-diff-schema-examples.json", "confluent-diff-combined-schema-examples.json")

@@ -3,10 +3,10 @@
 import dagster as dg
 from pydantic import create_model
 
-from contracts import tpch
+from pipelines import contracts as tpch
 from pipelines.catalog import DATASETS, ORDERS
-from pipelines.compile import asset_specs, daily_partitions
-from pipelines.datasets import EventDataset
+from conflux.dagster.compile import asset_specs, daily_partitions
+from conflux.core.declarations import EventDataset
 
 SPECS = asset_specs(DATASETS)
 
@@ -86,7 +86,7 @@ def test_automation_and_backfill_policy_are_compiled():
 
 
 def test_ambiguous_column_names_are_not_guessed():
-    from contracts.lineage import derive_column_lineage
+    from conflux.contracts.lineage import derive_column_lineage
 
     lineage = derive_column_lineage(("d", "x"), {"a": ("d", "x"), "b": ("d",)}, {})
     assert lineage == {"x": [("a", "x")]}

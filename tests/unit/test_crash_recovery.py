@@ -14,14 +14,12 @@ import pandas as pd
 import pytest
 from dagster._core.launcher.base import WorkerStatus
 
-from conflux.settings import Settings
+from conflux.core.settings import Settings
 from conflux.stack.procs import group_members, pid_alive
 from conflux.stack.run_launcher import process_started_at, worker_status
 from conflux.stack.service import Service
 from reliability.chaos import TARGETS, Fault, Injector, Result, compare, plan_faults
-from sensors import kafka_sensor
-
-
+from conflux.event import offsets
 def test_a_live_worker_is_running_and_a_dead_one_failed():
     me = os.getpid()
     assert worker_status(me, reported_at=time.time()) == WorkerStatus.RUNNING
@@ -121,10 +119,10 @@ def test_compare_finds_lost_extra_twice_and_changed_rows():
 
 
 def test_a_silent_spell_between_ticks_is_noted():
-    assert kafka_sensor.tick_gap(None, 100.0) == ""  # the first tick ever
-    assert kafka_sensor.tick_gap(100.0, 105.0) == ""
-    assert kafka_sensor.tick_gap(105.0, 140.0) == "resumed after 35s without a tick; "
-    assert kafka_sensor.tick_gap(100.0, 100.0 + kafka_sensor.GAP_NOTE_S) != ""
+    assert offsets.tick_gap(None, 100.0) == ""  # the first tick ever
+    assert offsets.tick_gap(100.0, 105.0) == ""
+    assert offsets.tick_gap(105.0, 140.0) == "resumed after 35s without a tick; "
+    assert offsets.tick_gap(100.0, 100.0 + offsets.GAP_NOTE_S) != ""
 
 
 def _run(run_id: str, status: str, age_s: float = 500, **tags):

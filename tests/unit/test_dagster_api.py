@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conflux.dagster_api import STALE_CONNECTION, DagsterApiError, graphql
+from conflux.cli.dagster_api import STALE_CONNECTION, DagsterApiError, graphql
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from conflux.errors import DeclarationError
+from conflux.core.errors import DeclarationError
 from pipelines.catalog import DATASETS
-from pipelines.datasets import BatchDataset, EventDataset, validate_catalog
+from conflux.core.declarations import BatchDataset, EventDataset, validate_catalog
 
 
 class Row(BaseModel):

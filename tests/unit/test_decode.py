@@ -2,9 +2,9 @@
 
 import json
 
-from contracts.tpch import Order
-from pipelines import decode as d
-from resources.kafka import Record
+from pipelines.contracts import Order
+from conflux.event import decode as d
+from conflux.io.kafka import Record
 
 GOOD = {"o_orderkey": 1, "o_custkey": 2, "o_orderstatus": "O", "o_totalprice": 10.5,
         "o_orderdate": "1995-03-01", "o_orderpriority": "1-URGENT", "o_clerk": "Clerk#1",

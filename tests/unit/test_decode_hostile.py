@@ -6,10 +6,10 @@ import json
 import pytest
 from pydantic import BaseModel, field_validator
 
-from contracts.tpch import LedgerEvent, Order
-from pipelines import decode as d
-from pipelines.ingest import _lineage_id
-from resources.kafka import Record
+from pipelines.contracts import LedgerEvent, Order
+from conflux.event import decode as d
+from conflux.event.ingest import _lineage_id
+from conflux.io.kafka import Record
 
 GOOD = {"o_orderkey": 1, "o_custkey": 2, "o_orderstatus": "O", "o_totalprice": 10.5,
         "o_orderdate": "1995-03-01", "o_orderpriority": "1-URGENT", "o_clerk": "Clerk#1",

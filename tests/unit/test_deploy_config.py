@@ -33,8 +33,8 @@ OPTIONAL = {"KAFKA_SSL_CAFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "OPENLI
 def platform_env_names() -> set[str]:
     """Every variable the platform's Dagster resources read (``dg.EnvVar``), with every optional
     Kafka security setting switched on."""
-    from pipelines.resources import platform_resources
-    from resources.kafka import SECURITY_ENV
+    from conflux.dagster.resources import platform_resources
+    from conflux.io.kafka import SECURITY_ENV
 
     names: set[str] = set()
     with pytest.MonkeyPatch.context() as mp:

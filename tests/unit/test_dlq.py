@@ -9,15 +9,15 @@ import dagster as dg
 import pytest
 
 from conflux.cli import build_parser, main
-from conflux.errors import ConfigError, DeclarationError
+from conflux.core.errors import ConfigError, DeclarationError
 from pipelines.catalog import DATASETS, LINEITEM, ORDERS
-from pipelines.datasets import DeadLetterPolicy, validate_catalog
-from pipelines.decode import DeadLetter, dead_letter_headers
-from pipelines.dlq import (REPLAY_ATTEMPT, REPLAY_ID, REPLAY_OF, REPLAY_REASON, Letter, Listing,
+from conflux.core.declarations import DeadLetterPolicy, validate_catalog
+from conflux.event.decode import DeadLetter, dead_letter_headers
+from conflux.observe.dlq import (REPLAY_ATTEMPT, REPLAY_ID, REPLAY_OF, REPLAY_REASON, Letter, Listing,
                            ReplayReport, Selection, WindowCounts, check_reasons, evaluate,
                            parse_since, preview, replay_headers, resolve_topic, unroutable)
-from resources.kafka import Record
-from sensors.dlq_monitor import (CHECK_NAME, build_dlq_check, build_dlq_monitor,
+from conflux.io.kafka import Record
+from conflux.observe.dlq_monitor import (CHECK_NAME, build_dlq_check, build_dlq_monitor,
                                  check_evaluation, check_spec, thresholds_text)
 
 NOW = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)
@@ -288,7 +288,7 @@ def test_bad_arguments_exit_1_with_a_clear_message(argv, message, capsys):
 
 
 def test_a_partial_reason_histogram_is_said_in_the_check_metadata():
-    from sensors.dlq_monitor import check_metadata
+    from conflux.observe.dlq_monitor import check_metadata
 
     counts = WindowCounts(3600, 1000, 5, 5, {"INVALID_JSON": 2}, 2, (),
                           sample_error="no records for 5s from tpch.orders.dlq[0]")

@@ -4,7 +4,7 @@ import datetime as dt
 
 import pandas as pd
 
-from pipelines.fallback import diff_frames
+from conflux.batch.reconcile import diff_frames
 
 FIELDS = ["k", "day", "price", "note"]
 

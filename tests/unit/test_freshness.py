@@ -6,11 +6,12 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from conflux.errors import DeclarationError
+from conflux.core.errors import DeclarationError
 from pipelines.catalog import CUSTOMER, CUSTOMER_BALANCE, DATASETS, ORDERS, REVENUE_BY_NATION
-from pipelines.freshness import cron_period, expectation
-from pipelines.freshness_path import SENSOR_NAME, build_freshness, evaluate, freshness_policy
-from sensors.kafka_sensor import lag_by_partition, lag_observation, observe_every_s
+from conflux.observe.freshness import cron_period, expectation
+from conflux.observe.freshness_checks import SENSOR_NAME, build_freshness, evaluate, freshness_policy
+from conflux.event.offsets import TickState, dump_state, lag_by_partition, observe_every_s, parse_state
+from conflux.event.sensor import lag_observation
 
 MIN = dt.timedelta(minutes=1)
 
@@ -86,10 +87,16 @@ def test_lag_is_what_lies_between_cursor_and_end_offsets():
 def test_observations_say_how_current_only_when_caught_up_and_are_rate_limited():
     ds = dataclasses.replace(ORDERS, name="obs_probe")
     assert observe_every_s(ds) == 10.0
-    [caught_up] = lag_observation(ds, {"t[0]": 0}, 1_700_000_000.0, force=True)
-    assert caught_up.metadata["dagster/last_updated_timestamp"].value == 1_700_000_000.0
+    now = 1_700_000_000.0
+    [caught_up], state = lag_observation(ds, {"t[0]": 0}, now, TickState(), now)
+    assert caught_up.metadata["dagster/last_updated_timestamp"].value == now
     assert caught_up.metadata["conflux/lag_records"].value == 0
-    assert lag_observation(ds, {"t[0]": 0}, 1_700_000_001.0) == []  # within 10 s of the last
-    [behind] = lag_observation(ds, {"t[0]": 7, "t[1]": 2}, None, force=True)
+    assert state.observed_at == now
+    # within 10 s of the last: nothing, and the state is unchanged
+    assert lag_observation(ds, {"t[0]": 0}, now + 1, state, now + 1) == ([], state)
+    # the rate limit lives in the state (the sensor cursor), so it survives a restart
+    assert lag_observation(ds, {"t[0]": 0}, now + 1, parse_state(dump_state(state)), now + 1)[0] == []
+    [behind], _ = lag_observation(ds, {"t[0]": 7, "t[1]": 2}, None, state, now + 1, force=True)
     assert "dagster/last_updated_timestamp" not in behind.metadata
     assert behind.metadata["conflux/lag_records"].value == 9
+    assert lag_observation(ds, {"t[0]": 0}, None, state, now + 11)[0] != []

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from contracts import tpch
-from pipelines import decode as d
+from pipelines import contracts as tpch
+from conflux.event import decode as d
 from reliability import hostile as H
-from resources.kafka import Record
+from conflux.io.kafka import Record
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACTS = {"orders": tpch.Order, "lineitem": tpch.LineItem, "customer_ledger": tpch.LedgerEvent}

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.catalog import CUSTOMER_LEDGER, ORDERS
-from pipelines.ingest import newest_ref, split_by_partition
+from conflux.event.ingest import newest_ref, split_by_partition
 
 
 def test_rows_are_split_by_event_day_keeping_original_indices():
@@ -35,9 +35,9 @@ def test_newest_contract_version_compares_numbers_not_text():
 
 
 def test_a_micro_batch_is_capped_at_a_prefix_spanning_few_partitions():
-    from pipelines.decode import Decoded, DeadLetter
-    from pipelines.ingest import _cut, partition_prefix
-    from resources.kafka import Record
+    from conflux.event.decode import Decoded, DeadLetter
+    from conflux.event.ingest import _cut, partition_prefix
+    from conflux.io.kafka import Record
 
     recs = [Record("t", 0, i, 0, b"k", b"v", ()) for i in range(6)]
     days = [dt.date(1996, 1, d) for d in (1, 1, 2, 3, 2, 4)]

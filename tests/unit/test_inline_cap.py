@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import dagster as dg
 
 from pipelines.catalog import ORDERS
-from resources.kafka import Record
-from resources.lake import LakeResource
-from sensors.kafka_sensor import apply_inline
+from conflux.io.kafka import Record
+from conflux.io.lake import LakeResource
+from conflux.event.sensor import apply_inline
 
 TOPIC = "cap.orders"
 DS = dataclasses.replace(ORDERS, name="cap_orders", topics=(TOPIC,), inline_max_partitions=4,

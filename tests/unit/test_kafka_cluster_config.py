@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from conflux.errors import ConfigError, StackError
-from conflux.settings import Settings
+from conflux.core.errors import ConfigError, StackError
+from conflux.core.settings import Settings
 from conflux.stack import Stack, select
 from conflux.stack.kafka import Kafka, render_server_properties, replication
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from resources.lake import LakeResource, LakeScan
+from conflux.io.lake import LakeResource, LakeScan
 
 
 @pytest.fixture

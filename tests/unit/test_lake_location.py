@@ -2,9 +2,9 @@
 the AWS_* variables; a local path never replaces the state folder's lake; an object-store lake
 is not wiped by ``stack reset``; the platform's lake resource is locked through Postgres."""
 
-from conflux.settings import Settings
+from conflux.core.settings import Settings
 from conflux.stack.dagster import dagster_env
-from resources.lake import LakeResource, is_object_store, lock_key
+from conflux.io.lake import LakeResource, is_object_store, lock_key
 
 
 def test_an_s3_lake_reaches_the_dagster_processes_with_the_aws_environment(tmp_path, monkeypatch):
@@ -51,7 +51,7 @@ def test_lock_keys_are_stable_and_distinct_per_partition():
 def test_the_platform_lake_is_locked_through_the_platform_postgres():
     import dagster as dg
 
-    from pipelines.resources import platform_resources
+    from conflux.dagster.resources import platform_resources
 
     lake = platform_resources()["lake"]
     assert isinstance(lake.lock_url, dg.EnvVar) and lake.lock_url.env_var_name == "CONFLUX_POSTGRES_URL"

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 
 from conflux.cli import build_parser, main
-from conflux.errors import LedgerIntegrityError
-from conflux.ledger_cmd import run_explain
-from pipelines import ledger_audit
-from pipelines.joins import ledger as fold_math
-from pipelines.projection import LedgerProjection, fold_increment, ledger_projection
-from resources.lake import LakeResource
+from conflux.core.errors import LedgerIntegrityError
+from conflux.cli.ledger import run_explain
+from conflux.ledger import audit as ledger_audit
+from conflux.ledger import fold as fold_math
+from conflux.ledger.projection import LedgerProjection, fold_increment, ledger_projection
+from conflux.io.lake import LakeResource
 
 ORDER = ["__ts", "__offset"]
 

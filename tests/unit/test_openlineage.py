@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 
-from pipelines import openlineage as ol
+from conflux.observe import openlineage as ol
 from pipelines.catalog import CATALOG, CUSTOMER_LEDGER, LINEITEM, NATION, ORDERS, REVENUE_BY_NATION
-from pipelines.metadata import column_lineage, column_schema
+from conflux.contracts.metadata import column_lineage, column_schema
 from tests.fixtures.openlineage import assert_valid, event_errors, spec_documents
 
 LAKE = "/srv/lake"
@@ -292,7 +292,7 @@ def test_events_reach_an_http_endpoint_set_by_openlineage_url(clean_env):
 
 
 def test_the_stack_passes_openlineage_settings_to_every_dagster_process(clean_env):
-    from conflux.settings import Settings
+    from conflux.core.settings import Settings
     from conflux.stack.dagster import dagster_env
 
     clean_env.setenv("OPENLINEAGE_URL", "http://127.0.0.1:5000")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conflux.errors import StackError
-from conflux.settings import Settings
+from conflux.core.errors import StackError
+from conflux.core.settings import Settings
 from conflux.stack.procs import PidFile, pid_alive, port_open, spawn, stop_pid, wait_for
 from conflux.stack.service import Service
 
@@ -148,7 +148,7 @@ def unused_port():
 
 def test_down_ends_orphans_carrying_the_stacks_dagster_home_and_nothing_else(tmp_path):
     """A code server whose daemon was killed: re-parented to pid 1, deaf to SIGTERM."""
-    from conflux.settings import Settings
+    from conflux.core.settings import Settings
     from conflux.stack import Stack
 
     settings = Settings.from_env({"CONFLUX_HOME": str(tmp_path / "home"),

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from conflux.backfill import parse_time, plan_replay
+from conflux.cli.backfill import parse_time, plan_replay
 from conflux.cli import main
 from pipelines.catalog import ORDERS
 

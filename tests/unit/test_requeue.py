@@ -10,12 +10,12 @@ import dagster as dg
 import pytest
 
 from pipelines.catalog import ORDERS
-from pipelines.event_path import build_ingest_job
-from resources.kafka import KafkaResource
-from resources.lake import LakeResource
-from resources.registry import SchemaRegistryResource
-from sensors import requeue
-from sensors.kafka_sensor import build_kafka_sensor
+from conflux.event.job import build_ingest_job
+from conflux.io.kafka import KafkaResource
+from conflux.io.lake import LakeResource
+from conflux.io.registry import SchemaRegistryResource
+from conflux.event import requeue
+from conflux.event.sensor import build_kafka_sensor
 
 NOW = 1_800_000_000.0
 CONFIG = {"ops": {"orders__ingest": {"config": {"ranges": [

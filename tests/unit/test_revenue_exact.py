@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conflux.demo.producer import tpch_tables
-from contracts import tpch
-from contracts.lineage import arrow_schema
+from pipelines.demo.producer import tpch_tables
+from pipelines import contracts as tpch
+from conflux.contracts.lineage import arrow_schema
 from pipelines.joins import revenue as revenue_module
 from pipelines.joins.revenue import revenue_by_nation
 
@@ -49,9 +49,9 @@ def test_empty_inputs_give_an_empty_result():
 
 
 def test_a_lazy_lineitem_scan_gives_the_same_answer(tmp_path):
-    from pipelines.batch_path import read_inputs
+    from conflux.batch.asset import read_inputs
     from pipelines.catalog import CATALOG, REVENUE_BY_NATION
-    from resources.lake import LakeResource, LakeScan
+    from conflux.io.lake import LakeResource, LakeScan
 
     import datetime as dt
 

@@ -17,15 +17,15 @@ import threading
 import dagster as dg
 import pytest
 
-from conflux.errors import ConfigError
-from conflux.settings import Settings
+from conflux.core.errors import ConfigError
+from conflux.core.settings import Settings
 from conflux.stack.kafka import (java_argfile, render_server_properties, scram_credential,
                                  scram_user_from_env)
 from conflux.stack.service import redact_argv
 from conflux.stack.sockets import decode_address, is_loopback, listeners, parse_proc_net
 from conflux.stack.tls import ensure_server_tls
-from pipelines.resources import kafka_resource
-from resources.kafka import KafkaResource, security_config
+from conflux.dagster.resources import kafka_resource
+from conflux.io.kafka import KafkaResource, security_config
 
 SECRET = "s3cret-Pa55word-xyz"
 

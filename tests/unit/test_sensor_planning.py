@@ -1,6 +1,6 @@
-from contracts.tpch import Order
-from pipelines.datasets import EventDataset
-from sensors.kafka_sensor import (Range, advance, dump_cursor, next_batch, parse_cursor, plan_ranges,
+from pipelines.contracts import Order
+from conflux.core.declarations import EventDataset
+from conflux.event.offsets import (TickState, dump_state, parse_state, Range, advance, dump_cursor, next_batch, parse_cursor, plan_ranges,
                                   run_key)
 
 DS = EventDataset(name="orders", contract=Order, key=("o_orderkey",), event_time="o_orderdate",
@@ -43,3 +43,12 @@ def test_cursor_advances_exactly_to_the_requested_ends_and_round_trips():
     assert cursor == {"tpch.orders": {0: 110, 1: 7}}
     assert parse_cursor(dump_cursor(cursor)) == cursor
     assert parse_cursor(None) == {}
+
+
+def test_sensor_state_round_trips_and_reads_the_older_bare_cursor():
+    state = TickState(offsets={"t": {0: 5, 2: 9}}, capped=True, caught_up_at=12.5, observed_at=3.0)
+    assert parse_state(dump_state(state)) == state
+    assert parse_cursor(dump_state(state)) == {"t": {0: 5, 2: 9}}
+    # a cursor saved before the state held more than offsets
+    assert parse_state(dump_cursor({"t": {1: 4}})) == TickState(offsets={"t": {1: 4}})
+    assert parse_state(None) == TickState()

@@ -1,7 +1,7 @@
 import pytest
 
-from conflux.errors import ConfigError
-from conflux.settings import Settings, to_psycopg2_url
+from conflux.core.errors import ConfigError
+from conflux.core.settings import Settings, to_psycopg2_url
 
 
 def test_defaults_are_loopback_and_documented_ports(tmp_path):

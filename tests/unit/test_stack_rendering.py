@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from conflux.settings import Settings
+from conflux.core.settings import Settings
 from conflux.stack.dagster import render_dagster_yaml
 from conflux.stack.kafka import heap_flags, render_log4j2, render_server_properties
 from conflux.stack.postgres import server_args

@@ -1,0 +1,306 @@
+"""``conflux ledger``: the event-sourced customer ledger and its projection ``customer_balance``.
+
+    conflux ledger rebuild [--check] [--json]   fold ledger.customer from offset zero (every
+                                                partition, same decode/validate code) and replace
+                                                customer_balance with it — or, with --check,
+                                                compare it with the stored projection: exit 1
+                                                listing the differences unless identical
+    conflux ledger explain C_CUSTKEY [--json]   the opening balance and every ledger event that
+                                                made a customer's balance, with provenance; exit
+                                                1 unless they add up to the stored balance
+
+The projection is the project catalog's batch dataset whose ``compute`` is a
+``ledger_projection`` (``--projection NAME`` when it has several); its ledger and opening datasets
+are the ones it names. The ``run_*`` functions take the datasets as parameters. The lake is ``CONFLUX_LAKE_PATH`` when set
+(as ``conflux stack env`` exports it), else the local stack's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import TextIO
+
+EXPLAIN_COLUMNS = ("occurred_at", "event_id", "kind", "amount", "signed", "source",
+                   "correlation_id")
+
+
+def register(sub) -> None:
+    """Add this module's subcommands to the `conflux` parser."""
+    ledger = sub.add_parser("ledger", help="the event-sourced customer ledger: rebuild its "
+                            "projection from offset zero, explain a balance")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    rebuild = ledger_sub.add_parser(
+        "rebuild", help="fold ledger.customer from offset zero and replace customer_balance "
+                        "with it (--check: compare instead; exit 1 when different)")
+    rebuild.add_argument("--check", action="store_true",
+                         help="only compare with the stored projection and its checkpoint; "
+                              "exit 1 listing the differences unless identical")
+    rebuild.add_argument("--json", action="store_true", help="print the result as JSON")
+    rebuild.add_argument("--projection", metavar="NAME", help=PROJECTION_HELP)
+    rebuild.set_defaults(func=cmd_rebuild)
+    explain = ledger_sub.add_parser(
+        "explain", help="trace a customer's balance to its opening balance and ledger events; "
+                        "exit 1 unless they add up")
+    explain.add_argument("c_custkey", type=int, help="the customer (C_CUSTKEY)")
+    explain.add_argument("--json", action="store_true", help="print the result as JSON")
+    explain.add_argument("--projection", metavar="NAME", help=PROJECTION_HELP)
+    explain.set_defaults(func=cmd_explain)
+
+
+PROJECTION_HELP = ("the projection dataset (a batch dataset computed by ledger_projection); "
+                   "needed only when the catalog declares several")
+
+
+def ledger_datasets(name: str | None = None):
+    """(ledger, projection, opening dataset name) of the project's ledger projection."""
+    from conflux.core.errors import ConfigError
+    from conflux.core.project import catalog_by_name
+
+    catalog = catalog_by_name()
+    found = {n: ds for n, ds in catalog.items()
+             if getattr(getattr(ds, "compute", None), "projection", None) is not None}
+    if name is not None:
+        if name not in found:
+            raise ConfigError(f"{name!r} is not a ledger projection; the catalog's: "
+                              f"{', '.join(sorted(found)) or 'none'}")
+        found = {name: found[name]}
+    if len(found) != 1:
+        raise ConfigError("the catalog declares no ledger projection (a batch dataset with "
+                          "compute=ledger_projection(...))" if not found else
+                          f"several ledger projections ({', '.join(sorted(found))}): "
+                          "choose one with --projection")
+    [projection] = found.values()
+    spec = projection.compute.projection
+    return catalog[spec.ledger], projection, spec.opening
+
+
+# --- wiring to the demo catalog and the local stack --------------------------------------------
+def _lake(settings):
+    from conflux.io.lake import LakeResource
+
+    return LakeResource.for_stack(settings, path=os.environ.get("CONFLUX_LAKE_PATH"))
+
+
+def cmd_rebuild(args) -> int:
+    from conflux.core.settings import Settings
+    from conflux.event.ingest import resolver_for
+    from conflux.io.kafka import KafkaResource
+    from conflux.io.registry import SchemaRegistryResource
+
+    ledger, projection, opening = ledger_datasets(args.projection)
+    settings = Settings.from_env()
+    registry = SchemaRegistryResource(url=settings.postgres_url)
+    instance = None if args.check else _dagster_instance(settings)
+    try:
+        return run_rebuild(
+            ledger=ledger, projection=projection, opening=opening,
+            kafka=KafkaResource.from_env(settings),
+            lake=_lake(settings), resolver=resolver_for(ledger, registry),
+            registry=registry, check=args.check, as_json=args.json, instance=instance)
+    finally:
+        if instance is not None:
+            instance.dispose()
+
+
+def cmd_explain(args) -> int:
+    from conflux.core.settings import Settings
+
+    ledger, projection, opening = ledger_datasets(args.projection)
+    return run_explain(args.c_custkey, ledger=ledger.name, projection=projection.name,
+                       opening=opening,
+                       lake=_lake(Settings.from_env()), as_json=args.json)
+
+
+def _dagster_instance(settings):
+    """The stack's Dagster instance, to record a replacement as a materialization (None when
+    there is none: the lake is still replaced, and the output says it was not recorded)."""
+    import dagster as dg
+
+    home = os.environ.get("DAGSTER_HOME") or str(settings.dagster_home)
+    if not os.path.exists(os.path.join(home, "dagster.yaml")):
+        return None
+    os.environ["DAGSTER_HOME"] = home
+    return dg.DagsterInstance.get()
+
+
+# --- the commands, on any datasets -------------------------------------------------------------
+def run_rebuild(*, ledger, projection, opening: str, kafka, lake, resolver, check: bool,
+                as_json: bool = False, registry=None, instance=None,
+                out: TextIO | None = None) -> int:
+    """Rebuild ``projection`` from offset zero of ``ledger``; compare (``check``) or replace.
+
+    Args:
+        ledger: the append-only ``EventDataset``; projection: the projection's ``BatchDataset``;
+        opening: name of the dataset holding the opening balances.
+        instance: a Dagster instance to record a replacement on, as a runless materialization
+            of ``projection`` (None: not recorded).
+
+    Returns:
+        the exit code: 0 identical / replaced, 1 different.
+    """
+    from conflux.ledger import audit as ledger_audit
+    out = out or sys.stdout
+    rebuilt = ledger_audit.rebuild(ledger, opening=opening, kafka=kafka, lake=lake,
+                                   resolver=resolver)
+    if check:
+        comparison = ledger_audit.compare(rebuilt, projection=projection.name, lake=lake)
+        if as_json:
+            print(json.dumps({"rebuild": rebuilt.summary(), "comparison": comparison.as_dict()},
+                             indent=2, default=str), file=out)
+        else:
+            print(format_rebuild(rebuilt, ledger, projection.name), file=out)
+            print(format_comparison(comparison, projection.name), file=out)
+        return 0 if comparison.identical else 1
+    generation = ledger_audit.replace(rebuilt, projection=projection.name, lake=lake)
+    recorded = _record(instance, projection, rebuilt, generation, registry)
+    if as_json:
+        print(json.dumps({"rebuild": rebuilt.summary(), "replaced": True,
+                          "checkpoint": generation, "recorded_in_dagster": recorded},
+                         indent=2, default=str), file=out)
+    else:
+        print(format_rebuild(rebuilt, ledger, projection.name), file=out)
+        print(f"replaced {projection.name} with the rebuild: {len(rebuilt.projection)} "
+              f"customer(s), {len(rebuilt.folded)} event(s) folded (checkpoint {generation}); "
+              + ("recorded in Dagster as a materialization" if recorded
+                 else "not recorded in Dagster (no instance found)"), file=out)
+    return 0
+
+
+def _record(instance, projection, rebuilt, generation: str, registry) -> bool:
+    if instance is None:
+        return False
+    import dagster as dg
+
+    from conflux.batch.asset import contract_ref
+    from conflux.contracts.metadata import materialization_metadata
+
+    ref = contract_ref(projection, registry) if registry is not None else None
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key=projection.name, metadata=materialization_metadata(
+            projection, rows=len(rebuilt.projection), contract_version=ref,
+            fold="rebuilt from offset zero", events_total=len(rebuilt.folded),
+            records_read=rebuilt.records_read, checkpoint=generation,
+            source_ranges=dg.MetadataValue.json(rebuilt.summary()["offsets"]))))
+    return True
+
+
+def run_explain(c_custkey: int, *, ledger: str, projection: str, opening: str, lake,
+                as_json: bool = False, out: TextIO | None = None) -> int:
+    """Explain ``c_custkey``'s balance; returns the exit code (0 when it adds up)."""
+    from conflux.ledger import audit as ledger_audit
+    out = out or sys.stdout
+    explanation = ledger_audit.explain(c_custkey, ledger=ledger, projection=projection,
+                                       opening=opening, lake=lake)
+    if as_json:
+        print(json.dumps(explanation.as_dict(), indent=2, default=str), file=out)
+    else:
+        print(format_explanation(explanation, ledger=ledger, projection=projection,
+                                 opening=opening), file=out)
+    return 0 if explanation.adds_up else 1
+
+
+# --- formatting --------------------------------------------------------------------------------
+def _num(value: float | None) -> str:
+    """Money as written: two decimals when that is exact, every digit otherwise."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if round(value, 2) == value else repr(value)
+
+
+def _signed(value: float) -> str:
+    return ("+" if value >= 0 else "") + _num(value)
+
+
+def _source(event: dict) -> str:
+    if event.get("topic") is None:
+        return "(not in the ledger dataset)"
+    return f"{event['topic']}[{event['partition']}]@{event['offset']}"
+
+
+def _table(events: list[dict]) -> list[str]:
+    rows = [[e["occurred_at"], e["event_id"], e["kind"] or "?", _num(e["amount"]),
+             _signed(e["signed_amount"]), _source(e), e["correlation_id"] or "-"]
+            for e in events]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(EXPLAIN_COLUMNS)]
+    right = {3, 4}
+
+    def line(cells):
+        return "    " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(EXPLAIN_COLUMNS), *(line(r) for r in rows)]
+
+
+def format_explanation(e, *, ledger: str, projection: str, opening: str) -> str:
+    lines = [f"customer {e.c_custkey}: balance {_num(e.balance)} in {projection} "
+             f"(checkpoint {e.generation})",
+             f"  opening balance  {_num(e.opening_balance)}   ({opening}.c_acctbal, from "
+             f"ops.customer, when last materialized)",
+             f"  ledger events folded: {len(e.events)}   (from {ledger}, oldest first)"]
+    if e.events:
+        lines += _table(e.events)
+    verdict = "OK" if e.adds_up else "DOES NOT ADD UP"
+    lines.append(f"  check: opening {_num(e.opening_balance)} + events {e.events_sum} = "
+                 f"{_num(e.recomputed)} {'==' if e.recomputed == e.balance else '!='} stored "
+                 f"balance {_num(e.balance)}; {len(e.events)} event(s) "
+                 f"{'==' if len(e.events) == e.events_applied else '!='} events_applied "
+                 f"{e.events_applied}: {verdict}")
+    lines.extend(f"  problem: {p}" for p in e.problems)
+    if e.last_event_id:
+        lines.append(f"  last event: {e.last_event_id}")
+    if e.opening_now is None:
+        lines.append(f"  {opening}.c_acctbal now: customer not there (the next materialization "
+                     f"drops the row; its events stay folded)")
+    elif e.opening_now != e.opening_balance:
+        lines.append(f"  {opening}.c_acctbal now: {_num(e.opening_now)} (changed: the next "
+                     f"materialization re-bases the balance on it)")
+    else:
+        lines.append(f"  {opening}.c_acctbal now: {_num(e.opening_now)} (unchanged)")
+    if e.pending:
+        lines.append(f"  pending: {len(e.pending)} event(s) in {ledger} not folded yet (the "
+                     f"next materialization of {projection} adds them)")
+        lines += _table(e.pending)
+    return "\n".join(lines)
+
+
+def format_rebuild(r, ledger, projection: str) -> str:
+    spans = " ".join(f"{t}[{p}]@0..{end}" for t, ends in r.ends.items()
+                     for p, end in sorted(ends.items()))
+    invalid = sum(r.invalid.values())
+    lines = [f"{projection}: folded {ledger.name} from offset zero ({spans or 'no partitions'})",
+             f"  {r.records_read} record(s) read: {len(r.events)} event(s), {r.repeated} "
+             f"repeated event_id(s) ignored, {invalid} invalid record(s) skipped"
+             + (f" {dict(r.invalid)}" if invalid else ""),
+             f"  {len(r.projection)} customer(s), {len(r.folded)} event(s) folded"]
+    if r.conflicts:
+        lines.append(f"  {len(r.conflicts)} repeated event_id(s) with conflicting content (the "
+                     f"copy the ledger stored counts): {', '.join(r.conflicts[:10])}")
+    return "\n".join(lines)
+
+
+def format_comparison(c, projection: str) -> str:
+    if c.problem:
+        return f"compared with the stored {projection}: DIFFERENT — {c.problem}"
+    lines = [f"compared with the stored {projection} (checkpoint {c.generation}): "
+             + ("IDENTICAL — every row, every event folded, every customer's fold state"
+                if c.identical else "DIFFERENT")]
+    for d in c.differences:
+        lines.append(f"  customer {d['c_custkey']}: {d['column']} stored {d['stored']!r}, "
+                     f"rebuilt {d['rebuilt']!r}")
+    if c.difference_count > len(c.differences):
+        lines.append(f"  ... {c.difference_count - len(c.differences)} more differing value(s)")
+    if c.not_folded_count:
+        lines.append(f"  {c.not_folded_count} event(s) in the log not folded into the stored "
+                     f"projection (e.g. {', '.join(c.not_folded)}): not ingested or not "
+                     f"materialized yet?")
+    if c.folded_not_in_log_count:
+        lines.append(f"  {c.folded_not_in_log_count} folded event(s) not in the log (e.g. "
+                     f"{', '.join(c.folded_not_in_log)})")
+    if c.folded_differently:
+        lines.append(f"  folded with another content than the log holds: "
+                     f"{', '.join(c.folded_differently)}")
+    if c.state_differs:
+        lines.append("  the per-customer fold state differs")
+    return "\n".join(lines)

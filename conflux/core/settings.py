@@ -1,0 +1,258 @@
+"""Where the local stack lives and how to reach it, from environment variables.
+
+Read only when called (never at import time). Every setting has a loopback default so that a
+fresh clone works with no configuration; each can be overridden for another port, another state
+folder, or an existing Postgres server.
+
+| variable | default | meaning |
+|---|---|---|
+| ``CONFLUX_PROJECT`` | the nearest folder above the working directory whose ``pyproject.toml`` has ``[tool.conflux]`` | the user project: its catalog, workspace and state folder (``conflux.core.project``) |
+| ``CONFLUX_HOME`` | ``<project>/.conflux`` | state folder: pid files, logs, broker data, Postgres cluster, lake |
+| ``CONFLUX_CACHE`` | ``~/.cache/conflux`` | downloads reused across clones (the Kafka jars) |
+| ``CONFLUX_KAFKA_PORT`` | 9092 | broker listener on 127.0.0.1 |
+| ``CONFLUX_KAFKA_CONTROLLER_PORT`` | 9093 | KRaft controller listener on 127.0.0.1 |
+| ``CONFLUX_KAFKA_HEAP`` | ``1g`` (``512m`` per node of a cluster) | broker ``-Xmx`` (and ``-Xms`` half of it) |
+| ``CONFLUX_KAFKA_BROKERS`` | 1 | local KRaft nodes (1..5; 3 for a cluster that survives a broker's loss): node *i* listens on ``CONFLUX_KAFKA_PORT + 2(i-1)`` and its controller on ``CONFLUX_KAFKA_CONTROLLER_PORT + 2(i-1)`` |
+| ``CONFLUX_PG_PORT`` | 15432 | local Postgres on 127.0.0.1 (not 5432, to leave a system server alone) |
+| ``CONFLUX_POSTGRES_URL`` | (local cluster) | use an existing server instead of starting one |
+| ``CONFLUX_DAGSTER_PORT`` | 3000 | Dagster webserver on 127.0.0.1 |
+| ``CONFLUX_BIND_HOST`` | ``127.0.0.1`` | address every local server binds to |
+| ``CONFLUX_WORKSPACE`` | ``<project>/workspace.yaml``, else one made from ``[tool.dagster] module_name`` in ``$CONFLUX_HOME`` | workspace the Dagster webserver and daemon load (they run from the project folder) |
+| ``CONFLUX_KAFKA_SECURITY`` | ``plaintext`` | the local broker's client listener: ``plaintext``, ``sasl_plaintext`` (SASL/SCRAM) or ``sasl_ssl`` (SASL/SCRAM over TLS, with a local CA under ``$CONFLUX_HOME/kafka/tls``); the controller listener stays PLAINTEXT on loopback |
+| ``KAFKA_SECURITY_PROTOCOL`` | from ``CONFLUX_KAFKA_SECURITY`` | how clients reach Kafka: ``PLAINTEXT``, ``SASL_PLAINTEXT``, ``SASL_SSL`` or ``SSL`` |
+| ``KAFKA_SASL_MECHANISM`` | ``SCRAM-SHA-512`` | ``SCRAM-SHA-256``, ``SCRAM-SHA-512`` or ``PLAIN`` (SASL protocols only) |
+| ``KAFKA_SASL_USERNAME`` | (none) | SASL user of the clients; with a secured local broker, also the SCRAM user it is formatted with (a super user) |
+| ``KAFKA_SASL_PASSWORD`` | (none) | its password: a secret, read from the environment only (Dagster resources get it through ``dg.EnvVar``), never printed, logged, written to disk or put on a command line by Conflux |
+| ``KAFKA_SSL_CAFILE`` | the local CA with ``sasl_ssl``, else the system's trust store | PEM file of the CA(s) that signed the brokers' certificates (``SSL``/``SASL_SSL``) |
+| ``CONFLUX_LAKE_PATH`` | ``$CONFLUX_HOME/lake`` | an ``s3://bucket/prefix`` URL puts the stack's lake on S3 or an S3-compatible store (a local path here is ignored: the local lake is always the state folder's); its partition locks are Postgres advisory locks in the stack's database |
+| ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` | (AWS defaults) | how an ``s3://`` lake is reached (``conflux/io/lake.py``); not read here, passed unchanged to every Dagster process the stack starts |
+| ``OPENLINEAGE_URL`` or ``OPENLINEAGE__TRANSPORT__*`` or ``OPENLINEAGE_CONFIG`` | (off) | OpenLineage run events (``conflux/observe/openlineage.py``: HTTP endpoint, file, ...); not read here, passed unchanged to every Dagster process the stack starts (daemon, webserver, their code servers and runs) |
+| ``OPENLINEAGE_NAMESPACE`` | ``conflux`` | namespace of Conflux's jobs in OpenLineage events |
+| ``OPENLINEAGE_DISABLED`` | (unset) | ``true``: no OpenLineage events, whatever else is set |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from conflux.core.errors import ConfigError
+from conflux.core.project import Project
+
+KAFKA_VERSION = "4.1.1"
+MAX_KAFKA_BROKERS = 5
+
+
+def _int_env(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise ConfigError(f"{name}={value} is outside 1..65535")
+    return value
+
+
+# CONFLUX_KAFKA_SECURITY → the client listener's security protocol
+KAFKA_SECURITY_MODES = {"plaintext": "PLAINTEXT", "sasl_plaintext": "SASL_PLAINTEXT",
+                        "sasl_ssl": "SASL_SSL"}
+
+
+def to_psycopg2_url(url: str) -> str:
+    """``postgresql://...`` (any driver suffix) → ``postgresql+psycopg2://...``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
+        raise ConfigError(f"not a PostgreSQL URL: {url.split('@')[-1]!r}")
+    return f"postgresql+psycopg2://{rest}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations and ports of the local stack."""
+
+    home: Path
+    cache: Path
+    bind_host: str
+    kafka_port: int
+    kafka_controller_port: int
+    kafka_heap: str
+    pg_port: int
+    external_pg_url: str | None
+    dagster_port: int
+    workspace: Path
+    kafka_security: str = "plaintext"  # CONFLUX_KAFKA_SECURITY: the local broker's listener
+    # how clients reach Kafka (KAFKA_* variables, else derived from kafka_security); never the
+    # password, which is read from the environment when a client is built
+    kafka_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_brokers: int = 1  # CONFLUX_KAFKA_BROKERS: local KRaft nodes (broker + controller each)
+    lake_url: str | None = None  # CONFLUX_LAKE_PATH when it is an object-store URL (s3://...)
+    project_root: Path = Path(".")  # the user project (CONFLUX_PROJECT, else found from cwd)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        project = Project.find(env)
+        home = Path(env.get("CONFLUX_HOME") or project.root / ".conflux").expanduser().resolve()
+        cache = Path(env.get("CONFLUX_CACHE") or Path.home() / ".cache" / "conflux").expanduser()
+        brokers_raw = (env.get("CONFLUX_KAFKA_BROKERS") or "1").strip()
+        if not brokers_raw.isdigit() or not 1 <= int(brokers_raw) <= MAX_KAFKA_BROKERS:
+            raise ConfigError(f"CONFLUX_KAFKA_BROKERS={brokers_raw!r} must be a number of local "
+                              f"Kafka nodes from 1 to {MAX_KAFKA_BROKERS} (3 for a cluster that "
+                              "survives the loss of one broker)")
+        brokers = int(brokers_raw)
+        heap = env.get("CONFLUX_KAFKA_HEAP") or ("1g" if brokers == 1 else "512m")
+        if not heap[:-1].isdigit() or heap[-1].lower() not in "mg":
+            raise ConfigError(f"CONFLUX_KAFKA_HEAP={heap!r} must look like 512m or 1g")
+        security = (env.get("CONFLUX_KAFKA_SECURITY") or "plaintext").strip().lower()
+        if security not in KAFKA_SECURITY_MODES:
+            raise ConfigError(f"CONFLUX_KAFKA_SECURITY={security!r} must be one of "
+                              f"{', '.join(KAFKA_SECURITY_MODES)}")
+        lake = (env.get("CONFLUX_LAKE_PATH") or "").strip()
+        cafile = env.get("KAFKA_SSL_CAFILE") or None
+        if cafile is None and security == "sasl_ssl":
+            cafile = str(home / "kafka" / "tls" / "ca.pem")
+        settings = cls(
+            home=home,
+            cache=cache.resolve(),
+            bind_host=env.get("CONFLUX_BIND_HOST", "127.0.0.1"),
+            kafka_port=_int_env(env, "CONFLUX_KAFKA_PORT", 9092),
+            kafka_controller_port=_int_env(env, "CONFLUX_KAFKA_CONTROLLER_PORT", 9093),
+            kafka_heap=heap,
+            pg_port=_int_env(env, "CONFLUX_PG_PORT", 15432),
+            external_pg_url=env.get("CONFLUX_POSTGRES_URL") or None,
+            dagster_port=_int_env(env, "CONFLUX_DAGSTER_PORT", 3000),
+            workspace=Path(env.get("CONFLUX_WORKSPACE") or project.workspace_file
+                           or home / "workspace.yaml").resolve(),
+            kafka_security=security,
+            kafka_protocol=(env.get("KAFKA_SECURITY_PROTOCOL") or KAFKA_SECURITY_MODES[security]
+                            ).strip().upper(),
+            kafka_sasl_mechanism=(env.get("KAFKA_SASL_MECHANISM") or "SCRAM-SHA-512").strip().upper(),
+            kafka_sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+            kafka_ssl_cafile=cafile,
+            kafka_brokers=brokers,
+            lake_url=lake if lake.startswith("s3://") else None,
+            project_root=project.root,
+        )
+        node_ports = [p for i in settings.kafka_nodes for p in settings.kafka_node_ports(i)]
+        if max(node_ports) > 65535:
+            raise ConfigError(f"CONFLUX_KAFKA_BROKERS={brokers} needs ports up to "
+                              f"{max(node_ports)}, beyond 65535")
+        ports = [*node_ports, settings.dagster_port]
+        if settings.external_pg_url is None:
+            ports.append(settings.pg_port)
+        if len(set(ports)) != len(ports):
+            shifted = (f" (with CONFLUX_KAFKA_BROKERS={brokers}, Kafka node i uses the Kafka "
+                       "ports + 2(i-1))" if brokers > 1 else "")
+            raise ConfigError(f"the stack's ports must differ, got {sorted(ports)}{shifted}")
+        return settings
+
+    # --- derived locations -------------------------------------------------------------------
+    @property
+    def kafka_nodes(self) -> range:
+        """The local Kafka node ids, 1-based."""
+        return range(1, self.kafka_brokers + 1)
+
+    def kafka_node_ports(self, node: int) -> tuple[int, int]:
+        """(client, controller) port of local Kafka node ``node``: the configured pair shifted
+        by 2 per node after the first."""
+        return self.kafka_port + 2 * (node - 1), self.kafka_controller_port + 2 * (node - 1)
+
+    def kafka_node_dir(self, node: int) -> Path:
+        """Configuration and data of node ``node`` (node 1 keeps the single broker's folder)."""
+        return self.kafka_dir if node == 1 else self.kafka_dir / f"node-{node}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return ",".join(f"{self.bind_host}:{self.kafka_node_ports(i)[0]}" for i in self.kafka_nodes)
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.home / "kafka"
+
+    @property
+    def kafka_tls_dir(self) -> Path:
+        """The local broker's CA and server certificate (``sasl_ssl``)."""
+        return self.kafka_dir / "tls"
+
+    @property
+    def kafka_libs(self) -> Path:
+        return self.cache / f"kafka-{KAFKA_VERSION}" / "libs"
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.home / "postgres"
+
+    @property
+    def postgres_url(self) -> str:
+        if self.external_pg_url:
+            return self.external_pg_url
+        return f"postgresql://conflux@{self.bind_host}:{self.pg_port}/conflux"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster_home"
+
+    @property
+    def lake_path(self) -> Path:
+        """The local lake folder (used unless ``lake_url`` is set)."""
+        return self.home / "lake"
+
+    @property
+    def lake_location(self) -> str:
+        """Where the stack's lake is: the ``s3://`` URL of ``CONFLUX_LAKE_PATH``, else the
+        local folder."""
+        return self.lake_url or str(self.lake_path)
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files."""
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://{self.bind_host}:{self.dagster_port}"
+
+    @property
+    def dagster_pg_url(self) -> str:
+        """The same database for dagster-postgres, through the psycopg2 driver.
+
+        SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3, whose server-side parameter binding
+        breaks statements dagster-postgres sends (``NOTIFY ..., :id``); psycopg2 binds on the
+        client and works.
+        """
+        return to_psycopg2_url(self.postgres_url)
+
+    def kafka_client_env(self) -> dict[str, str]:
+        """How a client reaches Kafka, minus the password (``KAFKA_SASL_PASSWORD``, which
+        stays in the environment it came from)."""
+        env = {"KAFKA_SECURITY_PROTOCOL": self.kafka_protocol}
+        if self.kafka_protocol.startswith("SASL_"):
+            env["KAFKA_SASL_MECHANISM"] = self.kafka_sasl_mechanism
+            if self.kafka_sasl_username:
+                env["KAFKA_SASL_USERNAME"] = self.kafka_sasl_username
+        if self.kafka_protocol.endswith("SSL") and self.kafka_ssl_cafile:
+            env["KAFKA_SSL_CAFILE"] = self.kafka_ssl_cafile
+        return env
+
+    def client_env(self) -> dict[str, str]:
+        """The variables a client of this stack needs (printed by ``conflux stack env``)."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            **self.kafka_client_env(),
+            "CONFLUX_POSTGRES_URL": self.postgres_url,
+            "DAGSTER_PG_URL": self.dagster_pg_url,
+            "DAGSTER_HOME": str(self.dagster_home),
+            "CONFLUX_LAKE_PATH": self.lake_location,
+            "CONFLUX_DAGSTER_URL": self.dagster_url,
+        }

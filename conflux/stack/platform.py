@@ -1,0 +1,46 @@
+"""What the platform sets up on its services once they run: topics and registered contracts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from conflux.core.settings import Settings
+
+
+def ensure_platform_topics(settings: Settings, report: Callable[[str], None] = print) -> None:
+    """Create each event dataset's topics and dead-letter topic with explicit partitions,
+    replicated on the local cluster (:func:`conflux.stack.kafka.replication`: 3 replicas and
+    ``min.insync.replicas=2`` from 3 nodes on; 1 on a single broker). An event-sourced
+    (append-only) dataset's topics keep every record (``retention.ms=-1``): its projection must
+    stay rebuildable from offset zero."""
+    from conflux.stack.kafka import replication
+    from conflux.core.declarations import EventDataset
+    from conflux.core.project import load_catalog
+    from conflux.io.kafka import KafkaResource
+
+    kafka = KafkaResource.from_env(settings)
+    factor, min_isr = replication(settings.kafka_brokers)
+    isr = {"min.insync.replicas": str(min_isr)} if settings.kafka_brokers > 1 else {}
+    for ds in (d for d in load_catalog() if isinstance(d, EventDataset)):
+        kept = {**isr, "retention.ms": "-1"} if ds.append_only else isr
+        for topic, partitions, configs in [*((t, ds.partitions, kept) for t in ds.topics),
+                                           (ds.dlq_topic, 1, isr)]:
+            if kafka.ensure_topic(topic, partitions, factor, configs=configs or None):
+                report(f"kafka: created topic {topic} ({partitions} partitions"
+                       + (f", {factor} replicas, min.insync.replicas {min_isr})"
+                          if factor > 1 else ")"))
+
+
+def register_contracts(settings: Settings, report: Callable[[str], None] = print) -> dict[str, str]:
+    """Register every declared contract; a breaking change stops the deployment here."""
+    from conflux.cli.contracts import register_all
+    from conflux.io.schema_registry import SchemaRegistry
+    from conflux.core.project import load_catalog
+
+    lines: list[str] = []
+    refs = register_all(SchemaRegistry(settings.postgres_url), load_catalog(),
+                        report=lines.append)
+    created = [line for line in lines if " registered " in line]
+    report(f"registry: {len(refs)} contracts registered"
+           + (f" ({len(created)} new version(s))" if created else ", all unchanged"))
+    return refs
