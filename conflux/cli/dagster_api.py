@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from conflux.core.errors import ConfluxError
 
-LOCATION = "conflux"
+LOCATION = None  # found by name: the code location holding the job / sensor / schedule
 REPOSITORY = "__repository__"  # the name Dagster gives the repository of a Definitions object
 DONE_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 DONE_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -150,9 +150,43 @@ def backfill_state(url: str, backfill_id: str) -> BackfillState:
                          {r["runId"]: r["status"] for r in out.get("runs") or []})
 
 
-def launch_run(url: str, job: str, run_config: dict, tags: dict[str, str] | None = None) -> str:
-    """Launch ``job`` of the ``conflux`` code location; returns the run id."""
-    params = {"selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY,
+WORKSPACE = """
+query Workspace {
+  workspaceOrError {
+    __typename
+    ... on Workspace { locationEntries { name locationOrLoadError { __typename
+      ... on RepositoryLocation { repositories { name
+          jobs { name } sensors { name } schedules { name } } } } } }
+  }
+}
+"""
+
+
+def location_of(url: str, name: str) -> str:
+    """The code location whose repository has a job, sensor or schedule called ``name`` (a
+    project's location is named by its workspace, not by Conflux)."""
+    out = graphql(url, WORKSPACE)["workspaceOrError"]
+    if out["__typename"] != "Workspace":
+        raise DagsterApiError(f"reading the workspace: {out['__typename']}")
+    for entry in out["locationEntries"]:
+        location = entry["locationOrLoadError"] or {}
+        for repo in location.get("repositories") or []:
+            if repo["name"] != REPOSITORY:
+                continue
+            names = {item["name"] for kind in ("jobs", "sensors", "schedules")
+                     for item in repo[kind]}
+            if name in names:
+                return entry["name"]
+    raise DagsterApiError(f"no code location of {url} has a job, sensor or schedule named "
+                          f"{name!r} (is the webserver loading this project's workspace?)")
+
+
+def launch_run(url: str, job: str, run_config: dict, tags: dict[str, str] | None = None,
+               *, location: str | None = LOCATION) -> str:
+    """Launch ``job`` (of ``location``, else the code location that has it); returns the run
+    id."""
+    params = {"selector": {"repositoryLocationName": location or location_of(url, job),
+                           "repositoryName": REPOSITORY,
                            "jobName": job},
               "runConfigData": run_config,
               "executionMetadata": {"tags": [{"key": k, "value": v}
@@ -195,20 +229,21 @@ class ScheduleState:
     ticks: list[dict]  # newest first: {status, runIds, timestamp}
 
 
-def _schedule_selector(name: str, location: str) -> dict:
-    return {"sel": {"repositoryLocationName": location, "repositoryName": REPOSITORY,
+def _schedule_selector(name: str, location: str | None, url: str) -> dict:
+    return {"sel": {"repositoryLocationName": location or location_of(url, name),
+                    "repositoryName": REPOSITORY,
                     "scheduleName": name}}
 
 
-def reset_schedule(url: str, name: str, *, location: str = LOCATION) -> str:
+def reset_schedule(url: str, name: str, *, location: str | None = LOCATION) -> str:
     """Return a schedule to its declared default status (stopped for Conflux's schedules)."""
-    out = _result(graphql(url, RESET_SCHEDULE, _schedule_selector(name, location)),
+    out = _result(graphql(url, RESET_SCHEDULE, _schedule_selector(name, location, url)),
                   "resetSchedule", "ScheduleStateResult")
     return out["scheduleState"]["status"]
 
 
-def schedule_state(url: str, name: str, *, location: str = LOCATION) -> ScheduleState:
-    out = _result(graphql(url, SCHEDULE, _schedule_selector(name, location)),
+def schedule_state(url: str, name: str, *, location: str | None = LOCATION) -> ScheduleState:
+    out = _result(graphql(url, SCHEDULE, _schedule_selector(name, location, url)),
                   "scheduleOrError", "Schedule")
     state = out["scheduleState"]
     return ScheduleState(out["name"], out["cronSchedule"], state["status"], state["ticks"])
@@ -259,26 +294,27 @@ class SensorState:
     cursor: str | None
 
 
-def _sensor_selector(name: str, location: str) -> dict:
-    return {"sel": {"repositoryLocationName": location, "repositoryName": REPOSITORY,
+def _sensor_selector(name: str, location: str | None, url: str) -> dict:
+    return {"sel": {"repositoryLocationName": location or location_of(url, name),
+                    "repositoryName": REPOSITORY,
                     "sensorName": name}}
 
 
-def sensor_state(url: str, name: str, *, location: str = LOCATION) -> SensorState:
-    out = _result(graphql(url, SENSOR, _sensor_selector(name, location)), "sensorOrError", "Sensor")
+def sensor_state(url: str, name: str, *, location: str | None = LOCATION) -> SensorState:
+    out = _result(graphql(url, SENSOR, _sensor_selector(name, location, url)), "sensorOrError", "Sensor")
     state = out["sensorState"]
     data = state.get("typeSpecificData") or {}
     return SensorState(out["name"], state["id"], state["status"], data.get("lastCursor"))
 
 
-def start_sensor(url: str, name: str, *, location: str = LOCATION) -> str:
+def start_sensor(url: str, name: str, *, location: str | None = LOCATION) -> str:
     """Turn a sensor on (the UI's toggle); returns its new status."""
-    out = _result(graphql(url, START_SENSOR, _sensor_selector(name, location)),
+    out = _result(graphql(url, START_SENSOR, _sensor_selector(name, location, url)),
                   "startSensor", "Sensor")
     return out["sensorState"]["status"]
 
 
-def stop_sensor(url: str, name: str, *, location: str = LOCATION) -> str:
+def stop_sensor(url: str, name: str, *, location: str | None = LOCATION) -> str:
     """Turn a sensor off (the UI's toggle); returns its new status."""
     state = sensor_state(url, name, location=location)
     out = _result(graphql(url, STOP_SENSOR, {"id": state.id}), "stopSensor",

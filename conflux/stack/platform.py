@@ -7,6 +7,21 @@ from collections.abc import Callable
 from conflux.core.settings import Settings
 
 
+def project_catalog(report: Callable[[str], None]) -> tuple:
+    """The project's declarations; none (and a line saying so) when the folder has no catalog,
+    so a bare stack still starts."""
+    from conflux.core.project import Project
+
+    project = Project.find()
+    if not project.catalog:
+        report(f"project {project.root}: no [tool.conflux] catalog, so no topics or contracts "
+               "to set up")
+        return ()
+    from conflux.core.project import load_catalog
+
+    return load_catalog()
+
+
 def ensure_platform_topics(settings: Settings, report: Callable[[str], None] = print) -> None:
     """Create each event dataset's topics and dead-letter topic with explicit partitions,
     replicated on the local cluster (:func:`conflux.stack.kafka.replication`: 3 replicas and
@@ -15,13 +30,12 @@ def ensure_platform_topics(settings: Settings, report: Callable[[str], None] = p
     stay rebuildable from offset zero."""
     from conflux.stack.kafka import replication
     from conflux.core.declarations import EventDataset
-    from conflux.core.project import load_catalog
     from conflux.io.kafka import KafkaResource
 
     kafka = KafkaResource.from_env(settings)
     factor, min_isr = replication(settings.kafka_brokers)
     isr = {"min.insync.replicas": str(min_isr)} if settings.kafka_brokers > 1 else {}
-    for ds in (d for d in load_catalog() if isinstance(d, EventDataset)):
+    for ds in (d for d in project_catalog(report) if isinstance(d, EventDataset)):
         kept = {**isr, "retention.ms": "-1"} if ds.append_only else isr
         for topic, partitions, configs in [*((t, ds.partitions, kept) for t in ds.topics),
                                            (ds.dlq_topic, 1, isr)]:
@@ -35,10 +49,9 @@ def register_contracts(settings: Settings, report: Callable[[str], None] = print
     """Register every declared contract; a breaking change stops the deployment here."""
     from conflux.cli.contracts import register_all
     from conflux.io.schema_registry import SchemaRegistry
-    from conflux.core.project import load_catalog
 
     lines: list[str] = []
-    refs = register_all(SchemaRegistry(settings.postgres_url), load_catalog(),
+    refs = register_all(SchemaRegistry(settings.postgres_url), project_catalog(report),
                         report=lines.append)
     created = [line for line in lines if " registered " in line]
     report(f"registry: {len(refs)} contracts registered"
