@@ -98,9 +98,19 @@ class Postgres(Service):
         for p in [path, *path.rglob("*")]:
             os.chown(p, entry.pw_uid, entry.pw_gid)
 
+    def _check_reachable(self, path: Path) -> None:
+        if self.user is None:
+            return
+        self._own(path)
+        if not run_as_can_enter(self.user, path):
+            raise StackError(
+                f"postgres: the server runs as user '{self.user}' (it refuses root) and cannot "
+                f"reach {path}; put CONFLUX_HOME under a folder that user can enter")
+
     def prepare(self) -> None:
         pg_bin = self._bin()
         self.settings.pg_dir.mkdir(parents=True, exist_ok=True)
+        self._check_reachable(self.settings.pg_dir)  # before initdb, whose error is cryptic
         if not (self.data_dir / "PG_VERSION").exists():
             # never initialised, or initdb died half-way: start from an empty folder
             shutil.rmtree(self.data_dir, ignore_errors=True)
@@ -111,12 +121,7 @@ class Postgres(Service):
                         what="postgres: initdb", log=self.log, timeout=120, user=self.user,
                         cwd=self.settings.pg_dir)
         self._own(self.settings.pg_dir)
-        if self.user is not None:
-            probe = run_as_can_enter(self.user, self.data_dir)
-            if not probe:
-                raise StackError(
-                    f"postgres: the server runs as user '{self.user}' (it refuses root) and cannot "
-                    f"reach {self.data_dir}; put CONFLUX_HOME under a folder that user can enter")
+        self._check_reachable(self.data_dir)
         # the log file is opened by us (root); the server only writes to the inherited fd
 
     def cwd(self) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,7 +45,7 @@ producer.flush()
 producer.close()
 counts = readings.groupby("device_id")["reading_id"].count()
 counts[row["device_id"]] += 1  # the traced reading
-print(json.dumps({d: int(n) for d, n in counts.items()}))
+print(json.dumps({{d: int(n) for d, n in counts.items()}}))
 """
 
 
@@ -57,9 +58,14 @@ def run(cmd, *, cwd, env, timeout=300, check=True) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project():
     """The generated project, with its own venv holding Conflux installed from this checkout."""
-    folder = tmp_path_factory.mktemp("user") / "cold-chain"
+    # under the repository's state folder: as root, the stack's Postgres runs as the postgres
+    # user, who cannot enter pytest's private temporary folders
+    base = REPO / ".conflux" / "user-project"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    folder = base / "cold-chain"
     run([str(Path(sys.executable).parent / "conflux"), "init", str(folder),
          "--conflux", f"conflux @ {REPO.as_uri()}"], cwd=folder.parent, env=dict(os.environ))
     run([sys.executable, "-m", "venv", str(folder / ".venv")], cwd=folder, env=dict(os.environ))
@@ -72,6 +78,26 @@ def project(tmp_path_factory):
     yield folder, env
     run([str(folder / ".venv" / "bin" / "conflux"), "stack", "down"], cwd=folder, env=env,
         check=False)
+
+
+@pytest.fixture(scope="module")
+def dev(project):
+    """`conflux dev` in the project's folder: its stack, UI, daemon and its own producer."""
+    folder, env = project
+    log = (folder / "dev.log").open("w")
+    proc = subprocess.Popen([str(folder / ".venv" / "bin" / "conflux"), "dev", "--rate", "10"],
+                            cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while "Conflux is up" not in (folder / "dev.log").read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"conflux dev did not come up:\n{(folder / 'dev.log').read_text()[-4000:]}")
+        time.sleep(2)
+    yield proc, folder / "dev.log"
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=180)
+    log.close()
 
 
 def conflux(project, *args, check=True, timeout=300):
@@ -92,13 +118,14 @@ def test_the_project_venv_has_conflux_installed_and_no_demo_modules(project):
     assert " passed" in res.stdout
 
 
-def test_the_stack_the_sensor_and_the_cli_follow_the_projects_catalog(project):
+def test_dev_the_sensor_and_the_cli_follow_the_projects_catalog(project, dev):
     folder, env = project
-    up = conflux(project, "stack", "up", timeout=600)
-    assert f"created topic {TOPIC}" in up.stdout
-    assert "registry: 2 contracts registered" in up.stdout
+    proc, log = dev
+    up = log.read_text()
+    assert f"created topic {TOPIC}" in up
+    assert "registry: 2 contracts registered" in up
     assert (folder / ".conflux" / "postgres").is_dir()  # state inside the project
-    assert "orders" not in up.stdout and "tpch" not in up.stdout
+    assert "orders" not in up and "tpch" not in up
     exports = conflux(project, "stack", "env").stdout
     assert f"DAGSTER_HOME={folder / '.conflux' / 'dagster_home'}" in exports
     assert conflux(project, "contracts", "check").returncode == 0
@@ -114,12 +141,14 @@ def test_the_stack_the_sensor_and_the_cli_follow_the_projects_catalog(project):
     stats = json.loads(run([str(folder / ".venv" / "bin" / "python"), "-c", PUBLISH],
                            cwd=folder, env={**env, **_client_env(project)}).stdout)
     deadline = time.monotonic() + 180
-    while True:
-        lag = json.loads(conflux(project, "lag", "readings", "--json").stdout)
-        if lag and lag[0]["lag"] == 0 and lag[0]["partitions"]:
-            break
-        assert time.monotonic() < deadline, f"the readings sensor did not catch up: {lag}"
+    while len(_read(project, "readings", DAY)) < 41:
+        assert time.monotonic() < deadline, "the readings sensor did not apply the readings"
         time.sleep(3)
+    lag = json.loads(conflux(project, "lag", "readings", "--json").stdout)
+    assert lag[0]["dataset"] == "readings" and lag[0]["partitions"], lag
+    # the project's own dev producer publishes today's readings meanwhile
+    today = dt.date.today().isoformat()
+    assert len(_read(project, "readings", today)) > 0
 
     # a backfill of the join, launched through the UI's API, from the project's folder
     conflux(project, "backfill", "daily_temperature", "--start", DAY, "--end", DAY, "--wait",
@@ -155,6 +184,15 @@ def _read(project, dataset: str, day: str) -> list[dict]:
     res = run([str(folder / ".venv" / "bin" / "python"), "-c", code], cwd=folder,
               env={**env, **_client_env(project)})
     return json.loads(res.stdout)
+
+
+def test_dev_stops_what_it_started(project, dev):
+    proc, log = dev
+    proc.terminate()
+    assert proc.wait(timeout=180) == 0
+    assert "stopping what conflux dev started" in log.read_text()
+    status = conflux(project, "stack", "status", check=False)
+    assert status.returncode == 1 and "running" not in status.stdout, status.stdout
 
 
 def test_a_folder_without_a_project_is_told_how_to_get_one(tmp_path):
