@@ -31,6 +31,7 @@ _API = {
     "build_definitions": "conflux.dagster.compile",
     "asset_specs": "conflux.dagster.compile",
     "platform_resources": "conflux.dagster.resources",
+    "ConfluxDatasets": "conflux.dagster.component",
     # resources
     "KafkaResource": "conflux.io.kafka",
     "LakeResource": "conflux.io.lake",

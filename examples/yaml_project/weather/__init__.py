@@ -1,0 +1,1 @@
+"""weather: a Conflux project whose datasets are declared in YAML."""
