@@ -5,18 +5,52 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# make installs from the lock, not from pyproject.toml's ranges: a new release of any (transitive)
+# dependency cannot change what a clean clone installs. The lock is for Linux x86_64, CPython 3.11.
+#   requirements/bootstrap.lock  pip, setuptools, wheel (requirements/bootstrap.in): installed first
+#   requirements/dev.lock        runtime + extras deploy, test (+ bootstrap): make, CI
+#   requirements/runtime.lock    runtime + extra deploy (+ bootstrap): deploy/Dockerfile
+LOCKS := requirements/bootstrap.lock requirements/dev.lock requirements/runtime.lock
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) 2>/dev/null | cksum | cut -d' ' -f1)
+PIP := $(BIN)/python -m pip install --disable-pip-version-check -q
 
-.PHONY: install dev test test-unit reliability stack-down clean
+.PHONY: install lock dev test test-unit reliability stack-down clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# scripts/check_lock.py fails first if pyproject.toml's dependencies changed since `make lock`
+$(STAMP): pyproject.toml $(LOCKS)
 	@command -v java >/dev/null || { echo "make: java 17+ is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "make: mvn is required (apt-get install maven)"; exit 1; }
+	$(PY) scripts/check_lock.py
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	$(PIP) --require-hashes -r requirements/bootstrap.lock
+	$(PIP) --require-hashes -r requirements/dev.lock
+	$(PIP) --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*; touch $@
+
+# After a change to pyproject.toml's dependencies: regenerate the locks and commit them with it.
+# uv (pinned below, in a venv of its own under .conflux/) resolves for Linux x86_64 / CPython 3.11,
+# keeping the versions already locked where they still fit (UPGRADE=1: newest allowed versions):
+#   uv pip compile pyproject.toml requirements/bootstrap.in --extra dev --generate-hashes \
+#       --python-version 3.11 --python-platform x86_64-unknown-linux-gnu -o requirements/dev.lock
+# runtime.lock the same with --extra deploy, and bootstrap.lock from bootstrap.in alone, both
+# constrained to dev.lock's versions; then scripts/check_lock.py --stamp records the digest of
+# pyproject's dependencies in each (make install compares it first).
+UV_VERSION := 0.13.8
+LOCK_TOOL := .conflux/lock-tool
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock:
+	@test -x $(LOCK_TOOL)/bin/uv && $(LOCK_TOOL)/bin/uv --version | grep -q " $(UV_VERSION)" || { \
+		$(PY) -m venv $(LOCK_TOOL) && $(LOCK_TOOL)/bin/pip install --disable-pip-version-check -q uv==$(UV_VERSION); }
+	$(LOCK_TOOL)/bin/uv pip compile -q pyproject.toml requirements/bootstrap.in --extra dev $(LOCK_FLAGS) \
+		-o requirements/dev.lock
+	$(LOCK_TOOL)/bin/uv pip compile -q pyproject.toml requirements/bootstrap.in --extra deploy $(LOCK_FLAGS) \
+		-c requirements/dev.lock -o requirements/runtime.lock
+	$(LOCK_TOOL)/bin/uv pip compile -q requirements/bootstrap.in $(LOCK_FLAGS) \
+		-c requirements/dev.lock -o requirements/bootstrap.lock
+	$(PY) scripts/check_lock.py --stamp
 
 dev: install
 	$(BIN)/conflux dev
@@ -60,3 +94,10 @@ stack-down: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The reference pages generated from the code (docs/cli.md from the argparse parser,
+# docs/configuration.md from conflux/core/settings.py and the resources); tests/unit/test_docs.py
+# fails when they are stale.
+.PHONY: docs
+docs: install
+	$(BIN)/python docs/generate.py
