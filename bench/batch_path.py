@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, use_bench_stack
+from bench.common import REPO, Figures, record_results, use_bench_stack
 
 OURS = """
 import json, sys, time
@@ -148,19 +148,21 @@ def main(argv=None) -> int:
         stack.down(started, report=lambda line: None)
 
     per_partition = per / args.sample
-    print(f"\nrevenue_by_nation over {days:,} days, TPC-H scale {args.scale:g} (same Parquet files)")
-    print(f"{'engine':<10}{'seconds':>9}{'peak MB':>9}{'rows':>7}{'revenue':>20}")
+    out = Figures()  # printed as before, and recorded in docs/benchmark-results.md
+    out(f"\nrevenue_by_nation over {days:,} days, TPC-H scale {args.scale:g} (same Parquet files)")
+    out(f"{'engine':<10}{'seconds':>9}{'peak MB':>9}{'rows':>7}{'revenue':>20}")
     for label, r in (("conflux", ours), ("duckdb", duck)):
-        print(f"{label:<10}{r['seconds']:>9.2f}{r['peak_mb']:>9.0f}{r['rows']:>7}{r['revenue']:>20,.2f}")
-    print(f"conflux / duckdb: time {ours['seconds'] / duck['seconds']:.2f}x, "
-          f"peak memory {ours['peak_mb'] / duck['peak_mb']:.2f}x; same rows: "
-          f"{ours['rows'] == duck['rows']}, revenue equal: "
-          f"{abs(ours['revenue'] - duck['revenue']) <= 1e-6 * abs(duck['revenue'])}")
-    print(f"\nfull-history backfill of {days:,} partitions through the webserver + daemon:")
-    print(f"  one run (BackfillPolicy.single_run): {single:.1f}s, {single_runs} run(s)")
-    print(f"  one run per partition: {per:.1f}s for a sample of {args.sample} ({per_runs} runs) = "
-          f"{per_partition:.2f}s per partition -> {per_partition * days / 60:.1f} min extrapolated")
-    print(f"  single run is {per_partition * days / single:.0f}x faster")
+        out(f"{label:<10}{r['seconds']:>9.2f}{r['peak_mb']:>9.0f}{r['rows']:>7}{r['revenue']:>20,.2f}")
+    out(f"conflux / duckdb: time {ours['seconds'] / duck['seconds']:.2f}x, "
+        f"peak memory {ours['peak_mb'] / duck['peak_mb']:.2f}x; same rows: "
+        f"{ours['rows'] == duck['rows']}, revenue equal: "
+        f"{abs(ours['revenue'] - duck['revenue']) <= 1e-6 * abs(duck['revenue'])}")
+    out(f"\nfull-history backfill of {days:,} partitions through the webserver + daemon:")
+    out(f"  one run (BackfillPolicy.single_run): {single:.1f}s, {single_runs} run(s)")
+    out(f"  one run per partition: {per:.1f}s for a sample of {args.sample} ({per_runs} runs) = "
+        f"{per_partition:.2f}s per partition -> {per_partition * days / 60:.1f} min extrapolated")
+    out(f"  single run is {per_partition * days / single:.0f}x faster")
+    record_results("batch_path", out.lines)
     print(json.dumps({"ours": ours, "duckdb": duck, "days": days, "single_s": single,
                       "per_partition_s": per_partition}), file=sys.stderr)
     return 0

@@ -5,6 +5,7 @@ Conflux code location plus the benchmark's baseline location."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,3 +31,102 @@ def use_bench_stack(baseline_module: str, location: str) -> None:
     workspace = home / "workspace.yaml"
     workspace.write_text(WORKSPACE.format(repo=REPO, module=baseline_module, location=location))
     os.environ["CONFLUX_WORKSPACE"] = str(workspace)
+
+
+# --- the one results file -------------------------------------------------------------------------
+# Benchmark figures live only here, written by the scripts themselves (never copied by hand into
+# the README or other docs): one section per benchmark, replaced by its next run.
+RESULTS = REPO / "docs" / "benchmark-results.md"
+RESULTS_HEADER = """\
+# Benchmark results
+
+Written by the benchmark scripts (`bench/*.py`, `bench.common.record_results`), never by hand:
+each section is replaced by the next run of its benchmark and says when, on what machine, at
+which commit and with which command it was measured. What each benchmark measures and how to
+run it: [benchmarks.md](benchmarks.md). Targets: `../shared/DESIGN.md` ("What good means here").
+"""
+_BEGIN, _END = "<!-- results:{} -->", "<!-- /results:{} -->"
+
+
+def _git(*args: str) -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def machine() -> str:
+    """``N cores, M GiB`` of this machine."""
+    cores = os.cpu_count() or 0
+    try:
+        kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:"))
+        return f"{cores} cores, {kib / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError, IndexError):
+        return f"{cores} cores"
+
+
+def commit() -> str:
+    """The checked-out commit, marked when tracked files differ from it."""
+    head = _git("rev-parse", "--short=12", "HEAD") or "unknown"
+    if head != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
+        head += " (with uncommitted changes)"
+    return head
+
+
+def record_results(name: str, lines, *, command: str | None = None,
+                   path: Path | None = None, when=None) -> Path:
+    """Record the figures a benchmark printed as its section of the results file.
+
+    Args:
+        name: the benchmark (``event_path``, ``batch_path``, ...): its section's title.
+        lines: the lines it printed, as printed (blank lines kept).
+        command: how it was run (default: ``python -m bench.<name>`` + this process's arguments).
+        path: the results file (default ``docs/benchmark-results.md``).
+        when: the time of the run (default now, UTC).
+
+    Returns:
+        The file written. Other benchmarks' sections are kept, in name order.
+    """
+    import datetime as dt
+    import shlex
+    import sys
+
+    path = RESULTS if path is None else Path(path)
+    when = when or dt.datetime.now(dt.timezone.utc)
+    if command is None:
+        command = " ".join(["python -m bench." + name, *map(shlex.quote, sys.argv[1:])])
+    text = "\n".join(str(line) for line in lines).strip("\n")
+    section = "\n".join([
+        _BEGIN.format(name), f"## {name}", "",
+        f"- date: {when.strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine()}",
+        f"- commit: {commit()}",
+        f"- command: `{command}`", "",
+        "```", text, "```", _END.format(name)])
+    sections = {}
+    if path.exists():
+        for found in re.finditer(r"<!-- results:(\S+) -->.*?<!-- /results:\1 -->",
+                                 path.read_text(), re.S):
+            sections[found.group(1)] = found.group(0)
+    sections[name] = section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "\n\n".join(sections[key] for key in sorted(sections))
+    path.write_text(RESULTS_HEADER + "\n" + body + "\n")
+    return path
+
+
+class Figures:
+    """Print figures as usual and keep them for :func:`record_results`:
+    ``out = Figures(); out("p95 ..."); record_results("x", out.lines)``."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, text: str = "") -> None:
+        print(text)
+        self.lines.extend(str(text).split("\n"))

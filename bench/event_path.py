@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import use_bench_stack
+from bench.common import Figures, record_results, use_bench_stack
 
 
 def tree_cpu_seconds(root: int) -> dict[int, float]:
@@ -322,21 +322,23 @@ def main(argv=None) -> int:
     finally:
         stack.down(started, report=lambda line: None)
 
-    print("\nproduce → materialized in Dagster (seconds), Dagster process tree CPU, runs")
-    print(f"{'path':<9}{'rate/s':>8}{'events':>9}{'p50':>8}{'p95':>8}{'max':>8}{'cores':>7}"
-          f"{'runs':>6}{'missing':>9}")
+    out = Figures()  # printed as before, and recorded in docs/benchmark-results.md
+    out("\nproduce → materialized in Dagster (seconds), Dagster process tree CPU, runs")
+    out(f"{'path':<9}{'rate/s':>8}{'events':>9}{'p50':>8}{'p95':>8}{'max':>8}{'cores':>7}"
+        f"{'runs':>6}{'missing':>9}")
     for r in results:
-        print(f"{r['label']:<9}{r['rate']:>8g}{r['events']:>9}{r['p50']:>8.2f}{r['p95']:>8.2f}"
-              f"{r['max']:>8.2f}{r['cores']:>7.2f}{r['runs']:>6}{r['missing']:>9}")
+        out(f"{r['label']:<9}{r['rate']:>8g}{r['events']:>9}{r['p50']:>8.2f}{r['p95']:>8.2f}"
+            f"{r['max']:>8.2f}{r['cores']:>7.2f}{r['runs']:>6}{r['missing']:>9}")
     for rate in rates:
         ours = next(r for r in results if r["label"] == "conflux" and r["rate"] == rate)
         naive = next((r for r in results if r["label"] == "naive" and r["rate"] == rate), None)
         if naive and ours["p95"] > 0:
-            print(f"at {rate:g}/s: naive p95 / conflux p95 = {naive['p95'] / ours['p95']:.1f}x; "
-                  f"CPU naive / conflux = {naive['cores'] / max(ours['cores'], 1e-9):.1f}x")
-    print(f"\nthroughput over {tput['records']:,} records: raw kafka-python {tput['raw']:,.0f}/s, "
-          f"decode → validate → route → upsert {tput['ours']:,.0f}/s "
-          f"= {100 * tput['ours'] / tput['raw']:.0f} % of raw")
+            out(f"at {rate:g}/s: naive p95 / conflux p95 = {naive['p95'] / ours['p95']:.1f}x; "
+                f"CPU naive / conflux = {naive['cores'] / max(ours['cores'], 1e-9):.1f}x")
+    out(f"\nthroughput over {tput['records']:,} records: raw kafka-python {tput['raw']:,.0f}/s, "
+        f"decode → validate → route → upsert {tput['ours']:,.0f}/s "
+        f"= {100 * tput['ours'] / tput['raw']:.0f} % of raw")
+    record_results("event_path", out.lines)
     print(json.dumps({"latency": results, "throughput": tput}), file=sys.stderr)
     return 0
 

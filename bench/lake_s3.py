@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import BENCH_ENV
+from bench.common import BENCH_ENV, Figures, record_results
 
 
 def timed(fn, repeat: int) -> float:
@@ -94,11 +94,13 @@ def main() -> None:
     finally:
         s3.stop(proc)
         stack.down(started, report=lambda line: None)
-    print(f"lake operations, {args.rows}-row partition, median of {args.repeat} (ms)")
-    print(f"{'operation':40} {'local':>9} {'s3 (moto)':>10} {'ratio':>7}")
+    out = Figures()  # printed as before, and recorded in docs/benchmark-results.md
+    out(f"lake operations, {args.rows}-row partition, median of {args.repeat} (ms)")
+    out(f"{'operation':40} {'local':>9} {'s3 (moto)':>10} {'ratio':>7}")
     for op in results["local"]:
         loc, rem = results["local"][op], results["s3 (moto)"][op]
-        print(f"{op:40} {loc * 1e3:9.2f} {rem * 1e3:10.2f} {rem / loc:6.1f}x")
+        out(f"{op:40} {loc * 1e3:9.2f} {rem * 1e3:10.2f} {rem / loc:6.1f}x")
+    record_results("lake_s3", out.lines)
 
 
 if __name__ == "__main__":

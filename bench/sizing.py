@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from bench.common import REPO, use_bench_stack
+from bench.common import REPO, Figures, record_results, use_bench_stack
 from bench.event_path import produce_live, wait_covered
 from conflux.stack.sockets import descendants
 
@@ -149,21 +149,23 @@ def main(argv=None) -> int:
 
     per_k = {n: 1000 * ev_net[n] / len(sent) for n in COMPONENTS}
     per_run = {n: run_net[n] / args.runs for n in COMPONENTS}
-    print(f"\n{os.cpu_count()} cores; CPU seconds by component (process tree), net of idle")
-    print(f"{'component':<20}{'idle cores':>11}{'per 1,000 events':>18}{'per run':>10}")
+    out = Figures()  # printed as before, and recorded in docs/benchmark-results.md
+    out(f"\n{os.cpu_count()} cores; CPU seconds by component (process tree), net of idle")
+    out(f"{'component':<20}{'idle cores':>11}{'per 1,000 events':>18}{'per run':>10}")
     for n in COMPONENTS:
-        print(f"{n:<20}{idle_rate[n]:>11.3f}{per_k[n]:>18.2f}{per_run[n]:>10.2f}")
+        out(f"{n:<20}{idle_rate[n]:>11.3f}{per_k[n]:>18.2f}{per_run[n]:>10.2f}")
     total_k, total_run = sum(per_k.values()), sum(per_run.values())
     total_idle = sum(idle_rate.values())
-    print(f"{'total':<20}{total_idle:>11.3f}{total_k:>18.2f}{total_run:>10.2f}")
+    out(f"{'total':<20}{total_idle:>11.3f}{total_k:>18.2f}{total_run:>10.2f}")
     ev_cores, run_cores = sum(ev_cpu.values()) / ev_wall, sum(run_cpu.values()) / run_wall
-    print(f"\nevents: {len(sent):,} in {ev_wall:.1f}s ({len(sent) / ev_wall:,.0f}/s sustained, "
-          f"{ingest_runs} ingest runs), all materialized; {total_k:.2f} CPU-s per 1,000 events; "
-          f"the platform used {ev_cores:.2f} cores vs {total_idle:.2f} idle "
-          f"({ev_cores / max(total_idle, 1e-9):.1f}x the idle baseline)")
-    print(f"runs: {args.runs} in {run_wall:.1f}s = {60 * args.runs / run_wall:.1f} runs/min at "
-          f"4 concurrent; {total_run:.2f} CPU-s per run; the platform used {run_cores:.2f} cores "
-          f"({run_cores / max(total_idle, 1e-9):.1f}x the idle baseline)")
+    out(f"\nevents: {len(sent):,} in {ev_wall:.1f}s ({len(sent) / ev_wall:,.0f}/s sustained, "
+        f"{ingest_runs} ingest runs), all materialized; {total_k:.2f} CPU-s per 1,000 events; "
+        f"the platform used {ev_cores:.2f} cores vs {total_idle:.2f} idle "
+        f"({ev_cores / max(total_idle, 1e-9):.1f}x the idle baseline)")
+    out(f"runs: {args.runs} in {run_wall:.1f}s = {60 * args.runs / run_wall:.1f} runs/min at "
+        f"4 concurrent; {total_run:.2f} CPU-s per run; the platform used {run_cores:.2f} cores "
+        f"({run_cores / max(total_idle, 1e-9):.1f}x the idle baseline)")
+    record_results("sizing", out.lines)
     print(json.dumps({"idle_cores": idle_rate, "per_1000_events": per_k, "per_run": per_run,
                       "events": len(sent), "events_wall": ev_wall, "ingest_runs": ingest_runs,
                       "runs": args.runs, "runs_wall": run_wall}), file=sys.stderr)
