@@ -31,6 +31,10 @@ _API = {
     "build_definitions": "conflux.dagster.compile",
     "asset_specs": "conflux.dagster.compile",
     "platform_resources": "conflux.dagster.resources",
+    "daily_partitions": "conflux.dagster.compile",
+    # reading datasets from any Dagster asset (the lake IO manager)
+    "LakeIOManager": "conflux.dagster.io_manager",
+    "OutputContractError": "conflux.dagster.io_manager",
     "ConfluxDatasets": "conflux.dagster.component",
     # resources
     "KafkaResource": "conflux.io.kafka",

@@ -1,5 +1,8 @@
 """Batch path: assets loaded from the operational Postgres, or computed by joins over upstream
-datasets, reading only the partitions they need."""
+datasets, reading only the partitions they need — by a ``compute(inputs)`` function Conflux calls,
+or by a Dagster asset whose inputs and output the lake IO manager loads and stores."""
+
+import inspect
 
 import dagster as dg
 import pyarrow as pa
@@ -44,11 +47,55 @@ def read_inputs(ds: BatchDataset, catalog: dict[str, Dataset], lake: LakeResourc
     return inputs
 
 
+def backfill_policy(ds: BatchDataset) -> dg.BackfillPolicy | None:
+    """The declared backfill policy (partitioned datasets only)."""
+    if not ds.partitioned:
+        return None
+    return (dg.BackfillPolicy.single_run() if ds.backfill == "single_run"
+            else dg.BackfillPolicy.multi_run(1))
+
+
+def build_asset_compute(ds: BatchDataset, spec: dg.AssetSpec) -> dg.AssetsDefinition:
+    """The asset of a batch dataset whose ``compute`` is a Dagster asset (``@dg.asset``): its
+    function, inputs (with their metadata and partition mappings), retry policy and op tags, under
+    the dataset's spec — key, partitions, metadata, automation, backfill policy. The lake IO
+    manager loads its inputs and stores the rows it returns under the contract.
+
+    Examples:
+        >>> @dg.asset
+        ... def hot_devices(daily_temperature: pd.DataFrame) -> pd.DataFrame:
+        ...     return daily_temperature[daily_temperature.max_c > 30]
+        >>> HOT = BatchDataset(name="hot_devices", contract=HotDevice, key=("day", "device_id"),
+        ...                    event_time="day", compute=hot_devices)
+    """
+    user: dg.AssetsDefinition = ds.compute
+    fn = inspect.unwrap(user.op)  # the decorated function (functools.update_wrapper)
+    ins, deps = {}, []
+    for name, key in user.keys_by_input_name.items():
+        given = user.op.ins[name]
+        mapping = user.get_partition_mapping(key)
+        if given.dagster_type.is_nothing:  # a deps= dependency
+            deps.append(dg.AssetDep(key, partition_mapping=mapping))
+        else:  # a parameter
+            ins[name] = dg.AssetIn(key=key, metadata=given.metadata, partition_mapping=mapping)
+    params = set(inspect.signature(fn).parameters)
+    return dg.asset(
+        key=spec.key, ins=ins, deps=deps, description=spec.description,
+        group_name=spec.group_name, owners=list(spec.owners), kinds=set(spec.kinds),
+        tags={k: v for k, v in spec.tags.items() if not k.startswith("dagster/kind/")},
+        metadata=dict(spec.metadata), partitions_def=spec.partitions_def,
+        code_version=spec.code_version, automation_condition=spec.automation_condition,
+        freshness_policy=spec.freshness_policy, backfill_policy=backfill_policy(ds),
+        op_tags=user.op.tags or None, retry_policy=user.op.retry_policy,
+        required_resource_keys=set(user.op.required_resource_keys) - params or None,
+    )(fn)
+
+
 def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
                       catalog: dict[str, Dataset]) -> dg.AssetsDefinition:
-    """The executable asset of a batch dataset (a table load or a join), from its spec."""
-    policy = (dg.BackfillPolicy.single_run() if ds.backfill == "single_run"
-              else dg.BackfillPolicy.multi_run(1))
+    """The executable asset of a batch dataset (a table load or a join), from its spec. It
+    writes the lake itself and returns ``MaterializeResult`` (nothing for an IO manager to
+    store); downstream assets read it through the lake IO manager."""
     lineage = column_lineage(ds, catalog)
 
     def _compute(context: dg.AssetExecutionContext, postgres: PostgresResource,
@@ -108,7 +155,7 @@ def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
             lake.write(ds.name, out)
         return dg.MaterializeResult(metadata={**meta, **extra})
 
-    @dg.multi_asset(name=ds.name, specs=[spec], backfill_policy=policy if ds.partitioned else None)
+    @dg.multi_asset(name=ds.name, specs=[spec], backfill_policy=backfill_policy(ds))
     def _asset(context: dg.AssetExecutionContext, postgres: PostgresResource, lake: LakeResource,
                registry: SchemaRegistryResource) -> dg.MaterializeResult:
         # OpenLineage START, then COMPLETE or FAIL, around the work (nothing when lineage is off)

@@ -17,6 +17,7 @@ from conflux.core.errors import DeclarationError
 
 Mode = Literal["batch", "event"]
 DEFAULT_EVENT_FRESHNESS = dt.timedelta(seconds=30)
+DEFAULT_START = dt.date(1992, 1, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +35,10 @@ class Dataset:
         freshness: how old the newest data may get before the dataset counts as stale
             (event datasets default to 30 seconds; a scheduled batch dataset that declares none
             must be updated in the period before each tick of its schedule).
+        start: the first daily partition of a partitioned dataset (a date or ``"YYYY-MM-DD"``;
+            default 1992-01-01 — set it to the first day of your data, as Dagster shows and
+            backfills every day from it). A partitioned dataset may not start before a
+            partitioned upstream (its first days would have no upstream partitions).
     """
 
     name: str
@@ -44,8 +49,18 @@ class Dataset:
     description: str = ""
     group: str = "commerce"
     freshness: dt.timedelta | None = None
+    start: dt.date | str = DEFAULT_START
 
     mode: Mode = field(init=False, default="batch")
+
+    def __post_init__(self):
+        if isinstance(self.start, dt.datetime):
+            object.__setattr__(self, "start", self.start.date())
+        elif isinstance(self.start, str):
+            try:
+                object.__setattr__(self, "start", dt.date.fromisoformat(self.start))
+            except ValueError:
+                pass  # validate_catalog names it
 
     @property
     def subject(self) -> str:
@@ -156,6 +171,7 @@ class EventDataset(Dataset):
     mode: Mode = field(init=False, default="event")
 
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.topics, str):
             object.__setattr__(self, "topics", (self.topics,))
         if self.dlq_topic is None and self.topics:
@@ -175,9 +191,14 @@ class BatchDataset(Dataset):
 
     Args:
         source_table: ``schema.table`` in the operational Postgres to load from, or None.
-        upstream: names of the datasets ``compute`` reads.
-        compute: ``compute(inputs: dict[name, DataFrame]) -> DataFrame`` for joins, or None
-            for a table load.
+        upstream: names of the datasets ``compute`` reads (a Dagster asset ``compute``'s
+            inputs name them already: left empty, they are taken from it).
+        compute: how the rows are computed, or None for a table load. Either
+            ``compute(inputs: dict[name, Arrow table]) -> DataFrame`` (Conflux reads the
+            upstream partitions and writes the result), or a Dagster asset (``@dg.asset``) whose
+            parameters are named after upstream datasets: Dagster loads them through the lake
+            IO manager and stores what it returns in the lake under the contract; the asset's
+            key, partitions and metadata come from this declaration.
         schedule: cron of the schedule that materializes it, or None.
         automation: also materialize when upstream partitions change (declarative automation).
         backfill: ``"single_run"`` (a range runs as one vectorized run) or ``"per_partition"``.
@@ -205,6 +226,17 @@ class BatchDataset(Dataset):
     overlap_s: float = 300.0
     mode: Mode = field(init=False, default="batch")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.upstream and is_dagster_asset(self.compute):
+            inputs = self.compute.keys_by_input_name.values()
+            object.__setattr__(self, "upstream", tuple(k.to_user_string() for k in inputs))
+
+    @property
+    def asset_compute(self) -> bool:
+        """Whether ``compute`` is a Dagster asset (see ``compute``)."""
+        return is_dagster_asset(self.compute)
+
     @property
     def schedule_cron(self) -> str | None:
         """The cron the schedule really runs on: a partitioned dataset's schedule materializes
@@ -213,6 +245,12 @@ class BatchDataset(Dataset):
             return self.schedule
         minute, hour = (self.schedule.split() + ["0", "0"])[:2]
         return f"{minute if minute.isdigit() else 0} {hour if hour.isdigit() else 0} * * *"
+
+
+def is_dagster_asset(compute: object) -> bool:
+    """Whether a ``compute`` is a Dagster asset definition (``@dg.asset``), told apart without
+    importing Dagster (declarations stay free of it)."""
+    return hasattr(compute, "keys_by_input_name") and hasattr(compute, "op")
 
 
 def _fail(ds_name: str, problem: str) -> None:
@@ -230,6 +268,8 @@ def _check_one(ds: Dataset) -> None:
         if key not in ds.fields:
             _fail(ds.name, f"key field {key!r} is not in contract {ds.contract.__name__} "
                            f"(fields: {', '.join(ds.fields)})")
+    if not isinstance(ds.start, dt.date):
+        _fail(ds.name, f"start={ds.start!r} is not a date (a datetime.date or 'YYYY-MM-DD')")
     if ds.event_time is not None:
         if ds.event_time not in ds.fields:
             _fail(ds.name, f"event-time field {ds.event_time!r} is not in contract "
@@ -253,6 +293,19 @@ def _check_one(ds: Dataset) -> None:
             _fail(ds.name, "a batch dataset declares exactly one of source_table or compute")
         if ds.compute is not None and not ds.upstream:
             _fail(ds.name, "a computed batch dataset must name its upstream datasets")
+        if is_dagster_asset(ds.compute):
+            keys = [k.to_user_string() for k in ds.compute.keys]
+            if len(keys) != 1:
+                _fail(ds.name, f"compute is a Dagster asset definition of {len(keys)} assets "
+                               f"({', '.join(keys)}); it must define one")
+            inputs = sorted(k.to_user_string() for k in ds.compute.keys_by_input_name.values())
+            if inputs != sorted(ds.upstream):
+                _fail(ds.name, f"compute asset's inputs ({', '.join(inputs) or 'none'}) are not "
+                               f"its upstream ({', '.join(ds.upstream)})")
+            if ds.stream or ds.reads:
+                _fail(ds.name, "stream and reads apply to a compute(inputs) function; a Dagster "
+                               "asset compute picks columns with AssetIn(metadata={'columns': "
+                               "[...]})")
         if ds.full_every < 1 or ds.overlap_s < 0:
             _fail(ds.name, "full_every must be >= 1 and overlap_s >= 0")
         if ds.source_table is not None and "." not in ds.source_table:
@@ -309,6 +362,11 @@ def validate_catalog(datasets: Iterable[Dataset]) -> dict[str, Dataset]:
         for up in ds.upstream:
             if up not in by_name:
                 _fail(ds.name, f"upstream {up!r} is not a declared dataset")
+            upstream = by_name[up]
+            if ds.partitioned and upstream.partitioned and ds.start < upstream.start:
+                _fail(ds.name, f"starts on {ds.start}, before its upstream {up!r} "
+                               f"({upstream.start}): its first days would have no upstream "
+                               f"partition; start it on {upstream.start} or later")
         for up in getattr(ds, "stream", ()):
             if up not in ds.upstream:
                 _fail(ds.name, f"stream names {up!r}, which is not one of its upstream datasets")

@@ -3,27 +3,42 @@
 ``asset_specs`` is pure — it builds every asset's spec (key, deps, partitions, metadata, kinds,
 tags, owners, group, code version, automation) from the catalog without running anything, so
 tests can inspect the compiled graph. ``build_definitions`` adds the executable parts: batch
-asset functions, ingest jobs, sensors and schedules.
+asset functions, ingest jobs, sensors and schedules, and the resources — among them the lake IO
+manager, the default one, through which any Dagster asset reads the datasets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime as dt
+import inspect
+from collections.abc import Callable, Iterable
 
 import dagster as dg
 
 from conflux.contracts.lineage import code_version
-from conflux.core.declarations import BatchDataset, Dataset, EventDataset, validate_catalog
+from conflux.core.declarations import (DEFAULT_START, BatchDataset, Dataset, EventDataset,
+                                       validate_catalog)
+from conflux.dagster.io_manager import EVENT_TIME, IO_MANAGER_KEY, LakeIOManager
 from conflux.observe.freshness_checks import freshness_policy
 from conflux.contracts.metadata import definition_metadata
 
-EVENT_START_DATE = "1992-01-01"
+EVENT_START_DATE = DEFAULT_START.isoformat()  # the default first partition (Dataset.start)
 KIND_TAG = "conflux/mode"
 
 
-def daily_partitions() -> dg.DailyPartitionsDefinition:
-    """Daily event-time partitions shared by both paths (same object → identity mapping)."""
-    return dg.DailyPartitionsDefinition(start_date=EVENT_START_DATE, end_offset=1)
+def daily_partitions(start: dt.date | str = DEFAULT_START) -> dg.DailyPartitionsDefinition:
+    """Daily event-time partitions from ``start`` (a dataset's first day) through tomorrow,
+    shared by both paths: equal definitions map partitions one to one."""
+    return dg.DailyPartitionsDefinition(start_date=str(start), end_offset=1)
+
+
+def compute_function(ds: Dataset) -> Callable | None:
+    """The Python function behind a dataset's ``compute`` (the decorated function of a Dagster
+    asset ``compute``), e.g. for its code version."""
+    compute = getattr(ds, "compute", None)
+    if isinstance(compute, dg.AssetsDefinition):
+        return inspect.unwrap(compute.op)
+    return compute
 
 
 def stale_partitions() -> dg.AutomationCondition:
@@ -50,8 +65,12 @@ def kinds_of(ds: Dataset) -> set[str]:
 
 
 def asset_spec(ds: Dataset, catalog: dict[str, Dataset]) -> dg.AssetSpec:
-    """The spec of one dataset's asset (pure)."""
-    compute = getattr(ds, "compute", None)
+    """The spec of one dataset's asset (pure); downstream assets load it through the default IO
+    manager, the lake's (:class:`~conflux.dagster.io_manager.LakeIOManager`)."""
+    compute = compute_function(ds)
+    metadata = definition_metadata(ds, catalog)
+    if ds.event_time:  # how the IO manager splits a Dagster asset compute's output into days
+        metadata[EVENT_TIME] = ds.event_time
     automation = stale_partitions() if isinstance(ds, BatchDataset) and ds.automation else None
     return dg.AssetSpec(
         key=ds.name,
@@ -61,8 +80,8 @@ def asset_spec(ds: Dataset, catalog: dict[str, Dataset]) -> dg.AssetSpec:
         owners=[ds.owner],
         kinds=kinds_of(ds),
         tags={KIND_TAG: ds.mode, "conflux/contract": ds.subject},
-        partitions_def=daily_partitions() if ds.partitioned else None,
-        metadata=definition_metadata(ds, catalog),
+        partitions_def=daily_partitions(ds.start) if ds.partitioned else None,
+        metadata=metadata,
         code_version=code_version(ds.contract, compute),
         automation_condition=automation,
         freshness_policy=freshness_policy(ds),
@@ -91,19 +110,25 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
                       extra: dg.Definitions | None = None) -> dg.Definitions:
     """Everything Dagster needs for a catalog: assets, jobs, sensors, schedules, resources.
 
+    The project's own assets read the datasets through Dagster's input loading: a parameter
+    named after a dataset gets the rows of the partitions it depends on, through the lake IO
+    manager registered here as the default ``"io_manager"`` (``conflux.dagster.io_manager``).
+
     Args:
         datasets: the catalog's declarations.
         resources: the platform's resources (default :func:`platform_resources`, configured
-            from the environment); a key given here replaces the default one.
+            from the environment); a key given here replaces the default one (a ``lake`` given
+            without an ``io_manager`` becomes the IO manager's lake too).
         extra: the project's own Dagster definitions (assets, sensors, jobs, ...), merged in.
 
     Returns:
         One ``Definitions`` object for the project's code location.
 
     Examples:
-        >>> defs = build_definitions(DATASETS, extra=dg.Definitions(sensors=[my_sensor]))
+        >>> defs = build_definitions(DATASETS, extra=dg.Definitions(assets=[hot_devices],
+        ...                                                         sensors=[my_sensor]))
     """
-    from conflux.batch.asset import build_batch_asset
+    from conflux.batch.asset import build_asset_compute, build_batch_asset
     from conflux.event.job import build_ingest_job
     from conflux.batch.fallback import build_fallback
     from conflux.observe.freshness_checks import build_freshness
@@ -131,7 +156,8 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
                 jobs.append(job)
                 schedules.append(schedule)
         elif isinstance(ds, BatchDataset):
-            assets.append(build_batch_asset(ds, specs[name], catalog))
+            assets.append(build_asset_compute(ds, specs[name]) if ds.asset_compute
+                          else build_batch_asset(ds, specs[name], catalog))
             if ds.schedule:
                 job = dg.define_asset_job(f"{ds.name}__job", selection=[name])
                 jobs.append(job)
@@ -142,10 +168,12 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     dlq_checks, dlq_sensor = build_dlq_monitor(datasets=catalog.values())
     checks += dlq_checks
     sensors += [dlq_sensor] if dlq_sensor else []
+    merged = {**platform_resources(), **(resources or {})}
+    if "lake" in (resources or {}) and IO_MANAGER_KEY not in resources:
+        merged[IO_MANAGER_KEY] = LakeIOManager(lake=resources["lake"])
     # in-process: a run is one step (a table load, a join, a reconciliation); a process per
     # step would add ~1.2 s to each
     platform = dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors,
-                              schedules=schedules,
-                              resources={**platform_resources(), **(resources or {})},
+                              schedules=schedules, resources=merged,
                               executor=dg.in_process_executor)
     return dg.Definitions.merge(platform, extra) if extra is not None else platform

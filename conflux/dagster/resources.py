@@ -6,6 +6,7 @@ import os
 
 import dagster as dg
 
+from conflux.dagster.io_manager import IO_MANAGER_KEY, LakeIOManager
 from conflux.io.kafka import SECURITY_ENV, KafkaResource
 from conflux.io.lake import LakeResource
 from conflux.io.postgres import PostgresResource
@@ -25,11 +26,15 @@ def kafka_resource(env: dict[str, str] | None = None) -> KafkaResource:
 
 
 def platform_resources() -> dict[str, dg.ConfigurableResource]:
+    """Kafka, Postgres, the lake, the schema registry, and the default IO manager: the lake's
+    (on the same lake), through which assets read the datasets."""
+    # an s3:// lake's partition locks are advisory locks in the platform's Postgres
+    lake = LakeResource(path=dg.EnvVar("CONFLUX_LAKE_PATH"),
+                        lock_url=dg.EnvVar("CONFLUX_POSTGRES_URL"))
     return {
         "kafka": kafka_resource(),
         "postgres": PostgresResource(url=dg.EnvVar("CONFLUX_POSTGRES_URL")),
-        # an s3:// lake's partition locks are advisory locks in the platform's Postgres
-        "lake": LakeResource(path=dg.EnvVar("CONFLUX_LAKE_PATH"),
-                             lock_url=dg.EnvVar("CONFLUX_POSTGRES_URL")),
+        "lake": lake,
         "registry": SchemaRegistryResource(url=dg.EnvVar("CONFLUX_POSTGRES_URL")),
+        IO_MANAGER_KEY: LakeIOManager(lake=lake),
     }

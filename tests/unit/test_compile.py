@@ -28,6 +28,17 @@ def test_partitions_follow_the_event_time_field():
     assert SPECS["customer_ledger"].partitions_def is None
 
 
+def test_partitions_start_on_the_declared_first_day():
+    # the demo keeps its 1992-01-01 (the default start)
+    assert SPECS["orders"].partitions_def == dg.DailyPartitionsDefinition(start_date="1992-01-01",
+                                                                         end_offset=1)
+    later = EventDataset(name="orders", contract=tpch.Order, key=("o_orderkey",),
+                         event_time="o_orderdate", topics=("tpch.orders",), start="2024-03-01")
+    partitions = asset_specs([later])["orders"].partitions_def
+    assert partitions == daily_partitions("2024-03-01")
+    assert partitions.get_first_partition_key() == "2024-03-01"
+
+
 def test_kinds_and_tags_tell_event_from_batch():
     assert "event" in SPECS["orders"].kinds and "kafka" in SPECS["orders"].kinds
     assert "batch" in SPECS["nation"].kinds and "postgres" in SPECS["nation"].kinds

@@ -45,6 +45,9 @@ def join(name, upstream, **kw):
     ([ev(), join("j", ("a",), lineage={"id": ("a.ghost",)})], "lineage source 'a.ghost'"),
     ([ev(name="bad-name")], "name must start with a letter"),
     ([ev(contract=dict)], "contract must be a pydantic model class"),
+    ([ev(start="someday")], "dataset 'a': start='someday' is not a date"),
+    ([ev(start="1995-01-01"), join("j", ("a",), event_time="day", start="1994-06-01")],
+     "dataset 'j': starts on 1994-06-01, before its upstream 'a' (1995-01-01)"),
 ])
 def test_invalid_declarations_are_rejected_with_dataset_and_problem(datasets, message):
     with pytest.raises(DeclarationError, match="DECLARATION_INVALID") as exc:
@@ -57,6 +60,14 @@ def test_event_dataset_defaults():
     assert ds.mode == "event" and ds.dlq_topic == "t.a.dlq" and ds.topic == "t.a"
     assert ds.freshness == dt.timedelta(seconds=30)
     assert EventDataset(name="s", contract=Row, key=("id",), topics="single").topics == ("single",)
+
+
+def test_the_first_partition_is_declared_per_dataset():
+    assert ev().start == dt.date(1992, 1, 1)  # the default
+    assert ev(start="2024-03-01").start == dt.date(2024, 3, 1)
+    assert ev(start=dt.datetime(2024, 3, 1, 12)).start == dt.date(2024, 3, 1)
+    # a downstream may start later than its upstream (its days all have upstream partitions)
+    validate_catalog([ev(), join("j", ("a",), event_time="day", start="2024-03-01")])
 
 
 def test_the_demo_catalog_declares_every_dataset_of_the_design():
