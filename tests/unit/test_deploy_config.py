@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
 INSTANCE_FILES = [DEPLOY / "dagster.yaml", DEPLOY / "k8s" / "dagster.yaml"]
 PROD_ENV = {"DAGSTER_PG_HOST": "pg.internal", "DAGSTER_PG_PORT": "5432",
             "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": "s3cret",
@@ -186,3 +187,17 @@ def test_kubernetes_manifests_agree_with_the_instance_and_the_workspace():
             "AWS_SECRET_ACCESS_KEY"} <= secret
     assert not {"DAGSTER_PG_PASSWORD", "KAFKA_SASL_PASSWORD", "CONFLUX_POSTGRES_URL",
                 "AWS_SECRET_ACCESS_KEY"} & set(literals)
+
+
+def test_the_image_copies_what_exists_and_loads_the_uninstalled_demo_from_its_folder():
+    """Every COPY source exists in the repository; the demo platform is not installed, so the
+    code server must load it with the copy's folder as its working directory."""
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    sources = [part for line in dockerfile.splitlines() if line.startswith("COPY ")
+               for part in line.split()[1:-1]]
+    assert sources and all((REPO / s).exists() for s in sources), sources
+    for demo in ("pipelines", "sensors", "resources"):
+        assert f"COPY {demo} " in dockerfile
+    workdir = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("WORKDIR"))
+    for text in (dockerfile, (REPO / "deploy" / "k8s" / "conflux.yaml").read_text()):
+        assert f'"-d", "{workdir}"' in text
