@@ -34,7 +34,7 @@ _API = {
     "daily_partitions": "conflux.dagster.compile",
     # reading datasets from any Dagster asset (the lake IO manager)
     "LakeIOManager": "conflux.dagster.io_manager",
-    "OutputContractError": "conflux.dagster.io_manager",
+    "OutputContractError": "conflux.core.errors",
     "ConfluxDatasets": "conflux.dagster.component",
     # resources
     "KafkaResource": "conflux.io.kafka",

@@ -107,3 +107,9 @@ class KafkaAuthenticationError(ConfluxError):
     """A Kafka broker refused the client's credentials (SASL authentication failed)."""
 
     code = "KAFKA_AUTH_FAILED"
+
+
+class OutputContractError(ConfluxError):
+    """What an asset returned for a dataset does not fit the dataset's contract or partitions."""
+
+    code = "OUTPUT_CONTRACT_VIOLATED"

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from conflux.core.errors import ConfluxError
+from conflux.core.errors import OutputContractError  # noqa: F401  (re-exported)
 from conflux.io.lake import LakeResource
 
 IO_MANAGER_KEY = "io_manager"  # Dagster's default key: see the module docstring
@@ -53,12 +53,6 @@ EVENT_TIME = "conflux/event_time"
 _ARROW_TYPES = {"integer": pa.int64(), "number": pa.float64(), "string": pa.string(),
                 "date": pa.date32(), "boolean": pa.bool_(),
                 "date-time": pa.timestamp("us", tz="UTC")}
-
-
-class OutputContractError(ConfluxError):
-    """What an asset returned for a dataset does not fit the dataset's contract or partitions."""
-
-    code = "OUTPUT_CONTRACT_VIOLATED"
 
 
 def dataset_name(key: dg.AssetKey) -> str:
