@@ -6,6 +6,7 @@ import datetime as dt
 
 from conflux import (BatchDataset, BatchFallback, Dataset, DeadLetterPolicy, EventDataset,
                      ledger_projection, validate_catalog)
+from conflux.ledger.fold import LedgerColumns
 from pipelines import contracts as tpch
 from pipelines.joins.revenue import revenue_by_nation
 
@@ -62,7 +63,10 @@ REVENUE_BY_NATION = BatchDataset(
 CUSTOMER_BALANCE = BatchDataset(
     name="customer_balance", contract=tpch.CustomerBalance, key=("c_custkey",),
     group="finance", owner="team:finance", upstream=("customer_ledger", "customer"),
-    compute=ledger_projection(ledger="customer_ledger", opening="customer"),
+    compute=ledger_projection(
+        ledger="customer_ledger", opening="customer",
+        columns=LedgerColumns(account="c_custkey", balance="c_acctbal", label="customer",
+                              signs={"deposit": 1, "withdrawal": -1, "adjustment": 1})),
     schedule="*/15 * * * *", automation=True,
     lineage={"balance": ("customer.c_acctbal", "customer_ledger.amount", "customer_ledger.kind"),
              "events_applied": ("customer_ledger.event_id",),

@@ -1,17 +1,19 @@
-"""``conflux ledger``: the event-sourced customer ledger and its projection ``customer_balance``.
+"""``conflux ledger``: an event-sourced ledger and its projection (the catalog's
+``ledger_projection`` dataset).
 
-    conflux ledger rebuild [--check] [--json]   fold ledger.customer from offset zero (every
+    conflux ledger rebuild [--check] [--json]   fold the ledger's topics from offset zero (every
                                                 partition, same decode/validate code) and replace
-                                                customer_balance with it — or, with --check,
+                                                the projection with it — or, with --check,
                                                 compare it with the stored projection: exit 1
                                                 listing the differences unless identical
-    conflux ledger explain C_CUSTKEY [--json]   the opening balance and every ledger event that
-                                                made a customer's balance, with provenance; exit
+    conflux ledger explain ACCOUNT [--json]     the opening balance and every ledger event that
+                                                made an account's balance, with provenance; exit
                                                 1 unless they add up to the stored balance
 
 The projection is the project catalog's batch dataset whose ``compute`` is a
-``ledger_projection`` (``--projection NAME`` when it has several); its ledger and opening datasets
-are the ones it names. The ``run_*`` functions take the datasets as parameters. The lake is ``CONFLUX_LAKE_PATH`` when set
+``ledger_projection`` (``--projection NAME`` when it has several); its ledger and opening
+datasets, and which of their columns are which (``LedgerColumns``), are the ones it names. The
+``run_*`` functions take the datasets as parameters. The lake is ``CONFLUX_LAKE_PATH`` when set
 (as ``conflux stack env`` exports it), else the local stack's.
 """
 
@@ -28,11 +30,11 @@ EXPLAIN_COLUMNS = ("occurred_at", "event_id", "kind", "amount", "signed", "sourc
 
 def register(sub) -> None:
     """Add this module's subcommands to the `conflux` parser."""
-    ledger = sub.add_parser("ledger", help="the event-sourced customer ledger: rebuild its "
-                            "projection from offset zero, explain a balance")
+    ledger = sub.add_parser("ledger", help="an event-sourced ledger: rebuild its projection "
+                            "from offset zero, explain a balance")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
     rebuild = ledger_sub.add_parser(
-        "rebuild", help="fold ledger.customer from offset zero and replace customer_balance "
+        "rebuild", help="fold the ledger's topics from offset zero and replace the projection "
                         "with it (--check: compare instead; exit 1 when different)")
     rebuild.add_argument("--check", action="store_true",
                          help="only compare with the stored projection and its checkpoint; "
@@ -41,9 +43,11 @@ def register(sub) -> None:
     rebuild.add_argument("--projection", metavar="NAME", help=PROJECTION_HELP)
     rebuild.set_defaults(func=cmd_rebuild)
     explain = ledger_sub.add_parser(
-        "explain", help="trace a customer's balance to its opening balance and ledger events; "
-                        "exit 1 unless they add up")
-    explain.add_argument("c_custkey", type=int, help="the customer (C_CUSTKEY)")
+        "explain", help="trace an account's balance to its opening balance and ledger "
+                        "events; exit 1 unless they add up")
+    explain.add_argument("account", metavar="ACCOUNT",
+                         help="the account: a value of the projection's key column (the "
+                              "ledger_projection's LedgerColumns.account)")
     explain.add_argument("--json", action="store_true", help="print the result as JSON")
     explain.add_argument("--projection", metavar="NAME", help=PROJECTION_HELP)
     explain.set_defaults(func=cmd_explain)
@@ -54,7 +58,8 @@ PROJECTION_HELP = ("the projection dataset (a batch dataset computed by ledger_p
 
 
 def ledger_datasets(name: str | None = None):
-    """(ledger, projection, opening dataset name) of the project's ledger projection."""
+    """(ledger, projection, opening dataset name) of the project's ledger projection (its
+    ``LedgerColumns``: ``projection.compute.projection.columns``)."""
     from conflux.core.errors import ConfigError
     from conflux.core.project import catalog_by_name
 
@@ -76,7 +81,7 @@ def ledger_datasets(name: str | None = None):
     return catalog[spec.ledger], projection, spec.opening
 
 
-# --- wiring to the demo catalog and the local stack --------------------------------------------
+# --- wiring to the project catalog and the local stack --------------------------------------------
 def _lake(settings):
     from conflux.io.lake import LakeResource
 
@@ -108,8 +113,8 @@ def cmd_explain(args) -> int:
     from conflux.core.settings import Settings
 
     ledger, projection, opening = ledger_datasets(args.projection)
-    return run_explain(args.c_custkey, ledger=ledger.name, projection=projection.name,
-                       opening=opening,
+    return run_explain(args.account, ledger=ledger.name, projection=projection.name,
+                       opening=opening, columns=projection.compute.projection.columns,
                        lake=_lake(Settings.from_env()), as_json=args.json)
 
 
@@ -132,7 +137,8 @@ def run_rebuild(*, ledger, projection, opening: str, kafka, lake, resolver, chec
     """Rebuild ``projection`` from offset zero of ``ledger``; compare (``check``) or replace.
 
     Args:
-        ledger: the append-only ``EventDataset``; projection: the projection's ``BatchDataset``;
+        ledger: the append-only ``EventDataset``; projection: the projection's ``BatchDataset``
+        (computed by ``ledger_projection``: its ``LedgerColumns`` say which columns are which);
         opening: name of the dataset holding the opening balances.
         instance: a Dagster instance to record a replacement on, as a runless materialization
             of ``projection`` (None: not recorded).
@@ -142,8 +148,9 @@ def run_rebuild(*, ledger, projection, opening: str, kafka, lake, resolver, chec
     """
     from conflux.ledger import audit as ledger_audit
     out = out or sys.stdout
-    rebuilt = ledger_audit.rebuild(ledger, opening=opening, kafka=kafka, lake=lake,
-                                   resolver=resolver)
+    rebuilt = ledger_audit.rebuild(ledger, opening=opening,
+                                   columns=projection.compute.projection.columns, kafka=kafka,
+                                   lake=lake, resolver=resolver)
     if check:
         comparison = ledger_audit.compare(rebuilt, projection=projection.name, lake=lake)
         if as_json:
@@ -151,7 +158,8 @@ def run_rebuild(*, ledger, projection, opening: str, kafka, lake, resolver, chec
                              indent=2, default=str), file=out)
         else:
             print(format_rebuild(rebuilt, ledger, projection.name), file=out)
-            print(format_comparison(comparison, projection.name), file=out)
+            print(format_comparison(comparison, projection.name, rebuilt.columns.label),
+                  file=out)
         return 0 if comparison.identical else 1
     generation = ledger_audit.replace(rebuilt, projection=projection.name, lake=lake)
     recorded = _record(instance, projection, rebuilt, generation, registry)
@@ -162,7 +170,8 @@ def run_rebuild(*, ledger, projection, opening: str, kafka, lake, resolver, chec
     else:
         print(format_rebuild(rebuilt, ledger, projection.name), file=out)
         print(f"replaced {projection.name} with the rebuild: {len(rebuilt.projection)} "
-              f"customer(s), {len(rebuilt.folded)} event(s) folded (checkpoint {generation}); "
+              f"{rebuilt.columns.label}(s), {len(rebuilt.folded)} event(s) folded (checkpoint "
+              f"{generation}); "
               + ("recorded in Dagster as a materialization" if recorded
                  else "not recorded in Dagster (no instance found)"), file=out)
     return 0
@@ -186,18 +195,19 @@ def _record(instance, projection, rebuilt, generation: str, registry) -> bool:
     return True
 
 
-def run_explain(c_custkey: int, *, ledger: str, projection: str, opening: str, lake,
+def run_explain(account, *, ledger: str, projection: str, opening: str, columns, lake,
                 as_json: bool = False, out: TextIO | None = None) -> int:
-    """Explain ``c_custkey``'s balance; returns the exit code (0 when it adds up)."""
+    """Explain ``account``'s balance (``columns``: the projection's ``LedgerColumns``); returns
+    the exit code (0 when it adds up)."""
     from conflux.ledger import audit as ledger_audit
     out = out or sys.stdout
-    explanation = ledger_audit.explain(c_custkey, ledger=ledger, projection=projection,
-                                       opening=opening, lake=lake)
+    explanation = ledger_audit.explain(account, ledger=ledger, projection=projection,
+                                       opening=opening, columns=columns, lake=lake)
     if as_json:
         print(json.dumps(explanation.as_dict(), indent=2, default=str), file=out)
     else:
         print(format_explanation(explanation, ledger=ledger, projection=projection,
-                                 opening=opening), file=out)
+                                 opening=opening, columns=columns), file=out)
     return 0 if explanation.adds_up else 1
 
 
@@ -233,11 +243,12 @@ def _table(events: list[dict]) -> list[str]:
     return [line(EXPLAIN_COLUMNS), *(line(r) for r in rows)]
 
 
-def format_explanation(e, *, ledger: str, projection: str, opening: str) -> str:
-    lines = [f"customer {e.c_custkey}: balance {_num(e.balance)} in {projection} "
+def format_explanation(e, *, ledger: str, projection: str, opening: str, columns) -> str:
+    label, source = columns.label, f"{opening}.{columns.balance}"
+    lines = [f"{label} {e.account}: balance {_num(e.balance)} in {projection} "
              f"(checkpoint {e.generation})",
-             f"  opening balance  {_num(e.opening_balance)}   ({opening}.c_acctbal, from "
-             f"ops.customer, when last materialized)",
+             f"  opening balance  {_num(e.opening_balance)}   ({source}, when last "
+             f"materialized)",
              f"  ledger events folded: {len(e.events)}   (from {ledger}, oldest first)"]
     if e.events:
         lines += _table(e.events)
@@ -251,13 +262,13 @@ def format_explanation(e, *, ledger: str, projection: str, opening: str) -> str:
     if e.last_event_id:
         lines.append(f"  last event: {e.last_event_id}")
     if e.opening_now is None:
-        lines.append(f"  {opening}.c_acctbal now: customer not there (the next materialization "
-                     f"drops the row; its events stay folded)")
+        lines.append(f"  {source} now: {label} not there (the next materialization drops the "
+                     f"row; its events stay folded)")
     elif e.opening_now != e.opening_balance:
-        lines.append(f"  {opening}.c_acctbal now: {_num(e.opening_now)} (changed: the next "
+        lines.append(f"  {source} now: {_num(e.opening_now)} (changed: the next "
                      f"materialization re-bases the balance on it)")
     else:
-        lines.append(f"  {opening}.c_acctbal now: {_num(e.opening_now)} (unchanged)")
+        lines.append(f"  {source} now: {_num(e.opening_now)} (unchanged)")
     if e.pending:
         lines.append(f"  pending: {len(e.pending)} event(s) in {ledger} not folded yet (the "
                      f"next materialization of {projection} adds them)")
@@ -273,21 +284,21 @@ def format_rebuild(r, ledger, projection: str) -> str:
              f"  {r.records_read} record(s) read: {len(r.events)} event(s), {r.repeated} "
              f"repeated event_id(s) ignored, {invalid} invalid record(s) skipped"
              + (f" {dict(r.invalid)}" if invalid else ""),
-             f"  {len(r.projection)} customer(s), {len(r.folded)} event(s) folded"]
+             f"  {len(r.projection)} {r.columns.label}(s), {len(r.folded)} event(s) folded"]
     if r.conflicts:
         lines.append(f"  {len(r.conflicts)} repeated event_id(s) with conflicting content (the "
                      f"copy the ledger stored counts): {', '.join(r.conflicts[:10])}")
     return "\n".join(lines)
 
 
-def format_comparison(c, projection: str) -> str:
+def format_comparison(c, projection: str, label: str = "account") -> str:
     if c.problem:
         return f"compared with the stored {projection}: DIFFERENT — {c.problem}"
     lines = [f"compared with the stored {projection} (checkpoint {c.generation}): "
-             + ("IDENTICAL — every row, every event folded, every customer's fold state"
+             + (f"IDENTICAL — every row, every event folded, every {label}'s fold state"
                 if c.identical else "DIFFERENT")]
     for d in c.differences:
-        lines.append(f"  customer {d['c_custkey']}: {d['column']} stored {d['stored']!r}, "
+        lines.append(f"  {label} {d['account']}: {d['column']} stored {d['stored']!r}, "
                      f"rebuilt {d['rebuilt']!r}")
     if c.difference_count > len(c.differences):
         lines.append(f"  ... {c.difference_count - len(c.differences)} more differing value(s)")
@@ -302,5 +313,5 @@ def format_comparison(c, projection: str) -> str:
         lines.append(f"  folded with another content than the log holds: "
                      f"{', '.join(c.folded_differently)}")
     if c.state_differs:
-        lines.append("  the per-customer fold state differs")
+        lines.append(f"  the per-{label} fold state differs")
     return "\n".join(lines)

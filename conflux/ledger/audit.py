@@ -3,15 +3,16 @@
 * ``rebuild`` reads every partition of the ledger's topics **from offset zero** to their current
   end, through the same decode → contract → validate code as ingestion (``decode_records``;
   invalid records are skipped and counted, not dead-lettered again), keeps one record per
-  ``event_id`` and folds them from nothing over the current opening balances. Which copy of a
+  event id and folds them from nothing over the current opening balances (the projection's
+  ``LedgerColumns`` say which columns are which). Which copy of a
   repeated ``event_id`` counts follows the ledger: the copy the append-only ledger dataset
   stored (same topic/partition/offset); for events it does not hold yet, the earliest by
   (Kafka timestamp, partition, offset) — what ingestion would store. Repeated ids whose copies
   differ in content are reported as conflicts.
 * ``compare`` sets a rebuild beside the stored projection *and* its checkpoint: the projection
-  rows (every column, exactly), the set of events folded, the per-customer state.
+  rows (every column, exactly), the set of events folded, the per-account state.
 * ``replace`` commits a rebuild as the projection (the same atomic commit as a materialization).
-* ``explain`` traces one customer's balance: the opening balance it is based on and every event
+* ``explain`` traces one account's balance: the opening balance it is based on and every event
   folded into it, with its provenance, and checks that they add up to the stored balance.
 
 No Dagster here beyond the resources; the CLI (``conflux ledger``) formats the results.
@@ -31,6 +32,7 @@ from conflux.core.declarations import EventDataset
 from conflux.event.decode import ContractResolver
 from conflux.event.ingest import CORRELATION_HEADER, decode_records
 from conflux.ledger import fold as fold_math
+from conflux.ledger.fold import ACCOUNT, LedgerColumns
 from conflux.ledger.projection import checkpoint_tables, load_checkpoint, same_projection
 from conflux.io.kafka import KafkaResource
 from conflux.io.lake import LakeResource
@@ -54,22 +56,23 @@ class LogRead:
 class Rebuild:
     """A projection folded from nothing out of the whole log."""
 
-    projection: pd.DataFrame
-    folded: pd.DataFrame
-    state: pd.DataFrame
-    events: pd.DataFrame             # the record kept per event_id, with provenance
+    projection: pd.DataFrame         # the user's column names
+    folded: pd.DataFrame             # canonical names (conflux/ledger/fold.py)
+    state: pd.DataFrame              # canonical names
+    events: pd.DataFrame             # the record kept per event id, with provenance
     records_read: int
     invalid: Counter
     repeated: int                    # records whose event_id an earlier one already had
     conflicts: list[str]             # repeated event_ids whose copies differ in content
     ends: dict[str, dict[int, int]]
+    columns: LedgerColumns
 
     def summary(self) -> dict:
         return {"records_read": self.records_read, "events": len(self.events),
                 "repeated_event_ids_ignored": self.repeated,
                 "invalid_records_skipped": sum(self.invalid.values()),
                 "invalid_reasons": dict(self.invalid), "conflicting_event_ids": self.conflicts,
-                "customers": len(self.projection),
+                "accounts": len(self.projection),
                 "offsets": {t: {str(p): e for p, e in sorted(ends.items())}
                             for t, ends in self.ends.items()}}
 
@@ -110,52 +113,55 @@ def read_log(ledger: EventDataset, *, kafka: KafkaResource,
                    ends=ends)
 
 
-def stored_provenance(lake: LakeResource, ledger: str) -> pd.DataFrame:
-    """``event_id`` and the topic/partition/offset of the copy the ledger dataset stored."""
-    columns = ["event_id", "__topic", "__partition", "__offset"]
+def stored_provenance(lake: LakeResource, ledger: str, columns: LedgerColumns) -> pd.DataFrame:
+    """The event id and the topic/partition/offset of the copy the ledger dataset stored."""
+    names = [columns.event_id, "__topic", "__partition", "__offset"]
     table = lake.read_partitions(ledger)
-    if table is None or not all(c in table.column_names for c in columns):
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    return table.select(columns).to_pandas()
+    if table is None or not all(c in table.column_names for c in names):
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in names})
+    return table.select(names).to_pandas()
 
 
-def choose_copies(log: pd.DataFrame, stored: pd.DataFrame) -> tuple[pd.DataFrame, int, list[str]]:
-    """One record per ``event_id``: the copy the ledger stored, else the earliest by (Kafka
-    timestamp, partition, offset). Returns (records kept, repeated records, conflicting ids)."""
+def choose_copies(log: pd.DataFrame, stored: pd.DataFrame, columns: LedgerColumns
+                  ) -> tuple[pd.DataFrame, int, list[str]]:
+    """One record per event id: the copy the ledger stored, else the earliest by (Kafka
+    timestamp, partition, offset). Returns (records kept, repeated records, conflicting ids);
+    the user's column names in and out."""
     if log.empty:
         return log, 0, []
+    event_id = columns.event_id
     marked = log.merge(stored.assign(__stored=0), how="left",
-                       on=["event_id", "__topic", "__partition", "__offset"])
+                       on=[event_id, "__topic", "__partition", "__offset"])
     marked["__stored"] = marked["__stored"].fillna(1).astype("int64")
-    ordered = marked.sort_values(["event_id", "__stored", "__ts", "__partition", "__offset"],
+    ordered = marked.sort_values([event_id, "__stored", "__ts", "__partition", "__offset"],
                                  kind="stable")
-    kept = ordered.drop_duplicates("event_id", keep="first").drop(columns="__stored")
-    content = ["c_custkey", "kind", "amount", "occurred_at"]
-    distinct = ordered.assign(occurred_at=fold_math._naive_us(ordered["occurred_at"])
-                              ).drop_duplicates(["event_id", *content])
-    conflicts = sorted(distinct.loc[distinct["event_id"].duplicated(), "event_id"].unique())
+    kept = ordered.drop_duplicates(event_id, keep="first").drop(columns="__stored")
+    content = [columns.account, columns.kind, columns.amount, columns.occurred_at]
+    distinct = ordered.assign(**{columns.occurred_at: fold_math._naive_us(
+        ordered[columns.occurred_at])}).drop_duplicates([event_id, *content])
+    conflicts = sorted(distinct.loc[distinct[event_id].duplicated(), event_id].unique())
     return kept.reset_index(drop=True), len(log) - len(kept), [str(c) for c in conflicts]
 
 
-def opening_balances(lake: LakeResource, opening: str) -> pd.DataFrame:
-    table = lake.read_partitions(opening, columns=["c_custkey", "c_acctbal"])
-    if table is None:
-        return pd.DataFrame({"c_custkey": pd.Series(dtype="int64"),
-                             "c_acctbal": pd.Series(dtype="float64")})
-    return table.to_pandas()
+def opening_balances(lake: LakeResource, opening: str, columns: LedgerColumns) -> pd.DataFrame:
+    """The opening dataset's (canonical) ``account``, ``opening`` as stored now."""
+    table = lake.read_partitions(opening, columns=[columns.opening_account, columns.balance])
+    return columns.openings(None if table is None else table.to_pandas())
 
 
-def rebuild(ledger: EventDataset, *, opening: str, kafka: KafkaResource, lake: LakeResource,
-            resolver: ContractResolver) -> Rebuild:
-    """Fold ``ledger`` from offset zero over the opening balances stored as ``opening``."""
+def rebuild(ledger: EventDataset, *, opening: str, columns: LedgerColumns, kafka: KafkaResource,
+            lake: LakeResource, resolver: ContractResolver) -> Rebuild:
+    """Fold ``ledger`` from offset zero over the opening balances stored as ``opening``
+    (``columns``: the projection's ``LedgerColumns``)."""
     log = read_log(ledger, kafka=kafka, resolver=resolver)
-    events, repeated, conflicts = choose_copies(log.rows, stored_provenance(lake, ledger.name))
-    folded = fold_math.folded_rows(events)
+    events, repeated, conflicts = choose_copies(
+        log.rows, stored_provenance(lake, ledger.name, columns), columns)
+    folded = fold_math.folded_rows(columns.events(events), columns.sign)
     state = fold_math.fold(fold_math.empty_state(), folded)
-    projection = fold_math.project(opening_balances(lake, opening), state)
+    projection = columns.output(fold_math.project(opening_balances(lake, opening, columns), state))
     return Rebuild(projection=projection, folded=folded, state=state, events=events,
                    records_read=log.records_read, invalid=log.invalid, repeated=repeated,
-                   conflicts=conflicts, ends=log.ends)
+                   conflicts=conflicts, ends=log.ends, columns=columns)
 
 
 # --- compare / replace -------------------------------------------------------------------------
@@ -165,8 +171,8 @@ class Comparison:
 
     identical: bool
     generation: str | None
-    customers: int
-    differences: list[dict] = field(default_factory=list)  # {c_custkey, column, stored, rebuilt}
+    accounts: int
+    differences: list[dict] = field(default_factory=list)  # {account, column, stored, rebuilt}
     difference_count: int = 0
     not_folded: list[str] = field(default_factory=list)     # in the log, not in the checkpoint
     not_folded_count: int = 0
@@ -195,9 +201,10 @@ def _int(value) -> int | None:
 
 
 def diff_rows(stored: pd.DataFrame, rebuilt: pd.DataFrame) -> tuple[list[dict], int]:
-    """Cell differences between two projections (customers missing on one side included)."""
+    """Cell differences between two (canonical) projections (accounts missing on one side
+    included)."""
     columns = fold_math.OUTPUT
-    both = stored.reindex(columns=columns).merge(rebuilt[columns], on="c_custkey", how="outer",
+    both = stored.reindex(columns=columns).merge(rebuilt[columns], on=ACCOUNT, how="outer",
                                                  suffixes=("_stored", "_rebuilt"), indicator=True)
     out: list[dict] = []
     total = 0
@@ -208,24 +215,26 @@ def diff_rows(stored: pd.DataFrame, rebuilt: pd.DataFrame) -> tuple[list[dict], 
         total += int(differs.sum())
         for i in np.flatnonzero(differs.to_numpy())[:EXAMPLES]:
             side = both["_merge"].iloc[i]
-            out.append({"c_custkey": int(both["c_custkey"].iloc[i]), "column": column,
+            out.append({"account": _plain(both[ACCOUNT].iloc[i]), "column": column,
                         "stored": _plain(left.iloc[i]) if side != "right_only" else "(missing)",
                         "rebuilt": _plain(right.iloc[i]) if side != "left_only" else "(missing)"})
-    out.sort(key=lambda d: (d["c_custkey"], columns.index(d["column"])))
+    out.sort(key=lambda d: (d["account"], columns.index(d["column"])))
     return out[:EXAMPLES], total
 
 
 def compare(rebuilt: Rebuild, *, projection: str, lake: LakeResource) -> Comparison:
     """Compare a rebuild with the stored projection and its checkpoint, exactly."""
+    columns = rebuilt.columns
     content, generation, checkpoint = lake.read_checkpointed(projection)
-    stored = load_checkpoint(checkpoint)
-    result = Comparison(identical=False, generation=generation, customers=len(rebuilt.projection))
+    stored = load_checkpoint(checkpoint, columns)
+    result = Comparison(identical=False, generation=generation, accounts=len(rebuilt.projection))
     if content is None or stored is None:
         result.problem = (f"{projection} is not stored with a checkpoint yet: materialize it "
                           f"first, or replace it with the rebuild (`conflux ledger rebuild`)")
         return result
     current = content.to_pandas()
-    result.differences, result.difference_count = diff_rows(current, rebuilt.projection)
+    result.differences, result.difference_count = diff_rows(
+        columns.canonical(current), columns.canonical(rebuilt.projection))
     folded, state = stored
     ids_log, ids_folded = set(rebuilt.folded["event_id"]), set(folded["event_id"])
     not_folded = sorted(ids_log - ids_folded)
@@ -233,44 +242,46 @@ def compare(rebuilt: Rebuild, *, projection: str, lake: LakeResource) -> Compari
     result.not_folded, result.not_folded_count = not_folded[:EXAMPLES], len(not_folded)
     result.folded_not_in_log, result.folded_not_in_log_count = gone[:EXAMPLES], len(gone)
     same_ids = folded.merge(rebuilt.folded, on="event_id", suffixes=("", "_log"))
-    other = same_ids[(same_ids["c_custkey"] != same_ids["c_custkey_log"])
+    other = same_ids[(same_ids[ACCOUNT] != same_ids[f"{ACCOUNT}_log"])
                      | (same_ids["delta_micro"] != same_ids["delta_micro_log"])
                      | (same_ids["occurred_at"] != same_ids["occurred_at_log"])]
     result.folded_differently = sorted(other["event_id"].astype(str))[:EXAMPLES]
     result.state_differs = not _same_state(state, rebuilt.state)
-    result.identical = (same_projection(current, rebuilt.projection) and not not_folded
+    result.identical = (same_projection(current, rebuilt.projection, columns) and not not_folded
                         and not gone and other.empty and not result.state_differs)
     return result
 
 
 def _same_state(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    a = a.sort_values("c_custkey").reset_index(drop=True).astype(fold_math.STATE)
-    b = b.sort_values("c_custkey").reset_index(drop=True).astype(fold_math.STATE)
+    a = fold_math.typed_state(a.sort_values(ACCOUNT).reset_index(drop=True))
+    b = fold_math.typed_state(b.sort_values(ACCOUNT).reset_index(drop=True))
     if len(a) != len(b):
         return False
     return all(((a[c].astype(object) == b[c].astype(object))
-                | (a[c].isna() & b[c].isna())).all() for c in fold_math.STATE)
+                | (a[c].isna() & b[c].isna())).all() for c in a.columns)
 
 
 def replace(rebuilt: Rebuild, *, projection: str, lake: LakeResource) -> str:
     """Commit the rebuild as the projection (projection + checkpoint, atomically)."""
     return lake.rewrite_checkpointed(
         projection, lambda current, checkpoint: (
-            rebuilt.projection, checkpoint_tables(rebuilt.folded, rebuilt.state)))
+            rebuilt.projection, checkpoint_tables(rebuilt.folded, rebuilt.state,
+                                                  rebuilt.columns)))
 
 
 # --- explain -----------------------------------------------------------------------------------
 @dataclass
 class Explanation:
-    """How one customer's stored balance was made."""
+    """How one account's stored balance was made."""
 
-    c_custkey: int
+    account: object                  # the account key's value (as stored)
     balance: float
     opening_balance: float
     ledger_total: float
     events_applied: int
     last_event_id: str | None
-    opening_now: float | None        # c_acctbal in the opening dataset now (None: not there)
+    opening_now: float | None        # its opening balance in the opening dataset now (None:
+    #                                  not there)
     events: list[dict]               # folded into the balance, oldest first
     pending: list[dict]              # in the ledger, not folded yet
     recomputed: float                # opening_balance + sum of the events' signed amounts
@@ -284,6 +295,7 @@ class Explanation:
 
 
 def _event_dicts(rows: pd.DataFrame) -> list[dict]:
+    """Canonical event rows (with ``delta_micro`` and provenance) as JSON-ready dicts."""
     return [{
         "event_id": str(row["event_id"]), "kind": _plain(row["kind"]),
         "amount": _plain(row["amount"]),
@@ -295,37 +307,66 @@ def _event_dicts(rows: pd.DataFrame) -> list[dict]:
     } for row in rows.to_dict(orient="records")]
 
 
-def explain(c_custkey: int, *, ledger: str, projection: str, opening: str,
-            lake: LakeResource) -> Explanation:
-    """Trace ``c_custkey``'s stored balance to the opening balance and the ledger events that
-    made it, and check that they add up.
+def account_value(value, stored: pd.Series, *, label: str, projection: str):
+    """``value`` (e.g. a command-line string) as a value of the stored account column.
 
     Raises:
-        ProjectionNotFoundError: the projection, or the customer's row in it, is not stored.
+        ProjectionNotFoundError: ``value`` cannot be such a value (not an integer where the
+            keys are integers).
     """
+    if pd.api.types.is_integer_dtype(stored.dtype) and not isinstance(value, (int, np.integer)):
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ProjectionNotFoundError(
+                f"{label} {value!r} is not in {projection}: its keys are integers") from None
+    if pd.api.types.is_float_dtype(stored.dtype) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ProjectionNotFoundError(
+                f"{label} {value!r} is not in {projection}: its keys are numbers") from None
+    if stored.dtype == object and len(stored) and isinstance(stored.iloc[0], str):
+        return str(value)
+    return value
+
+
+PROVENANCE = ("__topic", "__partition", "__offset", "__correlation_id")
+
+
+def explain(account, *, ledger: str, projection: str, opening: str, columns: LedgerColumns,
+            lake: LakeResource) -> Explanation:
+    """Trace ``account``'s stored balance to the opening balance and the ledger events that
+    made it, and check that they add up (``columns``: the projection's ``LedgerColumns``;
+    ``account`` may be given as a string, e.g. from the command line).
+
+    Raises:
+        ProjectionNotFoundError: the projection, or the account's row in it, is not stored.
+    """
+    label = columns.label
     content, generation, checkpoint = lake.read_checkpointed(projection)
-    stored = load_checkpoint(checkpoint)
+    stored = load_checkpoint(checkpoint, columns)
     if content is None or stored is None:
         raise ProjectionNotFoundError(
             f"{projection} is not stored with a checkpoint: materialize it first (or run "
             f"`conflux ledger rebuild`)")
-    current = content.to_pandas()
-    row = current[current["c_custkey"] == c_custkey]
+    current = columns.canonical(content.to_pandas())
+    account = account_value(account, current[ACCOUNT], label=label, projection=projection)
+    row = current[current[ACCOUNT] == account]
     if row.empty:
         raise ProjectionNotFoundError(
-            f"customer {c_custkey} is not in {projection} ({len(current)} customers): not in "
-            f"{opening} (ops.customer) when it was last materialized")
+            f"{label} {account} is not in {projection} ({len(current)} rows): not in "
+            f"{opening} when it was last materialized")
     row = row.iloc[0]
     folded, _ = stored
-    mine = folded[folded["c_custkey"] == c_custkey]
+    mine = folded[folded[ACCOUNT] == account]
     ledger_table = lake.read_partitions(ledger)
-    wanted = ["event_id", "kind", "amount", "occurred_at", "c_custkey", "__topic",
-              "__partition", "__offset", "__correlation_id"]
+    wanted = [*fold_math.EVENT_FIELDS, *PROVENANCE]
     if ledger_table is None:
         ledger_rows = pd.DataFrame({c: pd.Series(dtype=object) for c in wanted})
     else:
-        ledger_rows = ledger_table.to_pandas().reindex(columns=wanted)
-    customer_rows = ledger_rows[ledger_rows["c_custkey"] == c_custkey]
+        ledger_rows = columns.events(ledger_table.to_pandas(), keep=PROVENANCE)[wanted]
+    account_rows = ledger_rows[ledger_rows[ACCOUNT] == account]
     problems: list[str] = []
 
     # the folded events, described by the ledger (its signed amount recomputed from it)
@@ -338,21 +379,21 @@ def explain(c_custkey: int, *, ledger: str, projection: str, opening: str,
                         f"ingestion stored them, or lost by the ledger")
     present = described[described["_merge"] == "both"]
     if len(present):
-        from_ledger = fold_math.signed_micro(present)
-        moved = (present["c_custkey"].to_numpy() != c_custkey)
+        from_ledger = fold_math.signed_micro(present, columns.sign)
+        moved = (present[ACCOUNT].to_numpy() != account)
         changed = from_ledger != present["delta_micro"].to_numpy()
         if changed.any() or moved.any():
             bad = present["event_id"].to_numpy()[changed | moved][0]
-            problems.append(f"event {bad} was folded with another amount or customer than "
+            problems.append(f"event {bad} was folded with another amount or {label} than "
                             f"{ledger} holds now (the ledger changed in place)")
-    described = described.drop(columns=["_merge", "c_custkey"]).sort_values(
+    described = described.drop(columns=["_merge", ACCOUNT]).sort_values(
         ["occurred_at", "event_id"], kind="stable")
     events = _event_dicts(described)
 
-    pending_rows = customer_rows[~customer_rows["event_id"].isin(folded["event_id"])]
+    pending_rows = account_rows[~account_rows["event_id"].isin(folded["event_id"])]
     pending = _event_dicts(pending_rows.assign(
-        delta_micro=fold_math.signed_micro(pending_rows) if len(pending_rows) else []
-    ).sort_values(["occurred_at", "event_id"], kind="stable"))
+        delta_micro=fold_math.signed_micro(pending_rows, columns.sign) if len(pending_rows)
+        else []).sort_values(["occurred_at", "event_id"], kind="stable"))
 
     micro = int(mine["delta_micro"].sum())
     opening_balance = float(row["opening_balance"])
@@ -362,16 +403,16 @@ def explain(c_custkey: int, *, ledger: str, projection: str, opening: str,
         problems.append(f"opening {opening_balance} + events {micro / fold_math.MICRO} = "
                         f"{recomputed}, but the stored balance is {balance}")
     if len(mine) != int(row["events_applied"]):
-        problems.append(f"{len(mine)} event(s) folded for the customer, but events_applied "
+        problems.append(f"{len(mine)} event(s) folded for the {label}, but events_applied "
                         f"says {int(row['events_applied'])}")
     if micro / fold_math.MICRO != float(row["ledger_total"]):
         problems.append(f"the events add up to {micro / fold_math.MICRO}, but ledger_total "
                         f"says {float(row['ledger_total'])}")
-    opening_now = opening_balances(lake, opening)
-    now = opening_now.loc[opening_now["c_custkey"] == c_custkey, "c_acctbal"]
+    opening_now = opening_balances(lake, opening, columns)
+    now = opening_now.loc[opening_now[ACCOUNT] == account, fold_math.OPENING]
     last = row.get("last_event_id")
     return Explanation(
-        c_custkey=int(c_custkey), balance=balance, opening_balance=opening_balance,
+        account=_plain(account), balance=balance, opening_balance=opening_balance,
         ledger_total=float(row["ledger_total"]), events_applied=int(row["events_applied"]),
         last_event_id=None if last is None or pd.isna(last) else str(last),
         opening_now=float(now.iloc[-1]) if len(now) else None, events=events, pending=pending,

@@ -29,12 +29,13 @@ from pipelines.catalog import CUSTOMER, CUSTOMER_BALANCE, CUSTOMER_LEDGER
 from conflux.dagster.compile import asset_spec
 from conflux.core.declarations import validate_catalog
 from conflux.event.ingest import apply_records, resolver_for
-from conflux.ledger.fold import customer_balance
+from conflux.ledger.fold import full_fold
 from conflux.ledger.projection import ledger_projection
 from conflux.io.postgres import PostgresResource
 from conflux.io.registry import SchemaRegistryResource
 
 OLD_TS = 1_000_000  # 1970: a later copy claiming to be older than the stored one
+COLUMNS = CUSTOMER_BALANCE.compute.projection.columns  # the demo's LedgerColumns
 
 
 @pytest.fixture
@@ -47,7 +48,8 @@ def platform(stack, kafka, topic, lake, instance):
                for column, sources in CUSTOMER_BALANCE.lineage.items()}
     balance = dataclasses.replace(
         CUSTOMER_BALANCE, name=f"balance_{suffix}", upstream=(ledger.name, CUSTOMER.name),
-        compute=ledger_projection(ledger=ledger.name, opening=CUSTOMER.name), lineage=lineage)
+        compute=ledger_projection(ledger=ledger.name, opening=CUSTOMER.name, columns=COLUMNS),
+        lineage=lineage)
     kafka.ensure_topic(ledger.dlq_topic, 1)
     reg = SchemaRegistry(stack.settings.postgres_url)
     reg.ensure_schema()
@@ -177,10 +179,10 @@ def test_incremental_projection_equals_the_rebuild_from_offset_zero(platform, ka
 
     # the incrementally maintained projection == the full fold of the ledger == the rebuild
     incremental = stored_projection(lake, p.balance)
-    full = customer_balance({"customer_ledger": held, "customer": changed})
+    full = full_fold(held, changed, COLUMNS)
     pd.testing.assert_frame_equal(incremental, normal(full, p.balance), check_exact=True)
-    rebuilt = ledger_audit.rebuild(p.ledger, opening="customer", kafka=kafka, lake=lake,
-                                   resolver=p.resolver)
+    rebuilt = ledger_audit.rebuild(p.ledger, opening="customer", columns=COLUMNS, kafka=kafka,
+                                   lake=lake, resolver=p.resolver)
     assert rebuilt.records_read == 170 + len(second) + 10 + 2 + len(third)
     assert sum(rebuilt.invalid.values()) == 2 and rebuilt.repeated == 30
     assert sorted(rebuilt.conflicts) == sorted(conflicting.event_id)
@@ -196,7 +198,7 @@ def test_incremental_projection_equals_the_rebuild_from_offset_zero(platform, ka
     # every balance is traced to its events: the newcomer's (re-based, events before it came)
     for key in (newcomer, int(conflicting.c_custkey.iloc[0])):
         assert run_explain(key, ledger=p.ledger.name, projection=p.balance.name,
-                           opening="customer", lake=lake, as_json=True) == 0
+                           opening="customer", columns=COLUMNS, lake=lake, as_json=True) == 0
         traced = json.loads(capsys.readouterr().out)
         mine = held[held.c_custkey == key]
         assert traced["adds_up"] and traced["problems"] == [] and traced["pending"] == []
@@ -210,7 +212,7 @@ def test_incremental_projection_equals_the_rebuild_from_offset_zero(platform, ka
         signed = sum(e["signed_amount"] for e in traced["events"])
         assert traced["opening_balance"] + signed == pytest.approx(row.balance, abs=1e-6)
     assert run_explain(newcomer, ledger=p.ledger.name, projection=p.balance.name,
-                       opening="customer", lake=lake) == 0
+                       opening="customer", columns=COLUMNS, lake=lake) == 0
     text = capsys.readouterr().out
     assert "OK" in text and "== stored balance" in text and topic in text
 
@@ -248,7 +250,7 @@ def test_a_projection_that_drifts_from_the_log_is_caught_and_rebuilt(platform, k
     out = capsys.readouterr().out
     assert "DIFFERENT" in out and f"customer {victim}: balance stored" in out
     assert run_explain(victim, ledger=p.ledger.name, projection=p.balance.name,
-                       opening="customer", lake=lake) == 1
+                       opening="customer", columns=COLUMNS, lake=lake) == 1
     assert "DOES NOT ADD UP" in capsys.readouterr().out
 
     # replaced by the rebuild from offset zero (recorded in Dagster), identical again
@@ -258,7 +260,7 @@ def test_a_projection_that_drifts_from_the_log_is_caught_and_rebuilt(platform, k
     assert event.asset_materialization.metadata["conflux/fold"].value == "rebuilt from offset zero"
     assert run_rebuild(**check, check=True) == 0
     assert run_explain(victim, ledger=p.ledger.name, projection=p.balance.name,
-                       opening="customer", lake=lake) == 0
+                       opening="customer", columns=COLUMNS, lake=lake) == 0
     capsys.readouterr()
 
     # a folded event changed in place in the ledger: the next fold refuses (LEDGER_INTEGRITY)

@@ -16,10 +16,17 @@ from conflux.core.errors import LedgerIntegrityError
 from conflux.cli.ledger import run_explain
 from conflux.ledger import audit as ledger_audit
 from conflux.ledger import fold as fold_math
+from conflux.ledger.fold import LedgerColumns
 from conflux.ledger.projection import LedgerProjection, fold_increment, ledger_projection
 from conflux.io.lake import LakeResource
+from pipelines.catalog import CUSTOMER_BALANCE
 
 ORDER = ["__ts", "__offset"]
+COLUMNS = CUSTOMER_BALANCE.compute.projection.columns  # the demo's: c_custkey over c_acctbal
+
+
+def demo_projection() -> LedgerProjection:
+    return LedgerProjection(ledger="customer_ledger", opening="customer", columns=COLUMNS)
 
 
 @pytest.fixture
@@ -48,7 +55,7 @@ def make_customers(rng, keys) -> pd.DataFrame:
 
 
 def full(events, customers) -> pd.DataFrame:
-    return fold_math.customer_balance({"customer_ledger": events, "customer": customers})
+    return fold_math.full_fold(events, customers, COLUMNS)
 
 
 def test_the_fold_is_exact_and_independent_of_order_and_grouping():
@@ -95,7 +102,7 @@ def test_incremental_over_random_splits_with_duplicates_equals_the_full_fold(see
             customers = customers.assign(c_acctbal=customers["c_acctbal"] + rng.uniform(-5, 5))
             customers = pd.concat([customers, make_customers(rng, [21])])
         out, folded, state, report = fold_increment(pd.concat([ledger, chunk]), customers,
-                                                    stored)
+                                                    stored, columns=COLUMNS)
         stored = (folded, state)
         assert report.events_total == ledger["event_id"].nunique()
         pd.testing.assert_frame_equal(out, full(ledger, customers), check_exact=True)
@@ -107,7 +114,7 @@ def test_incremental_materializations_through_the_lake_equal_the_full_fold(lake)
     rng = np.random.default_rng(3)
     events = make_events(rng, 300)
     customers = make_customers(rng, range(1, 21))
-    projection = LedgerProjection()
+    projection = demo_projection()
     done = 0
     for end in (40, 41, 180, 180, 300):
         report = projection.materialize({"customer_ledger": events.iloc[:end],
@@ -118,7 +125,7 @@ def test_incremental_materializations_through_the_lake_equal_the_full_fold(lake)
         assert (report.generation is None) == (end == done)  # nothing new: nothing written
         done = end
     stored = lake.read("customer_balance")
-    pd.testing.assert_frame_equal(stored[fold_math.OUTPUT].fillna({"last_event_id": ""}),
+    pd.testing.assert_frame_equal(stored[COLUMNS.output_columns].fillna({"last_event_id": ""}),
                                   full(events, customers).fillna({"last_event_id": ""}),
                                   check_exact=True, check_dtype=False)
 
@@ -128,7 +135,7 @@ def test_a_changed_opening_balance_rebases_and_a_new_customer_gets_its_earlier_e
     events = pd.DataFrame({"event_id": ["a", "b", "c"], "c_custkey": [1, 1, 2],
                            "kind": ["deposit", "withdrawal", "deposit"],
                            "amount": [100.0, 30.0, 5.0], "occurred_at": [t, t, t]})
-    projection = LedgerProjection()
+    projection = demo_projection()
     customers = pd.DataFrame({"c_custkey": [1], "c_acctbal": [10.0]})
     projection.materialize({"customer_ledger": events, "customer": customers}, lake=lake,
                            dataset="cb")
@@ -148,7 +155,7 @@ def test_an_event_changed_in_the_ledger_after_it_was_folded_fails_the_fold(lake)
     events = pd.DataFrame({"event_id": ["a"], "c_custkey": [1], "kind": ["deposit"],
                            "amount": [100.0], "occurred_at": [t]})
     customers = pd.DataFrame({"c_custkey": [1], "c_acctbal": [0.0]})
-    projection = LedgerProjection()
+    projection = demo_projection()
     projection.materialize({"customer_ledger": events, "customer": customers}, lake=lake,
                            dataset="cb")
     before = lake.read_checkpointed("cb")[1]
@@ -245,7 +252,7 @@ def test_a_rebuild_counts_the_copy_the_ledger_stored_and_names_conflicts():
         "__offset": [3, 1, 4, 0, 2], "__ts": [10, 9, 20, 5, 1], "__correlation_id": [""] * 5})
     stored = pd.DataFrame({"event_id": ["b"], "__topic": ["x"], "__partition": [0],
                            "__offset": [4]})
-    kept, repeated, conflicts = ledger_audit.choose_copies(log, stored)
+    kept, repeated, conflicts = ledger_audit.choose_copies(log, stored, COLUMNS)
     assert repeated == 2 and conflicts == ["b"]
     by_id = kept.set_index("event_id")
     assert by_id.loc["b", "amount"] == 7.0  # the stored copy, though another one is older
@@ -267,12 +274,12 @@ def test_explain_traces_a_balance_to_its_opening_and_events(lake, capsys):
     events = make_events(rng, 60, customers=3)
     customers = make_customers(rng, [1, 2, 3])
     ledger_lake(lake, events.iloc[:50], customers)
-    projection = LedgerProjection()
+    projection = demo_projection()
     projection.materialize({"customer_ledger": lake.read_table("customer_ledger"),
                             "customer": customers}, lake=lake, dataset="customer_balance")
     ledger_lake(lake, events, customers)  # 10 more stored, not folded yet
     e = ledger_audit.explain(2, ledger="customer_ledger", projection="customer_balance",
-                             opening="customer", lake=lake)
+                             opening="customer", columns=COLUMNS, lake=lake)
     mine = events.iloc[:50][events.iloc[:50].c_custkey == 2]
     assert e.adds_up and not e.problems
     assert sorted(ev["event_id"] for ev in e.events) == sorted(mine.event_id)
@@ -282,7 +289,7 @@ def test_explain_traces_a_balance_to_its_opening_and_events(lake, capsys):
     first = e.events[0]
     assert first["topic"] == "ledger.customer" and first["correlation_id"].startswith("corr-")
     assert run_explain(2, ledger="customer_ledger", projection="customer_balance",
-                       opening="customer", lake=lake) == 0
+                       opening="customer", columns=COLUMNS, lake=lake) == 0
     text = capsys.readouterr().out
     assert "OK" in text and "== stored balance" in text and first["event_id"] in text
     # a stored balance that no longer adds up is reported, exit 1
@@ -291,7 +298,7 @@ def test_explain_traces_a_balance_to_its_opening_and_events(lake, capsys):
     tampered.loc[tampered.c_custkey == 2, "balance"] += 0.01
     lake.rewrite_checkpointed("customer_balance", lambda cur, ck: (tampered, ck))
     assert run_explain(2, ledger="customer_ledger", projection="customer_balance",
-                       opening="customer", lake=lake) == 1
+                       opening="customer", columns=COLUMNS, lake=lake) == 1
     assert "DOES NOT ADD UP" in capsys.readouterr().out
 
 
@@ -299,16 +306,32 @@ def test_the_catalog_projection_is_incremental_and_the_cli_has_ledger_commands(c
     from pipelines.catalog import CUSTOMER_BALANCE
 
     assert isinstance(CUSTOMER_BALANCE.compute.projection, LedgerProjection)
-    assert ledger_projection(ledger="x", opening="y").projection == LedgerProjection("x", "y")
+    assert CUSTOMER_BALANCE.compute.projection.columns == LedgerColumns(
+        account="c_custkey", balance="c_acctbal", label="customer",
+        signs={"deposit": 1, "withdrawal": -1, "adjustment": 1})
+    assert COLUMNS.output_columns == list(CUSTOMER_BALANCE.fields)  # the contract's columns
+    assert ledger_projection(ledger="x", opening="y", columns=COLUMNS).projection == \
+        LedgerProjection("x", "y", COLUMNS)
     args = build_parser().parse_args(["ledger", "explain", "42", "--json"])
-    assert args.c_custkey == 42 and args.json
+    assert args.account == "42" and args.json  # typed by the stored key column when explained
     assert build_parser().parse_args(["ledger", "rebuild", "--check"]).check
-    with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(["ledger", "explain", "not-a-number"])
-    assert exc.value.code == 2
 
 
 def test_explain_of_an_unknown_customer_is_a_clear_error(lake, capsys, monkeypatch):
     monkeypatch.setenv("CONFLUX_LAKE_PATH", lake.path)
     assert main(["ledger", "explain", "7"]) == 1
     assert "[PROJECTION_NOT_FOUND]" in capsys.readouterr().err
+    # stored: a customer it does not hold, a key that is not a number (the keys are integers)
+    t = dt.datetime(1996, 1, 1)
+    events = pd.DataFrame({"event_id": ["a"], "c_custkey": [1], "kind": ["deposit"],
+                           "amount": [1.0], "occurred_at": [t]})
+    customers = pd.DataFrame({"c_custkey": [1], "c_acctbal": [0.0]})
+    ledger_lake(lake, events, customers)
+    demo_projection().materialize({"customer_ledger": events, "customer": customers},
+                                  lake=lake, dataset="customer_balance")
+    assert main(["ledger", "explain", "7"]) == 1
+    assert "[PROJECTION_NOT_FOUND]" in (err := capsys.readouterr().err) and "customer 7" in err
+    assert main(["ledger", "explain", "not-a-number"]) == 1
+    assert "[PROJECTION_NOT_FOUND]" in (err := capsys.readouterr().err) and "integers" in err
+    assert main(["ledger", "explain", "1"]) == 0
+    assert "customer 1: balance 1.00" in capsys.readouterr().out
