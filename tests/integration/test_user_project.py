@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conflux.cli import dagster_api as api
+
 REPO = Path(__file__).resolve().parents[2]
 PORTS = {"CONFLUX_KAFKA_PORT": "24092", "CONFLUX_KAFKA_CONTROLLER_PORT": "24093",
          "CONFLUX_PG_PORT": "24432", "CONFLUX_DAGSTER_PORT": "24000"}
@@ -38,7 +40,7 @@ records = records_for("{TOPIC}", readings, ["reading_id"])
 publish_all(producer, records + records, progress=False)  # every reading twice
 row = readings.iloc[0].to_dict()
 import json
-producer.send("{TOPIC}", key=b"traced", value=json.dumps({{**row, "reading_id": "traced"}}).encode(),
+producer.send("{TOPIC}", key=b"traced", value=json.dumps({{**row, "reading_id": "traced", "temperature_c": 35.0}}).encode(),
               headers=event_headers("cold-chain-trace-1"))
 producer.send("{TOPIC}", key=b"bad", value=b'{{"reading_id": "bad"}}')  # missing fields
 producer.flush()
@@ -136,7 +138,9 @@ def test_dev_the_sensor_and_the_cli_follow_the_projects_catalog(project, dev):
     request = urllib.request.Request(url, query, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         nodes = json.load(response)["data"]["assetNodes"]
-    assert {n["assetKey"]["path"][0] for n in nodes} == {"readings", "daily_temperature"}
+    # the two datasets and the project's own Dagster asset (hot_devices)
+    assert {n["assetKey"]["path"][0] for n in nodes} == {"readings", "daily_temperature",
+                                                         "hot_devices"}
 
     stats = json.loads(run([str(folder / ".venv" / "bin" / "python"), "-c", PUBLISH],
                            cwd=folder, env={**env, **_client_env(project)}).stdout)
@@ -158,6 +162,19 @@ def test_dev_the_sensor_and_the_cli_follow_the_projects_catalog(project, dev):
     assert {r["device_id"]: r["readings"] for r in rows} == stats
     readings = _read(project, "readings", DAY)
     assert len(readings) == 41  # 40 twice + 1: duplicates upserted away; the bad one routed
+
+    # the project's own Dagster asset reads the join through Dagster's input loading, in a run
+    # launched through the UI's API and executed by the stack's daemon
+    url_root = url.removesuffix("/graphql")
+    backfill = api.launch_backfill(url_root, "hot_devices", DAY, DAY)
+    api.wait(lambda: (lambda s: (s.done, s.status))(api.backfill_state(url_root, backfill)),
+             timeout=300)
+    final = api.backfill_state(url_root, backfill)
+    assert final.succeeded, final
+    hot = _load(project, "hot_devices", DAY)
+    assert hot and hot == sorted(r["device_id"] for r in rows if r["max_c"] > 30.0)
+    # and Definitions.load_asset_value returns a dataset's rows, read from the stack's lake
+    assert _load(project, "daily_temperature", DAY) == sorted(r["device_id"] for r in rows)
 
     dlq = json.loads(conflux(project, "dlq", "list", TOPIC, "--json").stdout)
     assert dlq["total"] == 1, dlq
@@ -193,6 +210,17 @@ def test_dev_stops_what_it_started(project, dev):
     assert "stopping what conflux dev started" in log.read_text()
     status = conflux(project, "stack", "status", check=False)
     assert status.returncode == 1 and "running" not in status.stdout, status.stdout
+
+
+def _load(project, asset: str, day: str) -> list[str]:
+    """``defs.load_asset_value`` in the project's venv: the sorted device ids of the rows."""
+    folder, env = project
+    code = ("import json\nfrom cold_chain.definitions import defs\n"
+            f"df = defs.load_asset_value({asset!r}, partition_key={day!r})\n"
+            "print(json.dumps(sorted(df.device_id)))")
+    res = run([str(folder / ".venv" / "bin" / "python"), "-c", code], cwd=folder,
+              env={**env, **_client_env(project)})
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def test_a_folder_without_a_project_is_told_how_to_get_one(tmp_path):
