@@ -27,6 +27,7 @@ _API = {
     "DeadLetterPolicy": "conflux.core.declarations",
     "validate_catalog": "conflux.core.declarations",
     "ledger_projection": "conflux.ledger.projection",
+    "LedgerColumns": "conflux.ledger.fold",
     # compile to Dagster
     "build_definitions": "conflux.dagster.compile",
     "asset_specs": "conflux.dagster.compile",

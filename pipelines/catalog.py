@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from conflux import (BatchDataset, BatchFallback, Dataset, DeadLetterPolicy, EventDataset,
-                     ledger_projection, validate_catalog)
-from conflux.ledger.fold import LedgerColumns
+                     LedgerColumns, ledger_projection, validate_catalog)
 from pipelines import contracts as tpch
 from pipelines.joins.revenue import revenue_by_nation
 
