@@ -229,21 +229,22 @@ class ScheduleState:
     ticks: list[dict]  # newest first: {status, runIds, timestamp}
 
 
-def _schedule_selector(name: str, location: str | None, url: str) -> dict:
+def _selector(kind: str, name: str, location: str | None, url: str) -> dict:
+    """The ``$sel`` variable naming schedule or sensor ``name`` (``kind``: ``schedule`` or
+    ``sensor``) in ``location``, else in the code location that has it."""
     return {"sel": {"repositoryLocationName": location or location_of(url, name),
-                    "repositoryName": REPOSITORY,
-                    "scheduleName": name}}
+                    "repositoryName": REPOSITORY, f"{kind}Name": name}}
 
 
 def reset_schedule(url: str, name: str, *, location: str | None = LOCATION) -> str:
     """Return a schedule to its declared default status (stopped for Conflux's schedules)."""
-    out = _result(graphql(url, RESET_SCHEDULE, _schedule_selector(name, location, url)),
+    out = _result(graphql(url, RESET_SCHEDULE, _selector("schedule", name, location, url)),
                   "resetSchedule", "ScheduleStateResult")
     return out["scheduleState"]["status"]
 
 
 def schedule_state(url: str, name: str, *, location: str | None = LOCATION) -> ScheduleState:
-    out = _result(graphql(url, SCHEDULE, _schedule_selector(name, location, url)),
+    out = _result(graphql(url, SCHEDULE, _selector("schedule", name, location, url)),
                   "scheduleOrError", "Schedule")
     state = out["scheduleState"]
     return ScheduleState(out["name"], out["cronSchedule"], state["status"], state["ticks"])
@@ -294,14 +295,8 @@ class SensorState:
     cursor: str | None
 
 
-def _sensor_selector(name: str, location: str | None, url: str) -> dict:
-    return {"sel": {"repositoryLocationName": location or location_of(url, name),
-                    "repositoryName": REPOSITORY,
-                    "sensorName": name}}
-
-
 def sensor_state(url: str, name: str, *, location: str | None = LOCATION) -> SensorState:
-    out = _result(graphql(url, SENSOR, _sensor_selector(name, location, url)), "sensorOrError", "Sensor")
+    out = _result(graphql(url, SENSOR, _selector("sensor", name, location, url)), "sensorOrError", "Sensor")
     state = out["sensorState"]
     data = state.get("typeSpecificData") or {}
     return SensorState(out["name"], state["id"], state["status"], data.get("lastCursor"))
@@ -309,7 +304,7 @@ def sensor_state(url: str, name: str, *, location: str | None = LOCATION) -> Sen
 
 def start_sensor(url: str, name: str, *, location: str | None = LOCATION) -> str:
     """Turn a sensor on (the UI's toggle); returns its new status."""
-    out = _result(graphql(url, START_SENSOR, _sensor_selector(name, location, url)),
+    out = _result(graphql(url, START_SENSOR, _selector("sensor", name, location, url)),
                   "startSensor", "Sensor")
     return out["sensorState"]["status"]
 

@@ -54,13 +54,7 @@ class Dataset:
     mode: Mode = field(init=False, default="batch")
 
     def __post_init__(self):
-        if isinstance(self.start, dt.datetime):
-            object.__setattr__(self, "start", self.start.date())
-        elif isinstance(self.start, str):
-            try:
-                object.__setattr__(self, "start", dt.date.fromisoformat(self.start))
-            except ValueError:
-                pass  # validate_catalog names it
+        object.__setattr__(self, "start", _as_date(self.start))
 
     @property
     def subject(self) -> str:
@@ -74,6 +68,19 @@ class Dataset:
     @property
     def fields(self) -> tuple[str, ...]:
         return tuple(self.contract.model_fields)
+
+
+def _as_date(value):
+    """A date from a date, a datetime or ``"YYYY-MM-DD"``; any other value is returned as it is,
+    for ``validate_catalog`` to reject with the dataset's name."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
