@@ -144,15 +144,16 @@ def build_batch_asset(ds: BatchDataset, spec: dg.AssetSpec,
             ranged = len(partitions) > 1
             if ranged:  # the run's total, not any one partition's
                 meta["conflux/run_rows"] = meta.pop("dagster/row_count")
-            for i, p in enumerate(partitions):
-                part = groups.get(p, out.iloc[0:0])
-                lake.write(ds.name, part, p)
-                if ranged:  # each partition's materialization: its own rows
+            parts = {p: groups.get(p, out.iloc[0:0]) for p in partitions}
+            commit = lake.write_many(ds.name, parts)  # one Delta commit for the run's partitions
+            if ranged:  # each partition's materialization: its own rows
+                for p, part in parts.items():
                     context.add_asset_metadata({"dagster/row_count": len(part)}, partition_key=p)
-                if (i + 1) % 200 == 0:
-                    context.log.info(f"{ds.name}: wrote {i + 1}/{len(partitions)} partitions")
+            context.log.info(f"{ds.name}: wrote {len(parts)} partition(s) in Delta version "
+                             f"{commit.version}")
         else:
-            lake.write(ds.name, out)
+            commit = lake.write(ds.name, out)
+        meta.update(commit.metadata())
         return dg.MaterializeResult(metadata={**meta, **extra})
 
     @dg.multi_asset(name=ds.name, specs=[spec], backfill_policy=backfill_policy(ds))

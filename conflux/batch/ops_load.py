@@ -90,6 +90,6 @@ def load(ds: BatchDataset, *, postgres: PostgresResource, lake: LakeResource,
     if reason:
         lake.write(ds.name, df)
         return Loaded("snapshot", len(df), len(df), watermark, reason)
-    written = lake.upsert(ds.name, df, list(ds.key)) if len(df) else 0
+    written = lake.upsert(ds.name, df, list(ds.key)).rows if len(df) else 0
     return Loaded("incremental", len(df), written, watermark,
                   f"rows updated since {previous_watermark} (minus {ds.overlap_s:g}s overlap)")

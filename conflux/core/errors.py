@@ -89,13 +89,6 @@ class LakeStorageError(LakeError):
     code = "LAKE_STORAGE"
 
 
-class LakeLockError(LakeError):
-    """A partition lock that cannot be taken: an object-store lake without a lock database
-    (``lock_url``), or that database unreachable."""
-
-    code = "LAKE_LOCK"
-
-
 class TopicConfigError(ConfluxError):
     """Kafka refused a topic's configuration (for example the unlimited retention an
     event-sourced dataset's topic needs)."""

@@ -198,8 +198,8 @@ class DatasetIOManager(dg.IOManager):
         name = dataset_name(context.asset_key)
         table = _conform(obj, contract_schema(meta), name)
         if not context.has_asset_partitions:
-            self.lake.write(name, table)
-            context.add_output_metadata({"dagster/row_count": len(table)})
+            commit = self.lake.write(name, table)
+            context.add_output_metadata({"dagster/row_count": len(table), **commit.metadata()})
             return
         keys = list(context.asset_partition_keys)
         event_time = meta.get(EVENT_TIME)
@@ -216,7 +216,6 @@ class DatasetIOManager(dg.IOManager):
             raise OutputContractError(
                 f"dataset {name!r}: the output holds rows of {len(outside)} partition(s) outside "
                 f"the run's {keys[0]}..{keys[-1]} (first: {outside[0]})")
-        for key in keys:
-            self.lake.write(name, groups.get(key, table.slice(0, 0)), key)
+        commit = self.lake.write_many(name, {k: groups.get(k, table.slice(0, 0)) for k in keys})
         context.add_output_metadata({"dagster/row_count": len(table),
-                                     "conflux/partitions_written": len(keys)})
+                                     "conflux/partitions_written": len(keys), **commit.metadata()})

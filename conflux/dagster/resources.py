@@ -28,9 +28,7 @@ def kafka_resource(env: dict[str, str] | None = None) -> KafkaResource:
 def platform_resources() -> dict[str, dg.ConfigurableResource]:
     """Kafka, Postgres, the lake, the schema registry, and the default IO manager: the lake's
     (on the same lake), through which assets read the datasets."""
-    # an s3:// lake's partition locks are advisory locks in the platform's Postgres
-    lake = LakeResource(path=dg.EnvVar("CONFLUX_LAKE_PATH"),
-                        lock_url=dg.EnvVar("CONFLUX_POSTGRES_URL"))
+    lake = LakeResource(path=dg.EnvVar("CONFLUX_LAKE_PATH"))
     return {
         "kafka": kafka_resource(),
         "postgres": PostgresResource(url=dg.EnvVar("CONFLUX_POSTGRES_URL")),

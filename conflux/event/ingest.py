@@ -27,7 +27,7 @@ from conflux.core.declarations import EventDataset
 from conflux.event.decode import ContractResolver, Decoded, dead_letter, decode_batch
 from conflux.contracts.metadata import materialization_metadata
 from conflux.io.kafka import KafkaResource, Outgoing, Record
-from conflux.io.lake import UNPARTITIONED, LakeResource
+from conflux.io.lake import ORIGIN_KEY, SOURCES_KEY, UNPARTITIONED, LakeResource
 from conflux.io.registry import SchemaRegistryResource
 
 DECODE_CHUNK = 5000
@@ -153,7 +153,7 @@ def _cut(decoded: Decoded, records: list[Record], row: int) -> tuple[Decoded, in
 def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaResource,
                   lake: LakeResource, resolver: ContractResolver, origin: str,
                   sources: list[dict] | Callable[[list[Record]], list[dict]],
-                  lag: int | None = None, append: bool = False,
+                  lag: int | None = None,
                   max_partitions: int | None = None, current_as_of: float = 0.0) -> IngestReport:
     """Apply records to ``ds``; returns the report with one materialization per partition touched.
 
@@ -162,8 +162,6 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
         sources: the ``[start, end)`` ranges the records came from (materialization metadata),
             or a function giving them for the records applied (with ``max_partitions``).
         lag: records left behind the ranges when they were read.
-        append: store rows as delta files merged on read (the inline path: no partition
-            rewrite per micro-batch) instead of upserting in place (runs: exact change counts).
         max_partitions: apply only the longest prefix of ``records`` touching at most this many
             partitions; ``report.consumed`` says how many records that was.
         current_as_of: the last time the writer knew the dataset held everything that had
@@ -209,18 +207,15 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
 
     contracts = np.array(decoded.contracts, dtype=object)
     reasons = dict(report.dead)
-    for partition, idx in split_by_partition(ds, table):
-        part = table.take(idx)
+    groups = [(partition, idx, table.take(idx)) for partition, idx in split_by_partition(ds, table)]
+    # one MERGE (one Delta commit) for the whole micro-batch, naming the ranges it applied
+    commit = lake.upsert_many(
+        ds.name, {None if p == UNPARTITIONED else p: part for p, _, part in groups},
+        list(ds.key), order_by=ORDER_BY, keep_existing=ds.append_only,
+        metadata={SOURCES_KEY: sources, ORIGIN_KEY: origin})
+    for partition, idx, part in groups:
         key = None if partition == UNPARTITIONED else partition
-        if append:
-            written = lake.append(ds.name, part, list(ds.key), key, order_by=ORDER_BY,
-                                  keep_existing=ds.append_only)
-            counts = {"rows_appended": written}
-        else:
-            written = lake.upsert(ds.name, part, list(ds.key), key, order_by=ORDER_BY,
-                                  keep_existing=ds.append_only)
-            counts = {"rows_changed": written}
-        report.partitions[partition] = written
+        report.partitions[partition] = len(part)
         ids = pc.unique(part["__correlation_id"]).to_pylist()
         ids = sorted(i for i in ids if i)
         times = pc.min_max(part[ds.event_time]).as_py() if ds.event_time else {}
@@ -230,7 +225,8 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
                 ds, rows=len(part), contract_version=newest_ref(set(contracts[idx])),
                 with_schema=False, current_as_of=current_as_of,
                 source_ranges=dg.MetadataValue.json(sources),
-                rows_in=seen, rows_valid=len(decoded.rows), **counts,
+                rows_in=seen, rows_valid=len(decoded.rows), rows_changed=commit.rows,
+                **commit.metadata(),
                 dead_lettered=report.dead_lettered,
                 dead_letter_reasons=dg.MetadataValue.json(reasons),
                 correlation_ids=len(ids), correlation_id_examples=", ".join(ids[:5]),

@@ -105,7 +105,7 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
         report = apply_records(
             ds, buffer, kafka=kafka, lake=lake, resolver=resolver, origin=origin,
             sources=lambda recs: [r.as_config() for r in batch_ranges(start, recs)],
-            append=True, max_partitions=ds.inline_max_partitions,
+            max_partitions=ds.inline_max_partitions,
             current_as_of=current_as_of)
         applied, rest = buffer[:report.consumed], buffer[report.consumed:]
         ranges = batch_ranges(cursor, applied)

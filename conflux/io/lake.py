@@ -1,63 +1,44 @@
-"""The lake: Parquet files per dataset and daily partition, written atomically, in a local
-folder or on S3-compatible object storage.
+"""The lake: one Delta Lake table per dataset (delta-rs), in a local folder or on S3.
 
-Layout: ``<lake>/<dataset>/<partition>.parquet`` (``_all.parquet`` for unpartitioned datasets),
-plus, for the event path's fast appends, ``<partition>.delta/*.parquet`` delta files and the
-dataset's merge rule in ``_merge.json``; a partition written together with a checkpoint (a
-projection and what it has folded) keeps it in ``_checkpoint/<partition>/<generation>/``.
+Layout: ``<lake>/<dataset>/`` is a Delta table; a partitioned dataset is partitioned by the
+string column ``__day`` (its daily partition key); an unpartitioned one has no such column. Any
+Delta reader (DuckDB, Polars, Spark, Trino) sees exactly the current rows: see
+docs/outside-readers.md.
 
-* ``upsert`` replaces rows by key under a per-partition lock (read, merge, rewrite), so
-  concurrent writers never lose each other's rows and applying the same rows twice leaves the
-  files unchanged.
-* ``append`` only writes the incoming rows as a delta file — no read, no rewrite of the
-  partition — and readers merge base + deltas by the same rule (key, newest by provenance), so
-  the result is exactly what ``upsert`` would have stored, and replays stay harmless. Every
-  ``compact_after`` deltas the partition is compacted into its base file. A micro-batch that
-  touches thirty partitions (late events) costs thirty small writes instead of thirty rewrites.
-* append-only datasets (``keep_existing``) never replace a stored row: the earliest write of a
-  key wins — base file first, then delta files in write order — whatever the timestamps of
-  later copies say, so compaction and replays cannot change a stored row either.
-* ``rewrite_checkpointed`` replaces a partition and its checkpoint in one atomic commit.
+* Every write is one Delta commit; concurrent writers (sensor ticks, runs, repairs,
+  maintenance) are serialized by Delta's optimistic commit protocol — a writer whose read was
+  overtaken by a conflicting commit re-reads and tries again (``_retry``). On S3, delta-rs
+  commits with conditional PUTs (``If-None-Match``): no lock service is needed.
+* ``upsert``/``upsert_many`` are one MERGE per call (per micro-batch on the event path): rows
+  replace stored rows of the same key when newer by ``order_by`` (the stored row wins a tie;
+  append-only datasets never replace a stored row), so replays change nothing. Only files
+  holding a matched key are rewritten; partitions are pruned by ``__day``.
+* ``write`` replaces one partition (a predicate overwrite); ``rewrite`` does so from its
+  current content; ``rewrite_checkpointed`` commits a partition together with a checkpoint
+  (small Delta tables under ``_conflux_checkpoint/``, named by version in the commit's
+  metadata: the commit that makes the projection visible is the one that names them).
+* A returned ``Commit`` names the table version and commit time (materialization metadata);
+  reads take ``version=`` or ``as_of=`` (time travel).
 
-Storage (``LakeStore``, through ``pyarrow.fs``): a plain path or ``file://`` URL is a local
-folder; ``s3://bucket/prefix`` is S3 or an S3-compatible store. Credentials and region come from
-the standard AWS chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``,
-``AWS_REGION`` or ``AWS_DEFAULT_REGION``, profiles, instance or pod roles); pyarrow reads no
-endpoint from the environment, so ``AWS_ENDPOINT_URL_S3`` (else ``AWS_ENDPOINT_URL``) is passed
-as its endpoint override. Buckets are never created: a missing bucket, refused credentials or an
-unreachable endpoint is a ``LakeStorageError`` naming the lake URL (never a secret).
+S3: credentials, region and endpoint come from the standard AWS environment
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` /
+``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; an ``http://`` endpoint
+is allowed). Buckets are never created.
 
-* Atomic replace: locally a temp file then ``os.replace``; on S3 one PUT of the whole object
-  (S3 has no rename; readers see the old object or the new one). A checkpointed rewrite writes
-  the checkpoint tables under a new generation prefix first, then the partition object naming
-  that generation: still the old pair or the new pair.
-* Locks: locally ``fcntl`` lock files. An object store is shared by writers on several
-  machines (Kubernetes runs), so its partition locks are Postgres advisory locks
-  (``pg_advisory_lock`` on a connection of its own to ``lock_url``, key = a stable 64-bit hash of
-  lake URL + dataset + partition), released on unlock or when the holder's connection dies. An
-  S3 lake without ``lock_url`` refuses its first write (``LakeLockError``).
-* Listing: S3 lists what was written (strongly consistent); it has no empty folders, so
-  partitions are found from object listings (a delta "folder" counts only while it holds
-  delta files).
-
-Merging is done in Arrow, not pandas.
+delta-rs cannot be used in a process forked after it started (its runtime panics): Dagster's
+run workers are spawned, and tests use the ``spawn`` start method.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
+import datetime as dt
 import json
 import os
-import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -66,65 +47,40 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from pydantic import Field
 
-from conflux.core.errors import LakeError, LakeLockError, LakeStorageError
+from conflux.core.errors import LakeError, LakeStorageError
 
 UNPARTITIONED = "_all"
-DELTA_SUFFIX = ".delta"
-MERGE_RULE = "_merge.json"
-CHECKPOINT_DIR = "_checkpoint"
-CHECKPOINT_KEY = b"conflux.checkpoint"  # Parquet metadata naming a partition's checkpoint
-# the environment an S3 store is built from (a change builds a new one)
-S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
-          "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+DAY = "__day"  # the partition column of a partitioned dataset's table
+CHECKPOINTS = "_conflux_checkpoint"  # hidden from Delta (leading "_"): the checkpoint tables
+CHECKPOINT_KEY = "conflux.checkpoint"  # commit metadata naming a commit's checkpoint tables
+SOURCES_KEY = "conflux.sources"  # commit metadata: the Kafka ranges a commit applied
+ORIGIN_KEY = "conflux.origin"    # commit metadata: who wrote it (run id, sensor)
+MAINTENANCE = {"OPTIMIZE", "VACUUM START", "VACUUM END", "CHECKPOINT"}
+RETRIES = 30
 
 
 def _as_table(data: pd.DataFrame | pa.Table) -> pa.Table:
     return data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
 
 
-def _align(incoming: pa.Table, current: pa.Table) -> pa.Table:
-    """Cast ``incoming`` to the stored schema where the columns match (e.g. int → double)."""
-    if incoming.schema.names == current.schema.names and incoming.schema != current.schema:
-        try:
-            return incoming.cast(current.schema)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return incoming
-    return incoming
-
-
 def merge_by_key(current: pa.Table | None, incoming: pa.Table, key: list[str], *,
                  order_by: list[str] | None = None, keep_existing: bool = False) -> tuple[pa.Table, int]:
-    """Upsert ``incoming`` into ``current``; returns (result sorted by key, incoming rows kept).
-
-    Per key the row that sorts last by ``order_by`` wins (the incoming row when None); with
-    ``keep_existing`` the stored row always wins, and ``order_by`` (first = oldest) only picks
-    among the incoming rows of a key that is not stored yet. On a tie the stored row wins.
-    """
-    return merge_writes(current, [incoming], key, order_by=order_by, keep_existing=keep_existing)
-
-
-def merge_writes(current: pa.Table | None, writes: list[pa.Table], key: list[str], *,
-                 order_by: list[str] | None = None,
-                 keep_existing: bool = False) -> tuple[pa.Table, int]:
-    """``merge_by_key`` of several writes at once, in the order they were written (a base file
-    and its delta files); returns the result and how many rows of the *last* write were kept.
-
-    With ``keep_existing`` (append-only datasets) the earliest write holding a key wins — a row
-    once stored is never replaced, whatever the timestamps of later copies say — and
-    ``order_by`` only ranks the rows of one write. Otherwise all writes rank as one incoming batch.
-    """
+    """Upsert ``incoming`` into ``current`` in memory; returns (result sorted by key, incoming
+    rows kept). Per key the row that sorts last by ``order_by`` wins (the incoming row when
+    None); with ``keep_existing`` the stored row always wins and ``order_by`` (first = oldest)
+    picks among the incoming rows of a new key. On a tie the stored row wins."""
     stored = current is not None and len(current) > 0
-    parts = [current, *(_align(w, current) for w in writes)] if stored else list(writes)
-    # source rank: 0 = stored, then the writes 1.. in order (all 1 unless keep_existing)
-    ranks = ([0] if stored else []) + [i + 1 if keep_existing else 1 for i in range(len(writes))]
+    if stored and incoming.schema.names == current.schema.names:
+        incoming = _cast_like(incoming, current.schema)
+    parts = [current, incoming] if stored else [incoming]
+    ranks = [0, 1] if stored else [1]
     tagged = [t.append_column("__src", pa.array(np.full(len(t), r, dtype=np.int32)))
               for t, r in zip(parts, ranks)]
     table = pa.concat_tables(tagged, promote_options="permissive") if len(tagged) > 1 else tagged[0]
-    # precedence: later in this order wins; ties between stored and incoming go to stored
     if keep_existing:
         sort_keys = [("__src", "descending")] + [(c, "descending") for c in (order_by or [])]
     elif order_by:
@@ -135,10 +91,41 @@ def merge_writes(current: pa.Table | None, writes: list[pa.Table], key: list[str
     ranked = table.take(order).append_column("__rank", pa.array(np.arange(len(table))))
     winners = ranked.group_by(key, use_threads=False).aggregate([("__rank", "max")])
     kept = ranked.filter(pc.is_in(ranked["__rank"], winners["__rank_max"]))
-    written = int(pc.sum(pc.equal(kept["__src"], ranks[-1])).as_py() or 0)
+    written = int(pc.sum(pc.equal(kept["__src"], 1)).as_py() or 0)
     kept = kept.drop_columns(["__src", "__rank"])
     kept = kept.take(pc.sort_indices(kept, sort_keys=[(k, "ascending") for k in key]))
     return kept, written
+
+
+def _cast_like(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast columns to the stored types where both have them (int → double, null → any)."""
+    fields = []
+    for f in table.schema:
+        i = schema.get_field_index(f.name)
+        fields.append(f.with_type(schema.field(i).type) if i >= 0 else f)
+    target = pa.schema(fields)
+    if target == table.schema:
+        return table
+    try:
+        return table.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return table
+
+
+def _storable(table: pa.Table) -> pa.Table:
+    """Types Delta stores: nanosecond timestamps become microseconds, all-null columns
+    strings (unless the stored schema says otherwise, see ``_cast_like``)."""
+    fields = []
+    for f in table.schema:
+        if pa.types.is_timestamp(f.type) and f.type.unit == "ns":
+            f = f.with_type(pa.timestamp("us", f.type.tz))
+        elif pa.types.is_null(f.type):
+            f = f.with_type(pa.string())
+        elif pa.types.is_large_string(f.type):
+            f = f.with_type(pa.string())
+        fields.append(f)
+    target = pa.schema(fields, metadata=table.schema.metadata)
+    return table if target == table.schema else table.cast(target, safe=False)
 
 
 def is_object_store(path: str) -> bool:
@@ -153,634 +140,570 @@ def _redact(message: str) -> str:
     return message
 
 
-@dataclass(frozen=True)
-class LakeStore:
-    """A lake's root on a ``pyarrow.fs`` filesystem, with the few operations the lake needs;
-    storage errors (other than a missing file) become ``LakeStorageError`` naming ``url``."""
-
-    url: str
-    fs: pafs.FileSystem = field(repr=False)
-    root: str
-    remote: bool
-
-    @classmethod
-    def open(cls, path: str) -> "LakeStore":
-        """The store of a lake path: a local folder, ``file://`` URL or ``s3://bucket/prefix``
-        (see the module docstring for the S3 environment); the bucket must exist."""
-        if not is_object_store(path):
-            local = urlsplit(path).path if path.startswith("file://") else path
-            return cls(path, pafs.LocalFileSystem(), os.path.abspath(local), remote=False)
-        parts = urlsplit(path)
-        if parts.scheme != "s3" or not parts.netloc:
-            raise LakeStorageError(f"lake {path}: unsupported lake URL (a local folder, file://"
-                                   " or s3://bucket/prefix)")
-        url = f"s3://{parts.netloc}{parts.path.rstrip('/')}"
-        # allow_delayed_open: an object smaller than one upload part is one PutObject
-        # (not create + upload part + complete multipart)
-        options: dict = {"connect_timeout": 5, "request_timeout": 60, "allow_delayed_open": True,
-                         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
-        if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
-            options["region"] = region
-        if endpoint := (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
-            ep = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-            options.update(endpoint_override=ep.netloc, scheme=ep.scheme)
-        where = f" at {endpoint}" if endpoint else ""
-        try:
-            fs = pafs.S3FileSystem(**options)  # allow_bucket_creation stays off
-            bucket = fs.get_file_info(parts.netloc)
-        except OSError as exc:
-            refused = any(s in str(exc) for s in ("ACCESS_DENIED", "InvalidAccessKeyId",
-                                                  "SignatureDoesNotMatch", "Forbidden"))
-            hint = (" (credentials refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
-                    "AWS_SESSION_TOKEN, or the role, and the bucket's policy)" if refused else "")
-            raise LakeStorageError(f"lake {url}: object store{where} not usable{hint}: "
-                                   f"{_redact(str(exc))}") from None
-        if bucket.type == pafs.FileType.NotFound:
-            raise LakeStorageError(f"lake {url}: bucket {parts.netloc!r} does not exist{where} "
-                                   "(Conflux never creates buckets: create it first)")
-        return cls(url, fs, f"{parts.netloc}{parts.path.rstrip('/')}", remote=True)
-
-    def join(self, *parts: str) -> str:
-        return "/".join((self.root, *parts))
-
-    @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            if "RESOURCE_NOT_FOUND" in str(exc) or "NoSuchKey" in str(exc):
-                # an object removed between pyarrow's HEAD and its GET (a compaction): missing
-                raise FileNotFoundError(str(exc)) from None
-            raise LakeStorageError(f"lake {self.url}: {what} failed: {_redact(str(exc))}") from None
-
-    def exists(self, path: str) -> bool:
-        with self._guard(f"stat {path}"):
-            return self.fs.get_file_info(path).type == pafs.FileType.File
-
-    def info(self, path: str) -> pafs.FileInfo:
-        with self._guard(f"stat {path}"):
-            return self.fs.get_file_info(path)
-
-    def files(self, folder: str, recursive: bool = False) -> list[str]:
-        """Paths of the files under ``folder`` (none when it does not exist), sorted."""
-        if not (self.remote or recursive):  # as fast as before the store existed
-            try:
-                return sorted(e.path for e in os.scandir(folder) if e.is_file())
-            except FileNotFoundError:
-                return []
-        return sorted(i.path for i in self._list(folder, recursive) if i.type == pafs.FileType.File)
-
-    def names(self, folder: str) -> list[str]:
-        """Names of the files and folders directly in ``folder``, sorted."""
-        return sorted(i.base_name for i in self._list(folder, False))
-
-    def _list(self, folder: str, recursive: bool) -> list[pafs.FileInfo]:
-        for _ in range(5):  # a local entry removed between readdir and stat: list again
-            try:
-                with self._guard(f"list {folder}"):
-                    return self.fs.get_file_info(
-                        pafs.FileSelector(folder, allow_not_found=True, recursive=recursive))
-            except FileNotFoundError:
-                continue
-        return []
-
-    def read(self, path: str, columns: list[str] | None = None) -> pa.Table:
-        """One Parquet file (FileNotFoundError when missing)."""
-        if not self.remote:
-            return pq.ParquetFile(path).read(columns=columns)
-        return self._fetch(path).read(columns=columns)
-
-    def num_rows(self, path: str) -> int:
-        if not self.remote:
-            return pq.ParquetFile(path).metadata.num_rows
-        return self._fetch(path).metadata.num_rows
-
-    def _fetch(self, path: str) -> pq.ParquetFile:
-        """A whole Parquet object, checked. pyarrow sizes an object (HEAD) before it GETs it:
-        an object replaced in between comes back torn (the new object cut at the old size),
-        which the Parquet magic at both ends and a parse of the footer reveal; such a read is
-        simply repeated (a replace is one PUT, so the next read sees one whole object)."""
-        for attempt in range(10):
-            with self._guard(f"read {path}"):
-                try:
-                    with self.fs.open_input_stream(path) as src:
-                        data = src.readall()
-                    if data[:4] == b"PAR1" and data[-4:] == b"PAR1":
-                        return pq.ParquetFile(pa.BufferReader(data))  # the footer parses
-                except FileNotFoundError:
-                    raise
-                except (OSError, pa.ArrowInvalid) as exc:
-                    if "RESOURCE_NOT_FOUND" in str(exc) or "NoSuchKey" in str(exc):
-                        raise  # the guard makes it a FileNotFoundError
-            time.sleep(0.005 * (attempt + 1))
-        raise LakeStorageError(f"lake {self.url}: {path} is not a readable Parquet object "
-                               "(or kept changing while read)")
-
-    def read_text(self, path: str) -> str | None:
-        try:
-            with self._guard(f"read {path}"), self.fs.open_input_stream(path) as src:
-                return src.readall().decode()
-        except FileNotFoundError:
-            return None
-
-    def write_bytes(self, path: str, data: bytes | pa.Buffer) -> None:
-        """Replace ``path`` atomically: locally a temp file then a rename, on S3 one PUT."""
-        if not self.remote:
-            self._replace_local(path, lambda tmp: Path(tmp).write_bytes(data))
-            return
-        with self._guard(f"write {path}"), self.fs.open_output_stream(path) as out:
-            out.write(data)
-
-    def write_table(self, path: str, table: pa.Table) -> None:
-        if not self.remote:
-            self._replace_local(path, lambda tmp: pq.write_table(table, tmp))
-            return
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        self.write_bytes(path, sink.getvalue())
-
-    def _replace_local(self, path: str, write: Callable[[str], object]) -> None:
-        with self._guard(f"write {path}"):
-            folder, name = os.path.split(path)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-            write(tmp)
-            os.replace(tmp, path)
-
-    def delete(self, path: str) -> None:
-        """Remove a file; a missing one is fine."""
-        try:
-            with self._guard(f"delete {path}"):
-                if self.remote:
-                    self.fs.delete_file(path)
-                else:
-                    os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-    def delete_dir(self, path: str) -> None:
-        """Remove a folder (a prefix on S3) and all it holds; a missing one is fine."""
-        if not self.remote:
-            shutil.rmtree(path, ignore_errors=True)
-            return
-        try:
-            with self._guard(f"delete {path}"):
-                self.fs.delete_dir(path)
-        except FileNotFoundError:
-            pass
-
-    def dataset(self, files: list[str]) -> pads.Dataset:
-        with self._guard("open dataset"):
-            return pads.dataset(files, format="parquet", filesystem=self.fs)
-
-
-_STORES: dict[tuple, LakeStore] = {}
-_STORES_LOCK = threading.Lock()
-
-
-def lake_store(path: str) -> LakeStore:
-    """The store of a lake path; an S3 store is cached (and rebuilt when its AWS_* environment
-    changes), a local one is cheap enough to make each time."""
+def storage_options(path: str) -> dict[str, str]:
+    """delta-rs storage options of a lake path, from the standard AWS environment."""
     if not is_object_store(path):
-        return LakeStore.open(path)
-    key = (path, *(os.environ.get(n) for n in S3_ENV))
-    with _STORES_LOCK:
-        store = _STORES.get(key)
-    if store is None:
-        store = LakeStore.open(path)
-        with _STORES_LOCK:
-            _STORES[key] = store
-    return store
+        return {}
+    options = {"timeout": "60s", "connect_timeout": "5s"}
+    if endpoint := (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
+        options["AWS_ENDPOINT_URL"] = endpoint if "://" in endpoint else f"https://{endpoint}"
+        if options["AWS_ENDPOINT_URL"].startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
+        options["AWS_REGION"] = region
+    return options
 
 
-def lock_key(url: str, dataset: str, partition: str | None) -> int:
-    """A stable signed 64-bit key for ``pg_advisory_lock``: lake URL + dataset + partition."""
-    digest = hashlib.blake2b(f"{url}\0{dataset}\0{partition or UNPARTITIONED}".encode(),
-                             digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+def _storage_error(uri: str, exc: Exception) -> LakeStorageError:
+    text = _redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if any(s in text for s in ("NoSuchBucket", "bucket does not exist", "404 Not Found")):
+        hint = " (does the bucket exist? Conflux never creates buckets: create it first)"
+    elif any(s in text for s in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                                 "Forbidden", "403")):
+        hint = (" (credentials refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+                "AWS_SESSION_TOKEN, or the role, and the bucket's policy)")
+    else:
+        hint = ""
+    return LakeStorageError(f"lake {uri}: {text}{hint}")
 
 
-def _pg_host(url: str) -> str:
-    """A Postgres URL without its user and password, for messages."""
-    return url.split("@")[-1] if "@" in url else url.split("://")[-1]
+@dataclass(frozen=True)
+class Commit:
+    """One Delta commit: the table version it produced, its time (epoch ms) and how many rows
+    it wrote (inserted + updated by a MERGE; the rows of a replaced partition)."""
 
+    version: int | None
+    timestamp_ms: int | None = None
+    rows: int = 0
+    metrics: dict = field(default_factory=dict, compare=False)
 
-@contextlib.contextmanager
-def advisory_lock(lock_url: str, key: int, what: str) -> Iterator[None]:
-    """Hold ``pg_advisory_lock(key)`` on a connection of its own; released on exit, or by
-    Postgres when the holder's connection dies (a crashed writer never leaves it held)."""
-    import psycopg
-
-    try:
-        conn = psycopg.connect(lock_url, autocommit=True, connect_timeout=10)
-    except psycopg.Error as exc:
-        raise LakeLockError(f"{what}: cannot reach the lock database "
-                            f"{_pg_host(lock_url)}: {str(exc).strip().splitlines()[0]}") from None
-    try:
-        conn.execute("select pg_advisory_lock(%s)", (key,))
-        yield
-    finally:
-        conn.close()  # a session's advisory locks end with it (or with its dead connection)
+    def metadata(self) -> dict:
+        """Materialization metadata naming the version (Dagster shows it on the asset)."""
+        if self.version is None:
+            return {}
+        stamp = (dt.datetime.fromtimestamp(self.timestamp_ms / 1000, dt.timezone.utc).isoformat()
+                 if self.timestamp_ms else "")
+        return {"delta_version": self.version, "delta_commit_timestamp": stamp}
 
 
 @dataclass(frozen=True)
 class LakeScan:
-    """Partitions of a dataset read lazily, batch by batch (bounded memory): what a join that
-    aggregates a large input as it goes consumes. ``to_table`` materializes it."""
+    """Partitions of a dataset read lazily, batch by batch (bounded memory); ``to_table``
+    materializes it. ``files`` are the Parquet files of the scanned table version."""
 
-    files: tuple[str, ...]
+    source: pads.Dataset = field(repr=False)
     columns: tuple[str, ...]
-    store: LakeStore | None = field(default=None, compare=False, repr=False)
+    filter: pc.Expression | None = field(default=None, repr=False)
 
-    def _store(self) -> LakeStore:
-        return self.store or LakeStore("", pafs.LocalFileSystem(), "/", remote=False)
+    @property
+    def files(self) -> list[str]:
+        return list(self.source.files) if hasattr(self.source, "files") else []
 
-    def to_batches(self, files_per_batch: int = 128) -> Iterator[pa.RecordBatch]:
-        """One batch per group of files, read by four threads; the next group is read while
-        the caller works on the current one (two groups in memory at most)."""
-        store = self._store()
-
-        def read(f: str) -> pa.Table:
-            return store.read(f, list(self.columns))
-
-        groups = [self.files[i:i + files_per_batch]
-                  for i in range(0, len(self.files), files_per_batch)]
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-scan") as pool:
-            pending = [pool.submit(read, f) for f in groups[0]] if groups else []
-            for i in range(len(groups)):
-                current = [p.result() for p in pending]
-                pending = [pool.submit(read, f) for f in groups[i + 1]] if i + 1 < len(groups) else []
-                yield from pa.concat_tables(current).combine_chunks().to_batches()
+    def to_batches(self) -> Iterator[pa.RecordBatch]:
+        yield from self.source.to_batches(columns=list(self.columns), filter=self.filter,
+                                          batch_size=1 << 17)
 
     def to_table(self) -> pa.Table:
-        store = self._store()
-        if store.remote:  # whole checked objects (see LakeStore._fetch), not ranged reads
-            return pa.concat_tables([store.read(f, list(self.columns)) for f in self.files])
-        return store.dataset(list(self.files)).to_table(columns=list(self.columns))
+        return self.source.to_table(columns=list(self.columns), filter=self.filter)
 
     def __len__(self) -> int:
-        store = self._store()
-        return sum(store.num_rows(f) for f in self.files)
+        return self.source.count_rows(filter=self.filter)
+
+
+_LOCAL = threading.local()  # per thread: open tables (a DeltaTable is not shared across threads)
 
 
 class LakeResource(dg.ConfigurableResource):
-    """Dataset storage shared by the event and batch paths."""
+    """Dataset storage shared by the event and batch paths: one Delta table per dataset."""
 
     path: str = Field(description="Root of the lake (CONFLUX_LAKE_PATH): a local folder, or "
                                   "s3://bucket/prefix on S3 or an S3-compatible store.")
-    lock_url: str | None = Field(
-        default=None, description="Postgres URL (CONFLUX_POSTGRES_URL) whose advisory locks "
-                                  "serialise writers of an object-store lake across machines; "
-                                  "required to write an s3:// lake, unused by a local one.")
 
     @classmethod
     def for_stack(cls, settings, path: str | None = None) -> "LakeResource":
-        """The lake of a stack's ``Settings`` (``path`` overrides its location), locked through
-        the stack's Postgres when it is on object storage."""
-        return cls(path=path or settings.lake_location, lock_url=settings.postgres_url)
+        """The lake of a stack's ``Settings`` (``path`` overrides its location)."""
+        return cls(path=path or settings.lake_location)
 
-    def store(self) -> LakeStore:
-        return lake_store(self.path)
+    # -- tables --------------------------------------------------------------------------
+    def root(self) -> str:
+        if is_object_store(self.path):
+            parts = urlsplit(self.path)
+            if parts.scheme != "s3" or not parts.netloc:
+                raise LakeStorageError(f"lake {self.path}: unsupported lake URL (a local folder,"
+                                       " file:// or s3://bucket/prefix)")
+            return f"s3://{parts.netloc}{parts.path.rstrip('/')}"
+        local = urlsplit(self.path).path if self.path.startswith("file://") else self.path
+        return os.path.abspath(local)
 
-    def file(self, dataset: str, partition: str | None = None) -> str:
-        return self.store().join(dataset, f"{partition or UNPARTITIONED}.parquet")
+    def uri(self, dataset: str) -> str:
+        """Where a dataset's Delta table is (what outside readers open)."""
+        return f"{self.root()}/{dataset}"
 
-    def delta_dir(self, dataset: str, partition: str | None = None) -> str:
-        return self.store().join(dataset, f"{partition or UNPARTITIONED}{DELTA_SUFFIX}")
+    def options(self) -> dict[str, str]:
+        return storage_options(self.path)
 
-    def checkpoint_dir(self, dataset: str, partition: str | None = None) -> str:
-        return self.store().join(dataset, CHECKPOINT_DIR, partition or UNPARTITIONED)
+    def _open(self, uri: str, version: int | None = None) -> DeltaTable | None:
+        """The table at ``uri`` (latest, or a version), None when there is none."""
+        try:
+            if version is not None:
+                return DeltaTable(uri, version=version, storage_options=self.options())
+            cache = _LOCAL.__dict__.setdefault("tables", {})
+            table = cache.get(uri)
+            if table is None:
+                table = cache[uri] = DeltaTable(uri, storage_options=self.options())
+            else:
+                table.update_incremental()
+            return table
+        except TableNotFoundError:
+            return None
+        except DeltaError as exc:
+            if "not found" in str(exc).lower() and "version" in str(exc).lower():
+                raise LakeError(f"lake {uri}: no version {version}") from None
+            raise _storage_error(uri, exc) from None
+        except OSError as exc:
+            raise _storage_error(uri, exc) from None
 
-    def exists(self, dataset: str, partition: str | None = None) -> bool:
-        """Whether the partition has a base file (pending deltas aside)."""
-        return self.store().exists(self.file(dataset, partition))
-
-    def _index(self, dataset: str) -> tuple[dict[str, str], dict[str, list[str]]]:
-        """From one recursive listing: base file by partition, and delta files (in write
-        order) by partition, for the partitions that have any."""
-        store = self.store()
-        folder = store.join(dataset)
-        bases: dict[str, str] = {}
-        deltas: dict[str, list[str]] = {}
-        if store.remote:
-            paths = store.files(folder, recursive=True)
-        else:  # one listdir, and one per delta folder (the checkpoints are not walked)
+    def table(self, dataset: str, version: int | None = None,
+              as_of: dt.datetime | str | None = None) -> DeltaTable | None:
+        """A dataset's Delta table, latest or as of a version or a time; None when it has none
+        (an old-format dataset is refused with the command that converts it)."""
+        table = self._open(self.uri(dataset), version)
+        if table is None:
+            self._refuse_legacy(dataset)
+            return None
+        if as_of is not None:
+            when = pd.Timestamp(as_of)
+            when = when.tz_localize("UTC") if when.tzinfo is None else when
+            table = DeltaTable(self.uri(dataset), storage_options=self.options())
             try:
-                names = os.listdir(folder)
-            except FileNotFoundError:
-                names = []
-            paths = [f"{folder}/{n}" for n in names]
-            paths += [f for n in names if n.endswith(DELTA_SUFFIX)
-                      for f in store.files(f"{folder}/{n}")]
-        for path in paths:
-            parts = path[len(folder) + 1:].split("/")
-            if not parts[-1].endswith(".parquet") or parts[-1].startswith("."):
-                continue
-            if len(parts) == 1:
-                bases[parts[0][:-len(".parquet")]] = path
-            elif len(parts) == 2 and parts[0].endswith(DELTA_SUFFIX):
-                deltas.setdefault(parts[0][:-len(DELTA_SUFFIX)], []).append(path)
-        return bases, deltas
+                table.load_as_version(when.to_pydatetime())
+            except DeltaError as exc:
+                raise LakeError(f"{dataset}: no version as of {when.isoformat()}: {exc}") from None
+        return table
+
+    def _refuse_legacy(self, dataset: str) -> None:
+        if is_object_store(self.path):
+            return
+        try:  # TEMP until lake_legacy lands
+            from conflux.io.lake_legacy import is_legacy_dataset
+        except ModuleNotFoundError:
+            return
+        if is_legacy_dataset(self.path, dataset):
+            raise LakeError(f"lake {self.path}: dataset {dataset} is in the pre-Delta format; "
+                            "run `conflux lake migrate` to convert it")
+
+    def exists_table(self, dataset: str) -> bool:
+        return self.table(dataset) is not None
+
+    def datasets(self) -> list[str]:
+        """Names of the datasets that have a table (local lakes only list; on S3 the catalog
+        names them)."""
+        root = self.root()
+        if is_object_store(root):
+            return []
+        try:
+            names = sorted(os.listdir(root))
+        except FileNotFoundError:
+            return []
+        return [n for n in names if os.path.isdir(f"{root}/{n}/_delta_log")]
+
+    def version(self, dataset: str) -> int | None:
+        table = self.table(dataset)
+        return table.version() if table is not None else None
+
+    @staticmethod
+    def _partitioned(table: DeltaTable) -> bool:
+        return DAY in table.metadata().partition_columns
 
     def partitions(self, dataset: str) -> list[str]:
-        bases, deltas = self._index(dataset)
-        return sorted(bases.keys() | deltas.keys())
+        """The partitions holding rows (``[]`` for an unpartitioned or missing table)."""
+        table = self.table(dataset)
+        if table is None or not self._partitioned(table):
+            return []
+        return sorted({p[DAY] for p in table.partitions()})
 
-    def deltas(self, dataset: str, partition: str | None = None) -> list[str]:
-        return [f for f in self.store().files(self.delta_dir(dataset, partition))
-                if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(".")]
+    def exists(self, dataset: str, partition: str | None = None) -> bool:
+        """Whether the partition (the table, when None) holds a stored write."""
+        table = self.table(dataset)
+        if table is None:
+            return False
+        return partition is None or partition in self.partitions(dataset)
 
-    def merge_rule(self, dataset: str) -> dict | None:
-        text = self.store().read_text(self.store().join(dataset, MERGE_RULE))
-        return json.loads(text) if text is not None else None
+    # -- reads ---------------------------------------------------------------------------
+    def _source(self, table: DeltaTable, partitions: list[str] | None) -> pads.Dataset:
+        if partitions is not None and self._partitioned(table):
+            if not partitions:
+                return table.to_pyarrow_dataset(partitions=[(DAY, "in", ["\x00none"])])
+            return table.to_pyarrow_dataset(partitions=[(DAY, "in", list(partitions))])
+        return table.to_pyarrow_dataset()
 
-    def _set_merge_rule(self, dataset: str, rule: dict) -> None:
-        if self.merge_rule(dataset) == rule:
-            return
-        self.store().write_bytes(self.store().join(dataset, MERGE_RULE), json.dumps(rule).encode())
-
-    def _read_merged(self, dataset: str, partition: str | None) -> tuple[pa.Table | None, list[str]]:
-        """Base + deltas of one partition, merged; and the delta files that were read. A delta
-        compacted away meanwhile is already in the base, so the read simply starts over."""
-        store = self.store()
-        for _ in range(20):
-            f = self.file(dataset, partition)
-            deltas = self.deltas(dataset, partition)
-            try:
-                try:
-                    base = store.read(f)
-                except FileNotFoundError:
-                    base = None
-                if not deltas:
-                    return base, []
-                writes = [store.read(d) for d in deltas]  # in write order (by name)
-            except FileNotFoundError:
-                continue
-            rule = self.merge_rule(dataset)
-            if rule is None:
-                raise LakeError(f"{dataset}: delta files without {MERGE_RULE}")
-            if not rule["keep_existing"]:  # one incoming batch: the newest by order_by wins
-                writes = [pa.concat_tables(writes, promote_options="permissive")]
-            merged, _ = merge_writes(base, writes, rule["key"], order_by=rule["order_by"],
-                                     keep_existing=rule["keep_existing"])
-            return merged, deltas
-        raise LakeError(f"{dataset}/{partition}: could not read a stable set of delta files")
+    @staticmethod
+    def _columns(source: pads.Dataset, columns: list[str] | None) -> list[str]:
+        names = [n for n in source.schema.names if n != DAY]
+        return [c for c in columns if c in source.schema.names] if columns else names
 
     def read_partitions(self, dataset: str, partitions: list[str] | None = None,
-                        columns: list[str] | None = None) -> pa.Table | None:
-        """Several partitions (all when None) as one table: base files read by a few threads
-        at once (Parquet decoding releases the GIL; per-file overhead dominates small daily
-        files), partitions with pending deltas merged one by one. None when none holds data."""
-        bulk, with_deltas = self._split(dataset, partitions)
-        merged = []
-        for name in with_deltas:
-            table = self.read_table(dataset, name)
-            if table is not None:
-                merged.append(table.select(columns) if columns else table)
-        store = self.store()
-        try:
-            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-read") as pool:
-                tables = list(pool.map(lambda f: store.read(f, columns), bulk))
-        except FileNotFoundError:  # a partition was compacted or rewritten meanwhile
-            return self.read_partitions(dataset, partitions, columns)
-        tables += merged
-        if not tables:
+                        columns: list[str] | None = None, *, version: int | None = None,
+                        as_of: dt.datetime | str | None = None) -> pa.Table | None:
+        """Several partitions (all when None) as one table, without the ``__day`` column;
+        None when nothing is stored."""
+        table = self.table(dataset, version, as_of)
+        if table is None:
             return None
-        return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-
-    def _split(self, dataset: str, partitions: list[str] | None) -> tuple[list[str], list[str]]:
-        """(base files of partitions without pending deltas, partitions with deltas), from one
-        listing."""
-        bases, deltas = self._index(dataset)
-        names = sorted(bases.keys() | deltas.keys()) if partitions is None else partitions
-        files, merged = [], []
-        for name in names:
-            if name in deltas:
-                merged.append(name)
-            elif name in bases:
-                files.append(bases[name])
-        return files, merged
+        source = self._source(table, partitions)
+        out = source.to_table(columns=self._columns(source, columns))
+        return out if len(out) or partitions is None else None
 
     def scan(self, dataset: str, partitions: list[str] | None, columns: list[str]
-             ) -> LakeScan | pa.Table | None:
-        """Partitions for streaming: a ``LakeScan`` when they are all compacted base files,
-        otherwise (pending deltas need merging) the merged table. None when nothing is stored."""
-        files, merged = self._split(dataset, partitions)
-        if merged:
-            return self.read_partitions(dataset, partitions, columns)
-        return LakeScan(tuple(files), tuple(columns), self.store()) if files else None
+             ) -> LakeScan | None:
+        """Partitions for streaming (``LakeScan``); None when nothing is stored."""
+        table = self.table(dataset)
+        if table is None:
+            return None
+        source = self._source(table, partitions)
+        return LakeScan(source, tuple(self._columns(source, columns)))
 
-    def find(self, dataset: str, column: str, value: str) -> list[tuple[str, dict]]:
-        """Every stored row whose ``column`` equals ``value``, with its partition — base files
-        and pending delta files alike (a row a later write superseded in a delta may show
-        too: this answers "where did it go", not "what is current"). One multi-threaded Arrow
-        scan over all the dataset's files, reading the column and the matching rows only."""
-        store = self.store()
-        for _ in range(5):  # a file compacted away meanwhile: list again
-            bases, deltas = self._index(dataset)
-            files = [*bases.values(), *(f for fs in deltas.values() for f in fs)]
-            if not files:
-                return []
-            try:  # the column alone locates the files; then those files' matching rows
-                located = store.dataset(files).to_table(
-                    filter=pc.field(column) == value, columns=["__filename"])
-                matched = sorted(set(located.column("__filename").to_pylist()))
-                table = store.dataset(matched).to_table(
-                    filter=pc.field(column) == value,
-                    columns=[*store.dataset(matched[:1]).schema.names, "__filename"]
-                ) if matched else None
-                break
-            except (OSError, pa.ArrowInvalid) as exc:  # FileNotFoundError included
-                if not (isinstance(exc, FileNotFoundError) or store.remote):
-                    raise
-                continue  # on S3 also a ranged read of an object replaced meanwhile
-        else:
-            raise LakeError(f"{dataset}: files kept changing while searching {column}")
-        hits = []
-        for row in table.to_pylist() if table is not None else []:
-            folder, _, name = row.pop("__filename").rpartition("/")
-            parent = folder.rpartition("/")[2]
-            partition = (parent[:-len(DELTA_SUFFIX)] if parent.endswith(DELTA_SUFFIX)
-                         else name[:-len(".parquet")])
-            hits.append((partition, row))
-        unique = {(p, tuple(sorted((k, str(v)) for k, v in row.items()))): (p, row)
-                  for p, row in hits}
-        return sorted(unique.values(), key=lambda hit: (hit[0], str(hit[1].get("__offset"))))
+    def read_table(self, dataset: str, partition: str | None = None, *,
+                   version: int | None = None,
+                   as_of: dt.datetime | str | None = None) -> pa.Table | None:
+        """One partition (the whole table when None); None when it holds nothing."""
+        table = self.read_partitions(dataset, [partition] if partition else None,
+                                     version=version, as_of=as_of)
+        return table if table is not None and (len(table) or partition is None) else None
 
-    def row_count(self, dataset: str, partition: str | None = None) -> int:
-        """Rows stored in a partition (from Parquet metadata unless deltas must be merged)."""
-        if self.deltas(dataset, partition):
-            table = self.read_table(dataset, partition)
-            return len(table) if table is not None else 0
-        try:
-            return self.store().num_rows(self.file(dataset, partition))
-        except FileNotFoundError:
-            return 0
-
-    def read_table(self, dataset: str, partition: str | None = None) -> pa.Table | None:
-        return self._read_merged(dataset, partition)[0]
-
-    def read(self, dataset: str, partition: str | None = None) -> pd.DataFrame | None:
-        table = self.read_table(dataset, partition)
+    def read(self, dataset: str, partition: str | None = None, **when) -> pd.DataFrame | None:
+        table = self.read_table(dataset, partition, **when)
         return table.to_pandas() if table is not None else None
 
-    def _write_file(self, target: str, data: pd.DataFrame | pa.Table) -> str:
-        self.store().write_table(target, _as_table(data))
-        return target
+    def row_count(self, dataset: str, partition: str | None = None) -> int:
+        """Rows stored (from the log's file statistics, no data read)."""
+        table = self.table(dataset)
+        if table is None:
+            return 0
+        if partition is None or not self._partitioned(table):
+            return table.count()
+        actions = pa.table(table.get_add_actions(flatten=True))
+        mine = pc.equal(actions[f"partition.{DAY}"], partition)
+        return int(pc.sum(actions.filter(mine)["num_records"]).as_py() or 0)
 
-    def _drop(self, files: list[str]) -> None:
-        store = self.store()
-        for f in files:
-            store.delete(f)
+    def find(self, dataset: str, column: str, value: str) -> list[tuple[str, dict]]:
+        """Every current row whose ``column`` equals ``value``, with its partition."""
+        table = self.table(dataset)
+        if table is None:
+            return []
+        source = table.to_pyarrow_dataset()
+        found = source.to_table(filter=pc.field(column) == value)
+        hits = []
+        for row in found.to_pylist():
+            day = row.pop(DAY, None)
+            hits.append((day or UNPARTITIONED, row))
+        return sorted(hits, key=lambda hit: (hit[0], str(hit[1].get("__offset"))))
 
-    def write(self, dataset: str, data: pd.DataFrame | pa.Table, partition: str | None = None) -> str:
-        """Replace one partition's content atomically (a temp file then a rename, or one PUT);
-        pending delta files of the partition are dropped, as the new content replaces them."""
-        with self.locked(dataset, partition):
-            target = self._write_file(self.file(dataset, partition), data)
-            self._drop(self.deltas(dataset, partition))
-        return target
+    def history(self, dataset: str, limit: int | None = None) -> list[dict]:
+        """The table's commits, newest first (version, timestamp, operation, metadata)."""
+        table = self.table(dataset)
+        return table.history(limit) if table is not None else []
 
-    def _require_lock(self, dataset: str) -> LakeStore:
-        store = self.store()
-        if store.remote and not self.lock_url:
-            raise LakeLockError(
-                f"lake {store.url}: writing {dataset} needs a lock shared by every writer: set "
-                "LakeResource.lock_url (CONFLUX_POSTGRES_URL) for an object-store lake")
-        return store
+    def first_version_holding(self, dataset: str, topic: str, partition: int,
+                              offset: int) -> dict | None:
+        """The oldest commit whose applied Kafka ranges include ``topic``/``partition``/
+        ``offset`` (from the commits' ``conflux.sources`` metadata), or None."""
+        found = None
+        for commit in self.history(dataset):
+            for src in _json(commit.get(SOURCES_KEY)) or []:
+                if (src.get("topic") == topic and src.get("partition") == partition
+                        and src.get("start", 0) <= offset < src.get("end", -1)):
+                    found = commit
+        return found
 
-    @contextlib.contextmanager
-    def locked(self, dataset: str, partition: str | None = None) -> Iterator[None]:
-        """Exclusive lock on one partition across processes (read-modify-write safety): an
-        ``fcntl`` lock file locally, a Postgres advisory lock for an object-store lake."""
-        store = self._require_lock(dataset)
-        if store.remote:
-            with advisory_lock(self.lock_url, lock_key(store.url, dataset, partition),
-                               f"lake {store.url}: lock of {dataset}/{partition or UNPARTITIONED}"):
-                yield
-            return
-        lock = store.join(dataset, f".{partition or UNPARTITIONED}.lock")
-        os.makedirs(os.path.dirname(lock), exist_ok=True)
-        with open(lock, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+    # -- writes --------------------------------------------------------------------------
+    def _properties(self, metadata: Mapping | None) -> CommitProperties | None:
+        if not metadata:
+            return None
+        return CommitProperties(custom_metadata={
+            k: v if isinstance(v, str) else json.dumps(v, default=str)
+            for k, v in metadata.items()})
+
+    def _retry(self, dataset: str, attempt: Callable[[DeltaTable | None], Commit | None]
+               ) -> Commit | None:
+        """Run a read-then-commit ``attempt`` until Delta accepts its commit (a concurrent
+        writer's conflicting commit makes it read again)."""
+        uri = self.uri(dataset)
+        for n in range(RETRIES):
+            table = self.table(dataset)
             try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                return attempt(table)
+            except CommitFailedError:
+                time.sleep(min(0.01 * 2 ** n, 0.5) * (0.5 + np.random.random()))
+            except DeltaError as exc:
+                if "already exists" in str(exc).lower() and table is None:
+                    continue  # two writers created the table at once: the other won
+                raise _storage_error(uri, exc) from None
+            except OSError as exc:
+                raise _storage_error(uri, exc) from None
+        raise LakeError(f"{dataset}: {RETRIES} concurrent commits in a row overtook this write")
+
+    def _committed(self, dataset: str, rows: int, metrics: dict | None = None) -> Commit:
+        table = self.table(dataset)
+        info = table.history(1)[0] if table is not None else {}
+        return Commit(table.version() if table is not None else None, info.get("timestamp"),
+                      rows, metrics or {})
+
+    def _prepare(self, data: pd.DataFrame | pa.Table, partition: str | None,
+                 table: DeltaTable | None) -> pa.Table:
+        incoming = _storable(_as_table(data))
+        if DAY in incoming.schema.names:
+            incoming = incoming.drop_columns([DAY])
+        if partition is not None:
+            incoming = incoming.append_column(DAY, pa.array([partition] * len(incoming), pa.string()))
+        if table is not None:
+            incoming = _cast_like(incoming, pa.schema(table.schema().to_arrow()))
+        return incoming.replace_schema_metadata(None)
+
+    def _overwrite(self, dataset: str, table: DeltaTable | None, data: pa.Table,
+                   partitions: list[str | None], metadata: Mapping | None) -> None:
+        """Replace ``partitions`` (the whole table for ``[None]``) by ``data`` in one commit."""
+        days = [p for p in partitions if p is not None]
+        if table is None:
+            write_deltalake(self.uri(dataset), data, mode="error", storage_options=self.options(),
+                            partition_by=[DAY] if days else None,
+                            commit_properties=self._properties(metadata))
+            return
+        predicate = None
+        if days and self._partitioned(table):
+            predicate = f"{DAY} IN ({', '.join(repr(_quote(d)) for d in days)})"
+        write_deltalake(table, data, mode="overwrite", predicate=predicate, schema_mode="merge",
+                        commit_properties=self._properties(metadata))
+
+    def write(self, dataset: str, data: pd.DataFrame | pa.Table, partition: str | None = None,
+              *, metadata: Mapping | None = None) -> Commit:
+        """Replace one partition (the whole table when None) in one commit."""
+        return self.write_many(dataset, {partition: data}, metadata=metadata)
+
+    def write_many(self, dataset: str, parts: Mapping[str | None, pd.DataFrame | pa.Table], *,
+                   metadata: Mapping | None = None) -> Commit:
+        """Replace several partitions in one commit (an empty part empties its partition)."""
+        def attempt(table: DeltaTable | None) -> Commit:
+            prepared = [self._prepare(d, p, table) for p, d in parts.items()]
+            incoming = (pa.concat_tables(prepared, promote_options="permissive")
+                        if len(prepared) > 1 else prepared[0])
+            self._overwrite(dataset, table, incoming, list(parts), metadata)
+            return self._committed(dataset, len(incoming))
+        return self._retry(dataset, attempt)
 
     def upsert(self, dataset: str, data: pd.DataFrame | pa.Table, key: list[str],
                partition: str | None = None, *, order_by: list[str] | None = None,
-               keep_existing: bool = False) -> int:
-        """Insert or replace rows by ``key`` (see ``merge_by_key``); returns how many incoming
-        rows were written — 0 when the partition already held them, in which case the file is
-        left alone. Pending delta files are folded into the base file."""
-        incoming = _as_table(data)
-        with self.locked(dataset, partition):
-            current, deltas = self._read_merged(dataset, partition)
-            result, written = merge_by_key(current, incoming, key, order_by=order_by,
-                                           keep_existing=keep_existing)
-            if current is not None and result.equals(current) and not deltas:
-                return 0
-            self._write_file(self.file(dataset, partition), result)
-            self._drop(deltas)
-            return written
+               keep_existing: bool = False, metadata: Mapping | None = None) -> Commit:
+        """Insert or replace rows by ``key`` in one partition (see ``upsert_many``)."""
+        return self.upsert_many(dataset, {partition: data}, key, order_by=order_by,
+                                keep_existing=keep_existing, metadata=metadata)
 
-    def append(self, dataset: str, data: pd.DataFrame | pa.Table, key: list[str],
-               partition: str | None = None, *, order_by: list[str],
-               keep_existing: bool = False, compact_after: int = 16) -> int:
-        """Store ``data`` as a delta file of the partition, to be merged by ``key`` with the
-        newest row by ``order_by`` winning (the oldest with ``keep_existing``) — the rule
-        ``upsert`` applies, so the stored result is the same. Returns the rows appended."""
-        self._require_lock(dataset)  # compaction will need it: refuse before writing anything
-        incoming = _as_table(data)
-        self._set_merge_rule(dataset, {"key": list(key), "order_by": list(order_by),
-                                       "keep_existing": keep_existing})
-        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        self._write_file(f"{self.delta_dir(dataset, partition)}/{name}", incoming)
-        if len(self.deltas(dataset, partition)) >= compact_after:
-            self.compact(dataset, partition)
-        return len(incoming)
+    def upsert_many(self, dataset: str, parts: Mapping[str | None, pd.DataFrame | pa.Table],
+                    key: list[str], *, order_by: list[str] | None = None,
+                    keep_existing: bool = False, metadata: Mapping | None = None) -> Commit:
+        """One MERGE of rows of several partitions: per key, a row replaces the stored one
+        when it is newer by ``order_by`` (when it differs, without ``order_by``); with
+        ``keep_existing`` a stored row is never replaced. Rows of one key within the call are
+        reduced first by the same rule. ``Commit.rows``: rows inserted or updated (0 when all
+        were stored already; then nothing is committed)."""
+        def attempt(table: DeltaTable | None) -> Commit:
+            prepared = [self._prepare(merge_by_key(None, _storable(_as_table(d)), key,
+                                                   order_by=order_by,
+                                                   keep_existing=keep_existing)[0], p, table)
+                        for p, d in parts.items() if len(d)]
+            if not prepared:
+                return Commit(table.version() if table is not None else None)
+            source = pa.concat_tables(prepared, promote_options="permissive")
+            if table is None:
+                self._overwrite(dataset, None, source, list(parts), metadata)
+                return self._committed(dataset, len(source))
+            metrics = self._merge(table, source, key, order_by, keep_existing, metadata)
+            changed = metrics["num_target_rows_inserted"] + metrics["num_target_rows_updated"]
+            if not changed:
+                return Commit(table.version(), rows=0, metrics=metrics)
+            return self._committed(dataset, changed, metrics)
+        return self._retry(dataset, attempt)
+
+    def _merge(self, table: DeltaTable, source: pa.Table, key: list[str],
+               order_by: list[str] | None, keep_existing: bool, metadata: Mapping | None) -> dict:
+        partitioned = self._partitioned(table)
+        on = [f't."{k}" = s."{k}"' for k in key]
+        if partitioned:
+            days = sorted(set(source[DAY].to_pylist()))
+            on.append(f't."{DAY}" = s."{DAY}"')
+            on.append(f't."{DAY}" IN ({", ".join(repr(_quote(d)) for d in days)})')
+        merger = table.merge(source, " AND ".join(on), source_alias="s", target_alias="t",
+                             merge_schema=True, commit_properties=self._properties(metadata))
+        if not keep_existing:
+            merger = merger.when_matched_update_all(_newer(source.schema.names, key, order_by))
+        return merger.when_not_matched_insert_all().execute()
 
     def rewrite(self, dataset: str, partition: str | None,
-                transform: Callable[[pa.Table | None], pa.Table | None]) -> None:
-        """Replace a partition by ``transform(current content)`` under its lock (pending deltas
-        are folded in first and dropped after); ``None`` from ``transform`` empties it."""
-        with self.locked(dataset, partition):
-            current, deltas = self._read_merged(dataset, partition)
+                transform: Callable[[pa.Table | None], pa.Table | None], *,
+                metadata: Mapping | None = None) -> Commit | None:
+        """Replace a partition by ``transform(current content)`` in one commit, read and
+        written at the same version (a concurrent write makes it read again); ``None`` from
+        ``transform`` empties it."""
+        def attempt(table: DeltaTable | None) -> Commit | None:
+            current = self._read_at(table, partition)
             result = transform(current)
-            target = self.file(dataset, partition)
             if result is None:
-                self.store().delete(target)
-            else:
-                self._write_file(target, result)
-            self._drop(deltas)
+                if table is None:
+                    return None
+                predicate = (f"{DAY} = '{_quote(partition)}'"
+                             if partition is not None and self._partitioned(table) else None)
+                table.delete(predicate, commit_properties=self._properties(metadata))
+                return self._committed(dataset, 0)
+            incoming = self._prepare(result, partition, table)
+            self._overwrite(dataset, table, incoming, [partition], metadata)
+            return self._committed(dataset, len(incoming))
+        return self._retry(dataset, attempt)
+
+    def _read_at(self, table: DeltaTable | None, partition: str | None) -> pa.Table | None:
+        if table is None:
+            return None
+        source = self._source(table, [partition] if partition else None)
+        out = source.to_table(columns=self._columns(source, None))
+        return out if len(out) else None
+
+    # -- checkpointed partitions (the ledger projection) ---------------------------------
+    def _checkpoint_uri(self, dataset: str, partition: str | None, name: str) -> str:
+        return f"{self.uri(dataset)}/{CHECKPOINTS}/{partition or UNPARTITIONED}/{name}"
+
+    def _checkpoint_of(self, table: DeltaTable, partition: str | None) -> dict | None:
+        """The checkpoint named by the newest commit that wrote ``partition`` (None when that
+        commit was not a checkpointed rewrite)."""
+        for commit in table.history():
+            meta = _json(commit.get(CHECKPOINT_KEY))
+            if meta and meta.get("partition") == (partition or UNPARTITIONED):
+                return meta
+            if commit.get("operation") in MAINTENANCE:
+                continue
+            if partition is None or f"'{partition}'" in json.dumps(commit.get("operationParameters")):
+                return None
+        return None
 
     def read_checkpointed(self, dataset: str, partition: str | None = None
                           ) -> tuple[pa.Table | None, str | None, dict[str, pa.Table]]:
         """A partition and the checkpoint committed with it by ``rewrite_checkpointed``:
-        (content, generation, checkpoint tables by name). A partition written another way has
-        no checkpoint (None, {}); nothing stored gives (None, None, {})."""
-        store = self.store()
-        for _ in range(20):
-            try:
-                content = self.read_table(dataset, partition)
-                meta = json.loads(((content.schema.metadata or {}) if content is not None
-                                   else {}).get(CHECKPOINT_KEY, b"null"))
-                if not meta:
-                    return content, None, {}
-                folder = f"{self.checkpoint_dir(dataset, partition)}/{meta['generation']}"
-                return content, meta["generation"], {
-                    name: store.read(f"{folder}/{name}.parquet") for name in meta["tables"]}
-            except FileNotFoundError:  # a newer generation replaced it meanwhile: read again
-                continue
-        raise LakeError(f"{dataset}/{partition}: could not read a stable checkpoint")
+        (content, checkpoint id, tables by name); a partition written another way has
+        (content, None, {})."""
+        table = self.table(dataset)
+        return self._checkpointed_at(dataset, table, partition)
+
+    def _checkpointed_at(self, dataset: str, table: DeltaTable | None, partition: str | None):
+        if table is None:
+            return None, None, {}
+        content = self._read_at(table, partition)
+        meta = self._checkpoint_of(table, partition)
+        if not meta:
+            return content, None, {}
+        tables = {}
+        for name, version in meta["tables"].items():
+            ck = self._open(self._checkpoint_uri(dataset, partition, name), version)
+            tables[name] = ck.to_pyarrow_table() if ck is not None else None
+        if any(t is None for t in tables.values()):
+            raise LakeError(f"{dataset}: checkpoint {meta['id']} is missing a table")
+        return content, meta["id"], tables
 
     def rewrite_checkpointed(
             self, dataset: str,
             transform: Callable[[pa.Table | None, dict[str, pa.Table]],
                                 tuple[pa.Table | pd.DataFrame, dict[str, pa.Table | pd.DataFrame]] | None],
             partition: str | None = None) -> str | None:
-        """Replace a partition *and* its checkpoint together, under the partition's lock:
-        ``transform(content, checkpoint)`` returns the new content and checkpoint tables (or
-        None to leave both alone); returns the new generation (None when left alone).
+        """Replace a partition *and* its checkpoint together: ``transform(content,
+        checkpoint)`` returns the new content and checkpoint tables (or None to leave both
+        alone); returns the new checkpoint id (None when left alone).
 
-        The commit is one atomic replace (a rename, or one PUT on S3): the checkpoint tables are
-        written first under a new generation folder, then the partition file — naming that
-        generation in its Parquet metadata — replaces the old one, then older generations are
-        removed. A crash at any point leaves the old pair or the new pair, never a mix; readers
-        (``read_checkpointed``) always see a matching pair."""
-        with self.locked(dataset, partition):
-            content, _, checkpoint = self.read_checkpointed(dataset, partition)
-            result = transform(content, checkpoint)
-            if result is None:
+        The checkpoint tables are written first (each a new version of its own small Delta
+        table); the partition's commit then names those versions in its metadata, so the
+        commit that makes the new content visible is the one that makes its checkpoint
+        current: readers see the old pair or the new pair."""
+        result: dict = {}
+
+        def attempt(table: DeltaTable | None) -> Commit | None:
+            content, _, checkpoint = self._checkpointed_at(dataset, table, partition)
+            out = transform(content, checkpoint)
+            if out is None:
                 return None
-            data, tables = result
-            generation = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-            parent = self.checkpoint_dir(dataset, partition)
-            for name, table in tables.items():
-                self._write_file(f"{parent}/{generation}/{name}.parquet", _as_table(table))
-            data = _as_table(data)
-            meta = {**(data.schema.metadata or {}),
-                    CHECKPOINT_KEY: json.dumps({"generation": generation,
-                                                "tables": sorted(tables)}).encode()}
-            self._write_file(self.file(dataset, partition), data.replace_schema_metadata(meta))
-            self._drop(self.deltas(dataset, partition))
-            store = self.store()
-            for old in store.names(parent):
-                if old != generation:
-                    store.delete_dir(f"{parent}/{old}")
-            return generation
+            data, tables = out
+            ident = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+            versions = {}
+            for name, part in tables.items():
+                uri = self._checkpoint_uri(dataset, partition, name)
+                write_deltalake(uri, _storable(_as_table(part)).replace_schema_metadata(None),
+                                mode="overwrite", schema_mode="overwrite",
+                                storage_options=self.options())
+                versions[name] = DeltaTable(uri, storage_options=self.options()).version()
+            meta = {CHECKPOINT_KEY: {"id": ident, "partition": partition or UNPARTITIONED,
+                                     "tables": versions}}
+            incoming = self._prepare(data, partition, table)
+            self._overwrite(dataset, table, incoming, [partition], meta)
+            result["id"] = ident
+            return self._committed(dataset, len(incoming))
+        return result.get("id") if self._retry(dataset, attempt) else None
 
-    def compact(self, dataset: str, partition: str | None = None) -> int:
-        """Fold the partition's delta files into its base file; returns how many were folded.
-        A crash between the rewrite and the deletions leaves deltas that are already in the
-        base: merging them again changes nothing."""
-        with self.locked(dataset, partition):
-            merged, deltas = self._read_merged(dataset, partition)
-            if not deltas:
-                return 0
-            self._write_file(self.file(dataset, partition), merged)
-            self._drop(deltas)
-            return len(deltas)
+    # -- maintenance ---------------------------------------------------------------------
+    def optimize(self, dataset: str, partition: str | None = None) -> dict:
+        """Compact small files (of one partition when given); returns delta-rs's metrics."""
+        def attempt(table: DeltaTable | None) -> Commit:
+            if table is None:
+                return Commit(None)
+            filters = [(DAY, "=", partition)] if partition and self._partitioned(table) else None
+            return Commit(table.version(), metrics=table.optimize.compact(partition_filters=filters))
+        commit = self._retry(dataset, attempt)
+        return commit.metrics if commit else {}
+
+    def vacuum(self, dataset: str, *, retention_hours: int) -> list[str]:
+        """Delete files no version younger than ``retention_hours`` needs (time travel stays
+        possible that far back); checkpoint tables too. Returns the files removed."""
+        table = self.table(dataset)
+        if table is None:
+            return []
+        removed = table.vacuum(retention_hours=retention_hours, dry_run=False,
+                               enforce_retention_duration=False)
+        root = f"{self.uri(dataset)}/{CHECKPOINTS}"
+        if not is_object_store(root) and os.path.isdir(root):
+            for part in os.listdir(root):
+                for name in os.listdir(f"{root}/{part}"):
+                    ck = self._open(f"{root}/{part}/{name}")
+                    if ck is not None:
+                        removed += ck.vacuum(retention_hours=retention_hours, dry_run=False,
+                                             enforce_retention_duration=False)
+        return removed
+
+    def create_checkpoint(self, dataset: str) -> int | None:
+        """Write a Delta log checkpoint of the current version; returns that version."""
+        table = self.table(dataset)
+        if table is None:
+            return None
+        table.create_checkpoint()
+        return table.version()
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("'", "''")
+
+
+def _json(value) -> object:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
+def _newer(columns: list[str], key: list[str], order_by: list[str] | None) -> str:
+    """The MERGE condition under which a source row replaces the stored row: newer by
+    ``order_by`` (lexicographic, the stored row winning a tie), or different at all."""
+    if order_by:
+        terms = []
+        for i, col in enumerate(order_by):
+            equal = [f's."{c}" = t."{c}"' for c in order_by[:i]]
+            terms.append("(" + " AND ".join([*equal, f's."{col}" > t."{col}"']) + ")")
+        return " OR ".join(terms)
+    others = [c for c in columns if c not in key and c != DAY]
+    if not others:
+        return "false"
+    return " OR ".join(f's."{c}" IS DISTINCT FROM t."{c}"' for c in others)
