@@ -26,6 +26,8 @@ folder, or an existing Postgres server.
 | ``KAFKA_SSL_CAFILE`` | the local CA with ``sasl_ssl``, else the system's trust store | PEM file of the CA(s) that signed the brokers' certificates (``SSL``/``SASL_SSL``) |
 | ``CONFLUX_LAKE_PATH`` | ``$CONFLUX_HOME/lake`` | an ``s3://bucket/prefix`` URL puts the stack's lake on S3 or an S3-compatible store (a local path here is ignored: the local lake is always the state folder's); its partition locks are Postgres advisory locks in the stack's database |
 | ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` | (AWS defaults) | how an ``s3://`` lake is reached (``conflux/io/lake.py``); not read here, passed unchanged to every Dagster process the stack starts |
+| ``CONFLUX_LAKE_MAINTENANCE`` | ``on`` | ``off``: the lake maintenance schedules (``lake_optimize_schedule``, ``lake_vacuum_schedule``, ``lake_checkpoint_schedule``) start STOPPED instead of RUNNING; the jobs stay defined and can be run (or the schedules turned on) from the UI (``docs/lake-maintenance.md``) |
+| ``CONFLUX_LAKE_VACUUM_RETENTION_HOURS`` | 168 (7 days) | default retention of the ``lake_vacuum`` job: files a table stopped referencing longer ago than this are deleted, so time travel reaches back this far and no further; at least 1 (a run may set its own ``retention_hours``) |
 | ``OPENLINEAGE_URL`` or ``OPENLINEAGE__TRANSPORT__*`` or ``OPENLINEAGE_CONFIG`` | (off) | OpenLineage run events (``conflux/observe/openlineage.py``: HTTP endpoint, file, ...); not read here, passed unchanged to every Dagster process the stack starts (daemon, webserver, their code servers and runs) |
 | ``OPENLINEAGE_NAMESPACE`` | ``conflux`` | namespace of Conflux's jobs in OpenLineage events |
 | ``OPENLINEAGE_DISABLED`` | (unset) | ``true``: no OpenLineage events, whatever else is set |
@@ -34,6 +36,7 @@ folder, or an existing Postgres server.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +73,46 @@ def to_psycopg2_url(url: str) -> str:
     return f"postgresql+psycopg2://{rest}"
 
 
+DEFAULT_VACUUM_RETENTION_HOURS = 168  # 7 days: time travel a week back keeps working
+MIN_VACUUM_RETENTION_HOURS = 1  # below it, vacuum could delete files a running writer just added
+
+
+def vacuum_retention_hours(value: int | str, what: str = "CONFLUX_LAKE_VACUUM_RETENTION_HOURS"
+                           ) -> int:
+    """A vacuum retention in whole hours, refused below ``MIN_VACUUM_RETENTION_HOURS``."""
+    try:
+        hours = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{what}={value!r} is not a number of hours") from None
+    if hours < MIN_VACUUM_RETENTION_HOURS:
+        raise ConfigError(
+            f"{what}={hours} is below the minimum of {MIN_VACUUM_RETENTION_HOURS} hour: vacuum "
+            "would delete files that running writers and readers may still need, and time "
+            f"travel would end there; use {DEFAULT_VACUUM_RETENTION_HOURS} (7 days, the default) "
+            "or at least 1")
+    return hours
+
+
+@dataclass(frozen=True)
+class LakeMaintenance:
+    """The lake maintenance jobs' settings (``conflux.dagster.maintenance``)."""
+
+    enabled: bool = True  # CONFLUX_LAKE_MAINTENANCE: the schedules start RUNNING (else STOPPED)
+    vacuum_retention_hours: int = DEFAULT_VACUUM_RETENTION_HOURS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "LakeMaintenance":
+        """Only the two ``CONFLUX_LAKE_*`` maintenance variables (what the Dagster definitions
+        need, without the rest of the stack's settings)."""
+        env = os.environ if env is None else env
+        switch = (env.get("CONFLUX_LAKE_MAINTENANCE") or "on").strip().lower()
+        if switch not in ("on", "off"):
+            raise ConfigError(f"CONFLUX_LAKE_MAINTENANCE={switch!r} must be 'on' or 'off'")
+        raw = env.get("CONFLUX_LAKE_VACUUM_RETENTION_HOURS") or ""
+        hours = vacuum_retention_hours(raw) if raw.strip() else DEFAULT_VACUUM_RETENTION_HOURS
+        return cls(enabled=switch == "on", vacuum_retention_hours=hours)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved locations and ports of the local stack."""
@@ -94,6 +137,7 @@ class Settings:
     kafka_brokers: int = 1  # CONFLUX_KAFKA_BROKERS: local KRaft nodes (broker + controller each)
     lake_url: str | None = None  # CONFLUX_LAKE_PATH when it is an object-store URL (s3://...)
     project_root: Path = Path(".")  # the user project (CONFLUX_PROJECT, else found from cwd)
+    lake_maintenance: LakeMaintenance = LakeMaintenance()  # CONFLUX_LAKE_MAINTENANCE, ..._HOURS
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -139,6 +183,7 @@ class Settings:
             kafka_brokers=brokers,
             lake_url=lake if lake.startswith("s3://") else None,
             project_root=project.root,
+            lake_maintenance=LakeMaintenance.from_env(env),
         )
         node_ports = [p for i in settings.kafka_nodes for p in settings.kafka_node_ports(i)]
         if max(node_ports) > 65535:

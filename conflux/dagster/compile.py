@@ -3,7 +3,8 @@
 ``asset_specs`` is pure — it builds every asset's spec (key, deps, partitions, metadata, kinds,
 tags, owners, group, code version, automation) from the catalog without running anything, so
 tests can inspect the compiled graph. ``build_definitions`` adds the executable parts: batch
-asset functions, ingest jobs, sensors and schedules, and the resources — among them the lake IO
+asset functions, ingest jobs, sensors and schedules, the lake maintenance jobs and schedules
+(``conflux.dagster.maintenance``), and the resources — among them the lake IO
 manager, the default one, through which any Dagster asset reads the datasets.
 """
 
@@ -135,6 +136,7 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     from conflux.dagster.resources import platform_resources
     from conflux.observe.dlq_monitor import build_dlq_monitor
     from conflux.event.sensor import build_kafka_sensor
+    from conflux.dagster.maintenance import maintenance_definitions
 
     datasets = tuple(datasets)
     catalog = validate_catalog(datasets)
@@ -168,6 +170,9 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     dlq_checks, dlq_sensor = build_dlq_monitor(datasets=catalog.values())
     checks += dlq_checks
     sensors += [dlq_sensor] if dlq_sensor else []
+    maintenance_jobs, maintenance_schedules = maintenance_definitions(catalog.values())
+    jobs += maintenance_jobs
+    schedules += maintenance_schedules
     merged = {**platform_resources(), **(resources or {})}
     if "lake" in (resources or {}) and IO_MANAGER_KEY not in resources:
         merged[IO_MANAGER_KEY] = LakeIOManager(lake=resources["lake"])
