@@ -8,6 +8,7 @@
                                                event: reconcile + repair from the batch source)
     conflux replay DATASET --since TIME        re-apply an event dataset from Kafka (offsets of TIME)
     conflux ops apply FILE | relay | status    change ops tables through the transactional outbox
+    conflux lake migrate [--dry-run]           convert pre-Delta lake datasets into Delta tables
 
 Every command acts on the project of the working directory (``[tool.conflux]`` in its
 ``pyproject.toml``, see ``conflux.core.project``) or of ``CONFLUX_PROJECT``.
@@ -348,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_ops_status)
 
     # operability commands, each module registering its own subcommands
-    from conflux.cli import dlq, init, lag, ledger, trace
+    from conflux.cli import dlq, init, lag, lake, ledger, trace
 
-    for module in (init, trace, lag, dlq, ledger):
+    for module in (init, trace, lag, dlq, ledger, lake):
         module.register(sub)
     return parser
 
