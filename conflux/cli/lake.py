@@ -1,5 +1,12 @@
 """``conflux lake``: the lake's Delta tables.
 
+    conflux lake history DATASET [--limit N] [--json]
+                                    the dataset's Delta commits, newest first: version, time,
+                                    operation, rows written, who wrote it, Kafka ranges applied
+    conflux lake show DATASET [--partition DAY] [--version N | --as-of TIME] [--limit N]
+                              [--json]
+                                    rows of a dataset, now or as of a table version or a time
+                                    (time travel; --limit 0: only the row count)
     conflux lake migrate [--dataset NAME ...] [--dry-run] [--json]
                                     convert the datasets still in the pre-Delta format into
                                     Delta tables (old files kept in <lake>/_legacy/); resumes
@@ -18,9 +25,35 @@ import sys
 
 def register(sub) -> None:
     """Add ``conflux lake`` and its subcommands to the `conflux` parser."""
-    lake = sub.add_parser("lake", help="the lake's Delta tables: migrate the old format")
+    lake = sub.add_parser("lake", help="the lake's Delta tables: history, time travel, migrate "
+                                       "the old format")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True)
+    _register_history(lake_sub)
+    _register_show(lake_sub)
     _register_migrate(lake_sub)
+
+
+def _register_history(lake_sub) -> None:
+    history = lake_sub.add_parser("history", help="a dataset's Delta commits, newest first")
+    history.add_argument("dataset", metavar="DATASET", help="a dataset of the catalog")
+    history.add_argument("--limit", type=int, default=20, metavar="N",
+                         help="the N newest commits (default 20; 0: all)")
+    history.add_argument("--json", action="store_true", help="print the commits as JSON")
+    history.set_defaults(func=cmd_history)
+
+
+def _register_show(lake_sub) -> None:
+    show = lake_sub.add_parser("show", help="a dataset's rows, now or as of a version or time")
+    show.add_argument("dataset", metavar="DATASET", help="a dataset of the catalog")
+    show.add_argument("--partition", metavar="DAY", help="one daily partition (YYYY-MM-DD)")
+    when = show.add_mutually_exclusive_group()
+    when.add_argument("--version", type=int, metavar="N", help="as of Delta table version N")
+    when.add_argument("--as-of", metavar="TIME",
+                      help="as of a time (ISO 8601, e.g. 2026-12-06T15:00:00Z; UTC if no zone)")
+    show.add_argument("--limit", type=int, default=20, metavar="N",
+                      help="rows printed (default 20; 0: only the count)")
+    show.add_argument("--json", action="store_true", help="print rows as JSON lines")
+    show.set_defaults(func=cmd_show)
 
 
 def _register_migrate(lake_sub) -> None:
@@ -53,4 +86,72 @@ def cmd_migrate(args) -> int:
     report = migrate_lake(_lake(), datasets=args.dataset, dry_run=args.dry_run,
                           progress=progress)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    return 0
+
+
+def _known(dataset: str) -> None:
+    from conflux.core.errors import ConfluxError
+    from conflux.core.project import load_catalog
+
+    try:
+        names = [d.name for d in load_catalog()]
+    except ConfluxError:
+        return  # no project here: any table of the lake may be read
+    if dataset not in names:
+        raise SystemExit(_usage(f"unknown dataset {dataset!r} (the catalog has: "
+                                f"{', '.join(sorted(names))})"))
+
+
+def _usage(message: str) -> int:
+    print(f"conflux lake: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_history(args) -> int:
+    import datetime as dt
+
+    if args.limit < 0:
+        return _usage("--limit must be 0 or more")
+    _known(args.dataset)
+    commits = _lake().history(args.dataset, args.limit or None)
+    if not commits:
+        print(f"{args.dataset}: no Delta table in the lake yet", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(commits, indent=2, default=str))
+        return 0
+    for c in commits:
+        when = dt.datetime.fromtimestamp(c["timestamp"] / 1000, dt.timezone.utc)
+        metrics = c.get("operationMetrics") or {}
+        rows = (metrics.get("num_target_rows_inserted", 0) + metrics.get("num_target_rows_updated", 0)
+                if "num_target_rows_inserted" in metrics else metrics.get("num_added_rows", ""))
+        sources = c.get("conflux.sources")
+        ranges = ""
+        if sources:
+            spans = json.loads(sources) if isinstance(sources, str) else sources
+            ranges = " " + ", ".join(f"{s['topic']}[{s['partition']}]@{s['start']}..{s['end']}"
+                                     for s in spans[:3]) + (" ..." if len(spans) > 3 else "")
+        origin = f" by {c['conflux.origin']}" if c.get("conflux.origin") else ""
+        print(f"v{c['version']:<6} {when.isoformat(timespec='seconds')} {c.get('operation', '?'):<9}"
+              f" rows {rows}{origin}{ranges}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    if args.limit < 0:
+        return _usage("--limit must be 0 or more")
+    _known(args.dataset)
+    table = _lake().read_table(args.dataset, args.partition, version=args.version,
+                               as_of=args.as_of)
+    if table is None:
+        print(f"{args.dataset}: nothing stored"
+              + (f" in partition {args.partition}" if args.partition else ""), file=sys.stderr)
+        return 1
+    shown = table.slice(0, args.limit)
+    if args.json:
+        for row in shown.to_pylist():
+            print(json.dumps(row, default=str))
+    elif args.limit:
+        print(shown.to_pandas().to_string(index=False))
+    print(f"{len(table)} row(s)", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -47,6 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from pydantic import Field
@@ -61,6 +62,8 @@ SOURCES_KEY = "conflux.sources"  # commit metadata: the Kafka ranges a commit ap
 ORIGIN_KEY = "conflux.origin"    # commit metadata: who wrote it (run id, sensor)
 MAINTENANCE = {"OPTIMIZE", "VACUUM START", "VACUUM END", "CHECKPOINT"}
 RETRIES = 30
+S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+          "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
 
 def _as_table(data: pd.DataFrame | pa.Table) -> pa.Table:
@@ -257,8 +260,10 @@ class LakeResource(dg.ConfigurableResource):
         except TableNotFoundError:
             return None
         except DeltaError as exc:
-            if "not found" in str(exc).lower() and "version" in str(exc).lower():
-                raise LakeError(f"lake {uri}: no version {version}") from None
+            if version is not None and DeltaTable.is_deltatable(uri, self.options()):
+                latest = DeltaTable(uri, storage_options=self.options()).version()
+                raise LakeError(f"lake {uri}: no version {version} (versions 0..{latest}, "
+                                "older ones possibly vacuumed)") from None
             raise _storage_error(uri, exc) from None
         except OSError as exc:
             raise _storage_error(uri, exc) from None
@@ -272,9 +277,17 @@ class LakeResource(dg.ConfigurableResource):
             self._refuse_legacy(dataset)
             return None
         if as_of is not None:
-            when = pd.Timestamp(as_of)
+            try:
+                when = pd.Timestamp(as_of)
+            except ValueError:
+                raise LakeError(f"{dataset}: {as_of!r} is not a time (ISO 8601, e.g. "
+                                "2026-12-06T15:00:00Z)") from None
             when = when.tz_localize("UTC") if when.tzinfo is None else when
             table = DeltaTable(self.uri(dataset), storage_options=self.options())
+            first = min((c["timestamp"] for c in table.history()), default=None)
+            if first is None or when.timestamp() * 1000 < first:
+                raise LakeError(f"{dataset}: no version as of {when.isoformat()} (the oldest "
+                                f"kept commit is later)")
             try:
                 table.load_as_version(when.to_pydatetime())
             except DeltaError as exc:
@@ -282,12 +295,8 @@ class LakeResource(dg.ConfigurableResource):
         return table
 
     def _refuse_legacy(self, dataset: str) -> None:
-        if is_object_store(self.path):
-            return
-        try:  # TEMP until lake_legacy lands
-            from conflux.io.lake_legacy import is_legacy_dataset
-        except ModuleNotFoundError:
-            return
+        from conflux.io.lake_legacy import is_legacy_dataset
+
         if is_legacy_dataset(self.path, dataset):
             raise LakeError(f"lake {self.path}: dataset {dataset} is in the pre-Delta format; "
                             "run `conflux lake migrate` to convert it")
@@ -331,11 +340,12 @@ class LakeResource(dg.ConfigurableResource):
 
     # -- reads ---------------------------------------------------------------------------
     def _source(self, table: DeltaTable, partitions: list[str] | None) -> pads.Dataset:
+        """The table's files as a pyarrow dataset, read by pyarrow's own (C++) filesystem."""
+        fs = _filesystem(table.table_uri)
         if partitions is not None and self._partitioned(table):
-            if not partitions:
-                return table.to_pyarrow_dataset(partitions=[(DAY, "in", ["\x00none"])])
-            return table.to_pyarrow_dataset(partitions=[(DAY, "in", list(partitions))])
-        return table.to_pyarrow_dataset()
+            wanted = list(partitions) or ["\x00none"]
+            return table.to_pyarrow_dataset(partitions=[(DAY, "in", wanted)], filesystem=fs)
+        return table.to_pyarrow_dataset(filesystem=fs)
 
     @staticmethod
     def _columns(source: pads.Dataset, columns: list[str] | None) -> list[str]:
@@ -391,7 +401,7 @@ class LakeResource(dg.ConfigurableResource):
         table = self.table(dataset)
         if table is None:
             return []
-        source = table.to_pyarrow_dataset()
+        source = self._source(table, None)
         found = source.to_table(filter=pc.field(column) == value)
         hits = []
         for row in found.to_pylist():
@@ -404,12 +414,13 @@ class LakeResource(dg.ConfigurableResource):
         table = self.table(dataset)
         return table.history(limit) if table is not None else []
 
-    def first_version_holding(self, dataset: str, topic: str, partition: int,
-                              offset: int) -> dict | None:
+    def first_version_holding(self, dataset: str, topic: str, partition: int, offset: int, *,
+                              history: list[dict] | None = None) -> dict | None:
         """The oldest commit whose applied Kafka ranges include ``topic``/``partition``/
-        ``offset`` (from the commits' ``conflux.sources`` metadata), or None."""
+        ``offset`` (from the commits' ``conflux.sources`` metadata), or None; ``history``:
+        the table's, when the caller has it already."""
         found = None
-        for commit in self.history(dataset):
+        for commit in self.history(dataset) if history is None else history:
             for src in _json(commit.get(SOURCES_KEY)) or []:
                 if (src.get("topic") == topic and src.get("partition") == partition
                         and src.get("start", 0) <= offset < src.get("end", -1)):
@@ -451,13 +462,14 @@ class LakeResource(dg.ConfigurableResource):
 
     def _prepare(self, data: pd.DataFrame | pa.Table, partition: str | None,
                  table: DeltaTable | None) -> pa.Table:
-        incoming = _storable(_as_table(data))
+        incoming = _as_table(data)
         if DAY in incoming.schema.names:
             incoming = incoming.drop_columns([DAY])
+        if table is not None:  # the stored types first (an all-null column takes its type)
+            incoming = _cast_like(incoming, pa.schema(table.schema().to_arrow()))
+        incoming = _storable(incoming)
         if partition is not None:
             incoming = incoming.append_column(DAY, pa.array([partition] * len(incoming), pa.string()))
-        if table is not None:
-            incoming = _cast_like(incoming, pa.schema(table.schema().to_arrow()))
         return incoming.replace_schema_metadata(None)
 
     def _overwrite(self, dataset: str, table: DeltaTable | None, data: pa.Table,
@@ -485,8 +497,9 @@ class LakeResource(dg.ConfigurableResource):
         """Replace several partitions in one commit (an empty part empties its partition)."""
         def attempt(table: DeltaTable | None) -> Commit:
             prepared = [self._prepare(d, p, table) for p, d in parts.items()]
-            incoming = (pa.concat_tables(prepared, promote_options="permissive")
-                        if len(prepared) > 1 else prepared[0])
+            filled = [t for t in prepared if len(t)] or prepared[:1]  # empty parts: untyped
+            incoming = (pa.concat_tables(filled, promote_options="permissive")
+                        if len(filled) > 1 else filled[0])
             self._overwrite(dataset, table, incoming, list(parts), metadata)
             return self._committed(dataset, len(incoming))
         return self._retry(dataset, attempt)
@@ -507,7 +520,7 @@ class LakeResource(dg.ConfigurableResource):
         reduced first by the same rule. ``Commit.rows``: rows inserted or updated (0 when all
         were stored already; then nothing is committed)."""
         def attempt(table: DeltaTable | None) -> Commit:
-            prepared = [self._prepare(merge_by_key(None, _storable(_as_table(d)), key,
+            prepared = [self._prepare(merge_by_key(None, _as_table(d), key,
                                                    order_by=order_by,
                                                    keep_existing=keep_existing)[0], p, table)
                         for p, d in parts.items() if len(d)]
@@ -679,6 +692,30 @@ class LakeResource(dg.ConfigurableResource):
             return None
         table.create_checkpoint()
         return table.version()
+
+
+_FILESYSTEMS: dict[tuple, pafs.FileSystem] = {}
+
+
+def _filesystem(table_uri: str) -> pafs.FileSystem:
+    """A pyarrow filesystem rooted at a table (files in the log are relative to it): native
+    reads, no Python callbacks (faster than deltalake's default handler, and no callback
+    threads left running at interpreter exit)."""
+    parts = urlsplit(table_uri)
+    if parts.scheme in ("", "file"):
+        return pafs.SubTreeFileSystem(parts.path if parts.scheme else table_uri,
+                                      pafs.LocalFileSystem())
+    env = tuple(os.environ.get(n) for n in S3_ENV)
+    key = (parts.scheme, env)
+    if key not in _FILESYSTEMS:
+        options: dict = {"connect_timeout": 5, "request_timeout": 60}
+        if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
+            options["region"] = region
+        if endpoint := (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
+            ep = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+            options.update(endpoint_override=ep.netloc, scheme=ep.scheme)
+        _FILESYSTEMS[key] = pafs.S3FileSystem(**options)
+    return pafs.SubTreeFileSystem(f"{parts.netloc}{parts.path}", _FILESYSTEMS[key])
 
 
 def _quote(value: str) -> str:

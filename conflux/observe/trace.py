@@ -44,6 +44,8 @@ class Arrival:
     offset: int
     arrived_at: str | None
     headers: dict[str, str] | None  # None: no longer retained by Kafka
+    delta_version: int | None = None   # the first table version that held it
+    delta_committed_at: str | None = None
 
 
 @dataclass
@@ -110,11 +112,16 @@ def find_arrivals(cid: str, datasets: list[EventDataset], *, lake, kafka) -> lis
     """Stored rows carrying ``cid``, with the source record's headers while Kafka keeps it."""
     out = []
     for ds in datasets:
+        history = None
         for partition, row in lake.find(ds.name, "__correlation_id", cid):
             topic, part, offset = row["__topic"], int(row["__partition"]), int(row["__offset"])
+            history = lake.history(ds.name) if history is None else history
+            first = lake.first_version_holding(ds.name, topic, part, offset,
+                                               history=history) or {}
             out.append(Arrival(ds.name, partition, {k: row[k] for k in ds.key}, topic, part,
                                offset, _iso(row["__ts"] / 1000) if row.get("__ts") else None,
-                               None))
+                               None, first.get("version"),
+                               _iso(first["timestamp"] / 1000) if first.get("timestamp") else None))
     by_partition: dict[tuple[str, int], list[Arrival]] = {}
     for a in out:
         by_partition.setdefault((a.topic, a.kafka_partition), []).append(a)
@@ -270,6 +277,9 @@ def render(t: Trace, dagster_url: str) -> list[str]:
         kept = "" if a.headers is not None else " (record no longer retained by Kafka)"
         lines.append(f"  arrived: {a.topic}[{a.kafka_partition}]@{a.offset} at {a.arrived_at}"
                      f"{kept} → {a.dataset} partition {a.partition} key {a.key}")
+        if a.delta_version is not None:
+            lines.append(f"    first held by Delta version {a.delta_version} of {a.dataset} "
+                         f"(committed {a.delta_committed_at})")
         if a.headers:
             shown = {k: v for k, v in a.headers.items() if k != CORRELATION_HEADER}
             lines.append(f"    headers: {shown}")

@@ -90,11 +90,11 @@ def lake(tmp_path):
 
 
 def store_events(lake: LakeResource, rows: pd.DataFrame) -> None:
-    """Orders as the event path stores them: delta files per day, with Kafka provenance."""
+    """Orders as the event path stores them: one MERGE per day, with Kafka provenance."""
     rows = rows.assign(__topic="shop.orders", __partition=0, __offset=range(len(rows)),
                        __ts=1_000, __correlation_id="c")
     for day, part in rows.groupby(rows.o_orderdate.astype(str)):
-        lake.append("orders", part, ["o_orderkey"], day, order_by=ORDER_BY)
+        lake.upsert("orders", part, ["o_orderkey"], day, order_by=ORDER_BY)
 
 
 @pytest.fixture

@@ -178,12 +178,16 @@ def test_the_checkpoint_is_committed_with_the_projection_or_not_at_all(lake):
     with pytest.raises(RuntimeError):
         lake.rewrite_checkpointed("p", crash)
     assert lake.read_checkpointed("p")[1] == gen
-    # a crash after the checkpoint files but before the rename: an orphan generation is ignored
-    orphan = f"{lake.checkpoint_dir('p')}/99999999999999999999-deadbeef"
-    lake._write_file(f"{orphan}/state.parquet", pa.table({"x": [2]}))
+    # a crash after the checkpoint tables were written but before the projection's commit: a
+    # newer checkpoint version that no commit names is ignored
+    from deltalake import write_deltalake
+    write_deltalake(lake._checkpoint_uri("p", None, "state"), pa.table({"x": [2]}),
+                    mode="overwrite")
     assert lake.read_checkpointed("p")[2]["state"]["x"].to_pylist() == [1]
+    version = lake.version("p")
     gen2 = lake.rewrite_checkpointed("p", lambda cur, ck: (cur, {"state": pa.table({"x": [3]})}))
-    assert lake.store().names(lake.checkpoint_dir("p")) == [gen2]  # old ones removed
+    assert gen2 != gen and lake.version("p") == version + 1  # one commit of the projection
+    assert lake.read_checkpointed("p")[1:] == (gen2, {"state": pa.table({"x": [3]})})
     # a partition written without a checkpoint has none: the next fold starts from scratch
     lake.write("p", data)
     assert lake.read_checkpointed("p")[1:] == (None, {})
@@ -197,21 +201,22 @@ def rows(*items):
 def test_append_only_never_replaces_a_stored_row_even_by_an_older_timestamp(lake):
     lake.upsert("l", rows((1, "first", 20, 5)), ["k"], keep_existing=True, order_by=ORDER)
     assert lake.upsert("l", rows((1, "rewrite", 10, 9)), ["k"], keep_existing=True,
-                       order_by=ORDER) == 0
+                       order_by=ORDER).rows == 0
     assert lake.read("l").v.tolist() == ["first"]
-    lake.append("m", rows((1, "first", 20, 5)), ["k"], order_by=ORDER, keep_existing=True)
-    lake.append("m", rows((1, "rewrite", 10, 9), (2, "b", 1, 10)), ["k"], order_by=ORDER,
-                keep_existing=True)
-    assert lake.read("m").v.tolist() == ["first", "b"]
-    lake.compact("m")
-    assert lake.read("m").v.tolist() == ["first", "b"]
+    lake.upsert_many("m", {"d1": rows((1, "first", 20, 5))}, ["k"], order_by=ORDER,
+                     keep_existing=True)
+    lake.upsert_many("m", {"d1": rows((1, "rewrite", 10, 9), (2, "b", 1, 10))}, ["k"],
+                     order_by=ORDER, keep_existing=True)
+    assert sorted(lake.read("m").v.tolist()) == ["b", "first"]
+    lake.optimize("m")
+    assert sorted(lake.read("m").v.tolist()) == ["b", "first"]
 
 
-def test_append_only_keeps_the_first_write_of_every_key_across_deltas_compaction_and_replays(
+def test_append_only_keeps_the_first_write_of_every_key_across_compaction_and_replays(
         tmp_path):
     """Random writes (some replayed, repeated keys with other values and any timestamps):
-    upserts and appends (compacted every few deltas) both keep, per key, the row of the first
-    write that held it — the earliest (timestamp, offset) within that write."""
+    upserts unpartitioned and partitioned (compacted every few writes) both keep, per key, the
+    row of the first write that held it — the earliest (timestamp, offset) within that write."""
     rng = np.random.default_rng(11)
     writes, offset = [], 0
     for _ in range(40):
@@ -232,14 +237,15 @@ def test_append_only_keeps_the_first_write_of_every_key_across_deltas_compaction
     appended = LakeResource(path=str(tmp_path / "a"))
     for i, w in enumerate(writes):
         upserted.upsert("d", rows(*w), ["k"], keep_existing=True, order_by=ORDER)
-        appended.append("d", rows(*w), ["k"], keep_existing=True, order_by=ORDER,
-                        compact_after=5)
+        appended.upsert("d", rows(*w), ["k"], "1996-01-01", keep_existing=True, order_by=ORDER)
+        if i % 5 == 4:
+            appended.optimize("d")
         for lake in (upserted, appended):
             stored = lake.read("d")
             assert dict(zip(stored.k, stored.v)).items() <= expected.items(), i
     assert dict(zip(upserted.read("d").k, upserted.read("d").v)) == expected
     assert dict(zip(appended.read("d").k, appended.read("d").v)) == expected
-    appended.compact("d")
+    appended.optimize("d")
     assert dict(zip(appended.read("d").k, appended.read("d").v)) == expected
 
 
