@@ -1,107 +1,143 @@
 """The lake on object storage: every behaviour test of ``tests/unit/test_lake.py`` again, on an
-``s3://`` lake served by a real S3-compatible server (moto, loopback, real HTTP) and locked
-through the test stack's Postgres; then what only an object store has — advisory locks shared
-across connections and released by a dying holder, clear errors for a missing bucket, an
-unreachable endpoint or a missing lock database."""
+``s3://`` lake served by a real S3-compatible server (moto, loopback, real HTTP) — among them
+four writer processes committing to one table at once, which on S3 only works because delta-rs
+commits each log entry with a conditional PUT (``If-None-Match: *``): no lock service, no
+DynamoDB. Then what only an object store has: the objects really on the server, and clear
+errors for a missing bucket, refused credentials, an unreachable endpoint or an unsupported
+URL (naming the lake URL, never a secret)."""
 
-import time
+from __future__ import annotations
 
-import psycopg
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
+from deltalake import DeltaTable, write_deltalake
 
-from conflux.core.errors import LakeLockError, LakeStorageError
-from conflux.io.lake import LakeResource, lock_key
+from conflux.core.errors import LakeStorageError
+from conflux.io.lake import LakeResource
 from tests.unit.test_lake import (  # noqa: F401 — the shared behaviour tests, collected here too
+    ORDER,
     lake,
+    outside,
     rows,
-    test_a_crash_after_compaction_wrote_the_base_is_harmless,
-    test_a_delta_only_partition_is_listed_and_an_upsert_folds_deltas,
+    test_a_checkpointed_read_overtaken_by_a_rewrite_still_sees_one_pair,
+    test_a_commit_names_its_own_version_when_another_writer_commits_right_after,
+    test_a_fraction_is_never_silently_truncated_into_an_int_column,
+    test_a_new_nullable_column_evolves_the_table_schema,
+    test_an_int_column_receiving_doubles_is_cast,
+    test_an_upsert_without_order_by_can_add_a_column,
     test_append_only_keeps_the_first_event_of_a_key,
-    test_appends_read_back_exactly_as_upserts_would_store_them,
     test_checkpointed_rewrites_commit_content_and_checkpoint_as_a_pair,
-    test_concurrent_writers_of_one_partition_lose_nothing,
-    test_find_locates_rows_in_base_and_delta_files,
+    test_find_locates_rows_in_every_partition,
+    test_first_version_holding_finds_the_commit_that_applied_an_offset,
+    test_history_versions_and_time_travel,
     test_newest_record_wins_and_replaying_an_old_range_changes_nothing,
-    test_partitions_reads_and_scans_across_base_and_delta_files,
+    test_partitions_reads_scans_and_rewrites,
+    test_random_batches_with_replays_and_late_events_match_an_in_memory_model,
+    test_reading_a_version_the_table_never_had_is_a_clear_error,
     test_the_same_event_twice_in_one_batch_is_stored_once,
+    test_time_travel_to_before_the_table_existed_returns_none_of_its_later_rows,
+    test_without_order_a_row_of_several_columns_replaces_when_any_of_them_differs,
     test_without_order_the_incoming_row_replaces_and_equal_data_is_not_rewritten,
-    test_write_replaces_pending_deltas,
+    test_write_many_replaces_exactly_the_named_partitions_in_one_commit,
+    test_write_replaces_one_partition_only,
+    test_writers_in_separate_processes_lose_nothing,
 )
 
-ORDER = ["__ts", "__offset"]
+SECRET = "conflux-test-secret"  # tests/s3.py S3_TEST_ENV: must never appear in a message
 
 
 @pytest.fixture
-def new_lake(stack, s3_lake_url):
-    """Fresh S3 lakes (prefixes of the session's bucket), locked through the stack's Postgres."""
-    return lambda name: LakeResource(path=f"{s3_lake_url}/{name}",
-                                     lock_url=stack.settings.postgres_url)
+def new_lake(s3_lake_url):
+    """Fresh S3 lakes: prefixes of the session's bucket on the moto server."""
+    return lambda name: LakeResource(path=f"{s3_lake_url}/{name}")
+
+
+def raw_store(endpoint: str) -> pafs.S3FileSystem:
+    from tests.s3 import S3_TEST_ENV
+
+    return pafs.S3FileSystem(endpoint_override=endpoint.split("://")[1], scheme="http",
+                             access_key=S3_TEST_ENV["AWS_ACCESS_KEY_ID"],
+                             secret_key=S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"], region="us-east-1")
 
 
 def test_the_s3_lake_is_really_on_the_server(lake, s3_server):
-    import pyarrow.fs as pafs
-
     lake.upsert("d", rows((1, "a", 10, 0)), ["k"], "p", order_by=ORDER)
-    store = lake.store()
-    assert store.remote and store.url == lake.path
-    raw = pafs.S3FileSystem(endpoint_override=s3_server.split("://")[1], scheme="http")
-    assert raw.get_file_info(lake.file("d", "p")).type == pafs.FileType.File
-    assert lake.file("d", "p") == f"{lake.path[len('s3://'):]}/d/p.parquet"
+    assert lake.uri("d") == f"{lake.path}/d" and lake.root() == lake.path
+    assert lake.options()["AWS_ENDPOINT_URL"] == s3_server
+    assert lake.options()["AWS_ALLOW_HTTP"] == "true"
+    prefix = lake.uri("d")[len("s3://"):]
+    found = raw_store(s3_server).get_file_info(pafs.FileSelector(prefix, recursive=True))
+    names = sorted(f.path[len(prefix) + 1:] for f in found if f.type == pafs.FileType.File)
+    assert "_delta_log/00000000000000000000.json" in names
+    assert any(n.startswith("__day=p/") and n.endswith(".parquet") for n in names), names
+    # any Delta reader pointed at the server reads it
+    assert outside(lake, "d").to_pylist() == [
+        {"k": 1, "v": "a", "__ts": 10, "__offset": 0, "__day": "p"}]
 
 
-def test_partition_locks_are_postgres_advisory_locks_released_by_a_dying_holder(lake, stack):
-    key = lock_key(lake.store().url, "d", "p")
-    with psycopg.connect(stack.settings.postgres_url, autocommit=True) as other:
-        try_lock = "select pg_try_advisory_lock(%s)"
-        with lake.locked("d", "p"):  # held by the lake's own connection: nobody else gets it
-            assert other.execute(try_lock, (key,)).fetchone()[0] is False
-            assert other.execute(try_lock, (lock_key(lake.store().url, "d", "q"),)
-                                 ).fetchone()[0] is True  # another partition is free
-        # released on unlock: the lake closes its lock connection, and the server drops the
-        # lock when that backend exits, a moment after the client's close returns
-        deadline = time.monotonic() + 10
-        while not other.execute(try_lock, (key,)).fetchone()[0]:
-            assert time.monotonic() < deadline, "the lock outlived its holder's connection"
-            time.sleep(0.05)
-        other.execute("select pg_advisory_unlock_all()")
-        # a writer that dies holding the lock: its connection ends, and the lock with it
-        holder = psycopg.connect(stack.settings.postgres_url, autocommit=True)
-        holder.execute("select pg_advisory_lock(%s)", (key,))
-        assert other.execute(try_lock, (key,)).fetchone()[0] is False
-        other.execute("select pg_terminate_backend(%s)", (holder.info.backend_pid,))
-        with lake.locked("d", "p"):  # the lake gets it once the dead holder's session is gone
-            assert other.execute(try_lock, (key,)).fetchone()[0] is False
-        holder.close()
+def test_commits_are_conditional_puts_without_any_lock_service(lake, s3_server):
+    """The server refuses to overwrite an object under ``If-None-Match: *`` (what delta-rs
+    relies on), the lake configures no locking provider, and two writers holding the same
+    table version both land: the second one's PUT of that version's log entry is refused, so
+    it commits the next version instead of replacing the first one's."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from tests.s3 import S3_TEST_ENV
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                      aws_access_key_id=S3_TEST_ENV["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"])
+    key = f"{lake.path[len('s3://conflux-test/'):]}/probe"
+    s3.put_object(Bucket="conflux-test", Key=key, Body=b"first", IfNoneMatch="*")
+    with pytest.raises(ClientError) as refused:
+        s3.put_object(Bucket="conflux-test", Key=key, Body=b"second", IfNoneMatch="*")
+    assert refused.value.response["Error"]["Code"] == "PreconditionFailed"
+    assert s3.get_object(Bucket="conflux-test", Key=key)["Body"].read() == b"first"
+
+    options = lake.options()
+    assert not {k for k in options if "LOCK" in k.upper() or "DYNAMO" in k.upper()
+                or "UNSAFE" in k.upper()}, options
+    lake.write("d", rows((0, "base", 1, 0)), "p")
+    one = DeltaTable(lake.uri("d"), storage_options=options)
+    two = DeltaTable(lake.uri("d"), storage_options=options)
+    assert one.version() == two.version() == 0
+    write_deltalake(one, pa.table({"k": [1], "v": ["one"], "__ts": [1], "__offset": [1],
+                                   "__day": ["p"]}), mode="append")
+    write_deltalake(two, pa.table({"k": [2], "v": ["two"], "__ts": [1], "__offset": [2],
+                                   "__day": ["p"]}), mode="append")
+    assert (one.version(), two.version(), lake.version("d")) == (1, 2, 2)
+    assert sorted(lake.read("d", "p").v) == ["base", "one", "two"]
+    assert [h["version"] for h in lake.history("d")] == [2, 1, 0]
 
 
-def test_an_s3_lake_without_a_lock_database_refuses_to_write(s3_lake_url, stack):
-    lake = LakeResource(path=s3_lake_url)
-    for write in (lambda: lake.upsert("d", rows((1, "a", 10, 0)), ["k"], "p", order_by=ORDER),
-                  lambda: lake.append("d", rows((1, "a", 10, 0)), ["k"], "p", order_by=ORDER)):
-        with pytest.raises(LakeLockError, match="lock_url") as exc:
-            write()
-        assert s3_lake_url in str(exc.value) and exc.value.code == "LAKE_LOCK"
-    assert lake.partitions("d") == []  # nothing was written
-    bad = LakeResource(path=s3_lake_url, lock_url="postgresql://nobody:pw@127.0.0.1:1/none")
-    with pytest.raises(LakeLockError, match="127.0.0.1:1/none") as exc:
-        bad.upsert("d", rows((1, "a", 10, 0)), ["k"], "p", order_by=ORDER)
-    assert "pw" not in str(exc.value).replace("127.0.0.1:1/none", "")
+def test_a_missing_bucket_is_a_clear_error(s3_server):
+    lake = LakeResource(path="s3://no-such-bucket/lake")
+    for call in (lambda: lake.partitions("d"), lambda: lake.read("d", "p"),
+                 lambda: lake.upsert("d", rows((1, "a", 10, 0)), ["k"], "p", order_by=ORDER),
+                 lambda: lake.write("d", rows((1, "a", 10, 0)), "p")):
+        with pytest.raises(LakeStorageError) as exc:
+            call()
+        message = str(exc.value)
+        assert exc.value.code == "LAKE_STORAGE" and "s3://no-such-bucket/lake" in message
+        assert SECRET not in message
+        # what went wrong, not only "Generic S3 error"
+        assert "does the bucket exist" in message, message
 
 
-def test_missing_bucket_and_unreachable_endpoint_are_clear_errors(s3_server, monkeypatch):
-    secret = "conflux-test-secret"
-    with pytest.raises(LakeStorageError, match="bucket 'no-such-bucket' does not exist") as exc:
-        LakeResource(path="s3://no-such-bucket/lake").partitions("d")
-    assert "s3://no-such-bucket/lake" in str(exc.value) and secret not in str(exc.value)
-    assert exc.value.code == "LAKE_STORAGE"
+def test_an_unreachable_endpoint_and_an_unsupported_url_are_clear_errors(s3_server, monkeypatch):
     from tests.s3 import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(LakeStorageError, match="s3://conflux-test/x: object store at") as exc:
+    with pytest.raises(LakeStorageError) as exc:
         LakeResource(path="s3://conflux-test/x").read("d", "p")
-    assert secret not in str(exc.value)
-    with pytest.raises(LakeStorageError, match="unsupported lake URL"):
+    message = str(exc.value)
+    assert "s3://conflux-test/x" in message and SECRET not in message
+    assert "onnect" in message, message  # "Connection refused", not only "Generic S3 error"
+    with pytest.raises(LakeStorageError, match="unsupported lake URL") as exc:
         LakeResource(path="gs://bucket/x").read("d")
+    assert "gs://bucket/x" in str(exc.value)
 
 
 def test_refused_credentials_are_a_clear_error(s3_server, monkeypatch, tmp_path):
@@ -111,38 +147,14 @@ def test_refused_credentials_are_a_clear_error(s3_server, monkeypatch, tmp_path)
     proc, endpoint = s3.start_moto(tmp_path / "moto-auth.log", check_credentials=True)
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-        with pytest.raises(LakeStorageError, match="credentials refused") as exc:
-            LakeResource(path="s3://conflux-test/lake").partitions("d")
-        assert "s3://conflux-test/lake" in str(exc.value) and "ACCESS_DENIED" in str(exc.value)
-        assert s3.S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"] not in str(exc.value)
+        lake = LakeResource(path="s3://conflux-test/lake")
+        for call in (lambda: lake.partitions("d"),
+                     lambda: lake.write("d", rows((1, "a", 10, 0)), "p")):
+            with pytest.raises(LakeStorageError) as exc:
+                call()
+            message = str(exc.value)
+            assert "s3://conflux-test/lake" in message and exc.value.code == "LAKE_STORAGE"
+            assert s3.S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"] not in message
+            assert "credentials refused" in message, message
     finally:
         s3.stop(proc)
-
-
-WRITER = """
-import sys
-import pandas as pd
-from conflux.io.lake import LakeResource
-path, lock_url, first = sys.argv[1], sys.argv[2], int(sys.argv[3])
-lake = LakeResource(path=path, lock_url=lock_url)
-for k in range(first, first + 8):
-    row = pd.DataFrame([{"k": k, "v": f"p{first}", "__ts": 1, "__offset": k}])
-    if k % 2:
-        lake.append("d", row, ["k"], "p", order_by=["__ts", "__offset"], compact_after=3)
-    else:
-        lake.upsert("d", row, ["k"], "p", order_by=["__ts", "__offset"])
-"""
-
-
-def test_writers_in_separate_processes_lose_nothing(lake):
-    """Three processes (as on three machines: nothing shared but S3 and Postgres) upsert and
-    append into one partition at once, compacting as they go."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, lake.path, lake.lock_url, str(first)],
-                              cwd=REPO) for first in (0, 100, 200)]
-    assert [p.wait(120) for p in procs] == [0, 0, 0]
-    assert sorted(lake.read("d", "p").k) == [f + i for f in (0, 100, 200) for i in range(8)]
