@@ -1,16 +1,21 @@
 """Batch-path benchmark (a script, not a test): prints figures and ratios measured in one run.
 
 1. ``revenue_by_nation`` over all dates at TPC-H scale S (default 1): Conflux's compute (read the
-   lake's partitions with pyarrow, join and aggregate with Arrow) vs DuckDB on the same Parquet
-   files — wall time and peak memory, each engine in a fresh process, best of two;
+   lake's Delta tables with pyarrow, join and aggregate with Arrow) vs DuckDB reading the same
+   Delta tables (``delta_scan``, the ``delta`` extension loaded from the installed
+   ``duckdb_extension_delta`` wheel, DuckDB's own download off) — wall time and peak memory,
+   each engine in a fresh process, best of two;
 2. a full-history backfill (~2,400 daily partitions) launched through the webserver as one run
-   (``BackfillPolicy.single_run``) vs one run per partition — a sample of per-partition runs is
-   timed and extrapolated to the full range.
+   (``BackfillPolicy.single_run``, all partitions in one Delta commit) vs one run per partition —
+   a sample of per-partition runs is timed and extrapolated to the full range.
 
-It starts its own stack (state in ``.conflux/bench``, ports 26092 / 26093 / 26432 / 26000),
-loopback only, and stops it at the end. Usage::
+The lake is written as the platform stores it: one Delta table per dataset, orders and lineitem
+partitioned by ``__day`` and written in one ``write_many`` commit each (what a single-run backfill
+does). It starts its own stack (state in ``.conflux/bench``, ports 26092 / 26093 / 26432 /
+26000), loopback only, and stops it at the end. Usage::
 
     .venv/bin/python -m bench.batch_path [--scale 1] [--sample 12]
+    .venv/bin/python -m bench.batch_path --quick    # scale 0.05, a sample of 4
 """
 
 from __future__ import annotations
@@ -41,18 +46,18 @@ print(json.dumps({"seconds": took, "rows": len(out), "revenue": float(out.revenu
 
 DUCK = """
 import json, sys, time
-import duckdb
+from bench.common import duckdb_delta
 lake = sys.argv[1]
+con = duckdb_delta()  # the delta extension from its wheel (like importing a library)
 t = time.perf_counter()
-con = duckdb.connect()
 con.execute('SET enable_progress_bar = false')
 out = con.sql(f'''
 select o.o_orderdate, n.n_name, sum(l.l_extendedprice * (1 - l.l_discount)) as revenue
-from read_parquet('{lake}/lineitem/*.parquet') l
-join read_parquet('{lake}/orders/*.parquet') o on l.l_orderkey = o.o_orderkey
-join read_parquet('{lake}/customer/*.parquet') c on o.o_custkey = c.c_custkey
-join read_parquet('{lake}/supplier/*.parquet') s on l.l_suppkey = s.s_suppkey
-join read_parquet('{lake}/nation/*.parquet') n on s.s_nationkey = n.n_nationkey
+from delta_scan('{lake}/lineitem') l
+join delta_scan('{lake}/orders') o on l.l_orderkey = o.o_orderkey
+join delta_scan('{lake}/customer') c on o.o_custkey = c.c_custkey
+join delta_scan('{lake}/supplier') s on l.l_suppkey = s.s_suppkey
+join delta_scan('{lake}/nation') n on s.s_nationkey = n.n_nationkey
 where c.c_nationkey = s.s_nationkey group by 1, 2''').to_arrow_table()
 took = time.perf_counter() - t
 print(json.dumps({"seconds": took, "rows": out.num_rows,
@@ -60,6 +65,12 @@ print(json.dumps({"seconds": took, "rows": out.num_rows,
                   "peak_mb": int([l for l in open("/proc/self/status")
                                   if l.startswith("VmHWM")][0].split()[1]) / 1024}))
 """
+
+
+def duckdb_version() -> str:
+    import duckdb
+
+    return duckdb.__version__
 
 
 def engine(code: str, lake: Path) -> dict:
@@ -78,7 +89,9 @@ def engine(code: str, lake: Path) -> dict:
 
 
 def write_lake(lake_path: Path, scale: float) -> tuple[str, str, int]:
-    """TPC-H tables into the lake as the platform stores them; returns (first, last, days)."""
+    """TPC-H tables into the lake as the platform stores them — one Delta table per dataset,
+    orders and lineitem by day, all their partitions in one commit (``write_many``, as a
+    single-run backfill writes them); returns (first, last, days)."""
     from pipelines.demo.producer import tpch_tables
     from conflux.io.lake import LakeResource
 
@@ -91,12 +104,13 @@ def write_lake(lake_path: Path, scale: float) -> tuple[str, str, int]:
         lake.write(name, tables[name])
     days = sorted(tables["orders"]["o_orderdate"].astype(str).unique())
     for name in ("orders", "lineitem"):
+        t = time.perf_counter()
         df = tables[name]
-        groups = df.groupby(df["o_orderdate"].astype(str))
-        for i, (day, part) in enumerate(groups):
-            lake.write(name, part.reset_index(drop=True), day)
-            if (i + 1) % 500 == 0:
-                print(f"  {name}: {i + 1}/{len(days)} partitions written", file=sys.stderr)
+        parts = {day: part.reset_index(drop=True)
+                 for day, part in df.groupby(df["o_orderdate"].astype(str))}
+        commit = lake.write_many(name, parts)
+        print(f"  {name}: {len(parts):,} partitions, {commit.rows:,} rows in Delta version "
+              f"{commit.version} ({time.perf_counter() - t:.0f}s)", file=sys.stderr)
     return days[0], days[-1], len(days)
 
 
@@ -116,10 +130,15 @@ def timed_backfill(url: str, asset: str, first: str, last: str, timeout: float) 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="TPC-H scale factor (default 1)")
-    parser.add_argument("--sample", type=int, default=12,
+    parser.add_argument("--quick", action="store_true", help="--scale 0.05 --sample 4")
+    parser.add_argument("--scale", type=float, help="TPC-H scale factor (default 1)")
+    parser.add_argument("--sample", type=int,
                         help="partitions backfilled one run each, extrapolated (default 12)")
     args = parser.parse_args(argv)
+    if args.scale is None:
+        args.scale = 0.05 if args.quick else 1.0
+    if args.sample is None:
+        args.sample = 4 if args.quick else 12
 
     use_bench_stack("bench.batch_definitions", "batch_baseline")
 
@@ -135,7 +154,7 @@ def main(argv=None) -> int:
         first, last, days = write_lake(settings.lake_path, args.scale)
         print("  computing revenue_by_nation: Conflux (Arrow) ...", file=sys.stderr)
         ours = engine(OURS, settings.lake_path)
-        print("  computing revenue_by_nation: DuckDB ...", file=sys.stderr)
+        print("  computing revenue_by_nation: DuckDB (delta_scan) ...", file=sys.stderr)
         duck = engine(DUCK, settings.lake_path)
         single, single_runs = timed_backfill(settings.dagster_url, "revenue_by_nation", first,
                                              last, timeout=1800)
@@ -149,7 +168,8 @@ def main(argv=None) -> int:
 
     per_partition = per / args.sample
     out = Figures()  # printed as before, and recorded in docs/benchmark-results.md
-    out(f"\nrevenue_by_nation over {days:,} days, TPC-H scale {args.scale:g} (same Parquet files)")
+    out(f"\nrevenue_by_nation over {days:,} days, TPC-H scale {args.scale:g} (the same Delta "
+        f"tables; DuckDB {duckdb_version()} with delta_scan)")
     out(f"{'engine':<10}{'seconds':>9}{'peak MB':>9}{'rows':>7}{'revenue':>20}")
     for label, r in (("conflux", ours), ("duckdb", duck)):
         out(f"{label:<10}{r['seconds']:>9.2f}{r['peak_mb']:>9.0f}{r['rows']:>7}{r['revenue']:>20,.2f}")
@@ -162,6 +182,10 @@ def main(argv=None) -> int:
     out(f"  one run per partition: {per:.1f}s for a sample of {args.sample} ({per_runs} runs) = "
         f"{per_partition:.2f}s per partition -> {per_partition * days / 60:.1f} min extrapolated")
     out(f"  single run is {per_partition * days / single:.0f}x faster")
+    time_ok = ours["seconds"] <= 1.5 * duck["seconds"]
+    memory_ok = ours["peak_mb"] <= 2 * duck["peak_mb"]
+    out(f"targets: time ≤ 1.5x DuckDB's: {'met' if time_ok else 'NOT met'}; peak memory ≤ 2x "
+        f"DuckDB's: {'met' if memory_ok else 'NOT met'}")
     record_results("batch_path", out.lines)
     print(json.dumps({"ours": ours, "duckdb": duck, "days": days, "single_s": single,
                       "per_partition_s": per_partition}), file=sys.stderr)

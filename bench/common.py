@@ -33,6 +33,20 @@ def use_bench_stack(baseline_module: str, location: str) -> None:
     os.environ["CONFLUX_WORKSPACE"] = str(workspace)
 
 
+
+def duckdb_delta(**config):
+    """A DuckDB connection with the ``delta`` extension loaded from the installed
+    ``duckdb_extension_delta`` wheel (DuckDB's own download and autoload off: nothing is fetched),
+    as an outside reader would open the lake (docs/outside-readers.md)."""
+    import duckdb
+    import duckdb_extension_delta
+
+    extension = next(Path(duckdb_extension_delta.__path__[0]).rglob("*.duckdb_extension"))
+    con = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False, **config})
+    con.execute(f"LOAD '{extension}'")
+    return con
+
 # --- the one results file -------------------------------------------------------------------------
 # Benchmark figures live only here, written by the scripts themselves (never copied by hand into
 # the README or other docs): one section per benchmark, replaced by its next run.
