@@ -14,10 +14,23 @@ from pipelines.definitions import defs
 from conflux.io.lake import LakeResource, is_object_store
 from conflux.io.postgres import PostgresResource
 from conflux.io.registry import SchemaRegistryResource
-from tests.platform_data import assert_same, duckdb_revenue, stored_revenue
+from tests.platform_data import DUCKDB_REVENUE, assert_same, stored_revenue
 from tests.unit.test_batch_partitions import fill
 
 FIRST, LAST = "1995-01-01", "1995-03-31"
+
+
+def duckdb_revenue(lake: LakeResource, first: str, last: str) -> pd.DataFrame:
+    """DuckDB's own answer over what the upstream Delta tables hold (each read whole)."""
+    import duckdb
+
+    con = duckdb.connect()
+    for name in ("orders", "lineitem", "customer", "supplier", "nation"):
+        con.register(name, lake.read_partitions(name).to_pandas())
+    out = con.execute(DUCKDB_REVENUE).df()
+    out["o_orderdate"] = out["o_orderdate"].astype(str)
+    out = out[(out.o_orderdate >= first) & (out.o_orderdate <= last)]
+    return out.sort_values(["o_orderdate", "n_name"]).reset_index(drop=True)
 
 
 def materialize(lake: LakeResource, pg_url: str, instance, **partitions) -> None:

@@ -9,6 +9,7 @@ URL (naming the lake URL, never a secret)."""
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -61,6 +62,27 @@ def raw_store(endpoint: str) -> pafs.S3FileSystem:
                              secret_key=S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"], region="us-east-1")
 
 
+def record_requests(endpoint: str, action) -> list[dict]:
+    """The HTTP requests the server received while ``action`` ran (moto's recorder API)."""
+    import json
+    import urllib.request
+
+    def api(path: str, method: str = "POST") -> bytes:
+        request = urllib.request.Request(f"{endpoint}/moto-api/recorder/{path}", method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
+
+    api("reset-recording")
+    api("start-recording")
+    try:
+        action()
+    finally:
+        api("stop-recording")
+    lines = api("download-recording", "GET").decode().splitlines()
+    api("reset-recording")
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def test_the_s3_lake_is_really_on_the_server(lake, s3_server):
     lake.upsert("d", rows((1, "a", 10, 0)), ["k"], "p", order_by=ORDER)
     assert lake.uri("d") == f"{lake.path}/d" and lake.root() == lake.path
@@ -99,17 +121,26 @@ def test_commits_are_conditional_puts_without_any_lock_service(lake, s3_server):
     options = lake.options()
     assert not {k for k in options if "LOCK" in k.upper() or "DYNAMO" in k.upper()
                 or "UNSAFE" in k.upper()}, options
-    lake.write("d", rows((0, "base", 1, 0)), "p")
+    # the log entries of the lake's commits are PUT with If-None-Match (moto's request recorder)
+    recorded = record_requests(s3_server, lambda: (
+        lake.write("d", rows((0, "base", 1, 0)), "p"),
+        lake.upsert("d", rows((5, "x", 1, 5)), ["k"], "p", order_by=ORDER),
+        lake.rewrite("d", "p", lambda cur: cur.filter(pc.not_equal(cur["k"], 5)))))
+    log = f"/conflux-test/{lake.uri('d')[len('s3://conflux-test/'):]}/_delta_log/"
+    puts = {r["url"].split(log)[1]: r["headers"] for r in recorded
+            if r["method"] == "PUT" and log in r["url"] and r["url"].endswith(".json")}
+    assert sorted(puts) == [f"{v:020d}.json" for v in range(3)], sorted(puts)
+    assert all(h.get("If-None-Match") == "*" for h in puts.values()), puts
     one = DeltaTable(lake.uri("d"), storage_options=options)
     two = DeltaTable(lake.uri("d"), storage_options=options)
-    assert one.version() == two.version() == 0
+    assert one.version() == two.version() == 2
     write_deltalake(one, pa.table({"k": [1], "v": ["one"], "__ts": [1], "__offset": [1],
                                    "__day": ["p"]}), mode="append")
     write_deltalake(two, pa.table({"k": [2], "v": ["two"], "__ts": [1], "__offset": [2],
                                    "__day": ["p"]}), mode="append")
-    assert (one.version(), two.version(), lake.version("d")) == (1, 2, 2)
+    assert (one.version(), two.version(), lake.version("d")) == (3, 4, 4)
     assert sorted(lake.read("d", "p").v) == ["base", "one", "two"]
-    assert [h["version"] for h in lake.history("d")] == [2, 1, 0]
+    assert [h["version"] for h in lake.history("d")] == [4, 3, 2, 1, 0]
 
 
 def test_a_missing_bucket_is_a_clear_error(s3_server):

@@ -388,7 +388,9 @@ def test_history_versions_and_time_travel(lake):
     assert [h["operation"] for h in history] == ["WRITE", "MERGE", "WRITE"]
     assert [h["timestamp"] for h in history] == [c.timestamp_ms for c in (third, second, first)]
     assert len(lake.history("t", 1)) == 1 and lake.history("nothing") == []
-    meta = second.metadata()
+    # materialization metadata naming the commit (``delta_version``, ``delta_commit_timestamp``,
+    # possibly under a namespace prefix)
+    meta = {key.rsplit("/", 1)[-1]: value for key, value in second.metadata().items()}
     assert meta["delta_version"] == 1
     assert dt.datetime.fromisoformat(meta["delta_commit_timestamp"]) == dt.datetime.fromtimestamp(
         second.timestamp_ms / 1000, dt.timezone.utc)
