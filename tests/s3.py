@@ -29,7 +29,10 @@ def start_moto(log: Path, port: int | None = None, *,
     once it accepts connections. ``check_credentials``: moto refuses every access key it has
     not issued (``INITIAL_NO_AUTH_ACTION_COUNT=0``), as S3 refuses unknown ones."""
     port = port or free_port()
-    env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {})}
+    env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {}),
+           # where moto's request recorder (tests/integration/test_lake_s3.py) keeps its file:
+           # beside the log, not in the working directory
+           "MOTO_RECORDER_FILEPATH": str(Path(log).parent / f"{Path(log).stem}.recording")}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                                  "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
