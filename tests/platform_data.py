@@ -54,14 +54,13 @@ def load(settings: Settings) -> dict:
 
 def clear(settings: Settings) -> None:
     """Leave the shared lake as found: later tests reuse these order keys with other dates."""
-    store = LakeResource.for_stack(settings).store()
+    lake = LakeResource.for_stack(settings)
     for name in LAKE_DATASETS:
-        store.delete_dir(store.join(name))
+        lake.drop(name)
 
 
 def read_all(lake: LakeResource, name: str) -> pd.DataFrame:
-    frames = [f for p in lake.partitions(name) if (f := lake.read(name, p)) is not None]
-    return pd.concat(frames, ignore_index=True)
+    return lake.read_partitions(name).to_pandas()
 
 
 def duckdb_revenue(lake: LakeResource, first: str = "", last: str = "9999") -> pd.DataFrame:

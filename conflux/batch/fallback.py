@@ -82,9 +82,11 @@ def build_fallback(ds: EventDataset) -> "tuple[dg.AssetChecksDefinition, " \
         for p in result.partitions_repaired:
             context.op_execution_context.log_event(dg.AssetMaterialization(
                 asset_key=ds.name, partition=p or None,
-                metadata=materialization_metadata(
+                metadata={**materialization_metadata(
                     ds, rows=0, with_schema=False, repaired_from=source,
-                    repaired_by=context.op_execution_context.run_id, **{f"{k}_repaired": v for k, v in counts.items()})))
+                    repaired_by=context.op_execution_context.run_id,
+                    **{f"{k}_repaired": v for k, v in counts.items()}),
+                    **(c.metadata() if (c := result.commits.get(p)) else {})}))
         yield dg.AssetCheckResult(
             asset_key=ds.name, check_name=CHECK_NAME, passed=result.diff.clean,
             severity=dg.AssetCheckSeverity.WARN,

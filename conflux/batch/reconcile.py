@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from conflux.core.declarations import EventDataset
-from conflux.io.lake import LakeResource, merge_by_key
+from conflux.io.lake import ORIGIN_KEY, LakeResource, merge_by_key
 from conflux.io.postgres import PostgresResource
 
 EXAMPLES = 10
@@ -133,6 +133,7 @@ class Reconciliation:
     partitions_repaired: list[str]
     source_rows: int
     stored_rows: int
+    commits: dict = field(default_factory=dict)  # repaired partition → its lake Commit
 
 
 def reconcile(ds: EventDataset, *, postgres: PostgresResource, lake: LakeResource,
@@ -149,6 +150,7 @@ def reconcile(ds: EventDataset, *, postgres: PostgresResource, lake: LakeResourc
               else pd.DataFrame(columns=fields))
     diff = diff_frames(source, stored, key, fields)  # one vectorised comparison for the range
     repaired: list[str] = []
+    commits: dict = {}
     if repair and not diff.clean:
         extra_rows = stored.merge(diff.extra, on=key) if len(diff.extra) else stored.iloc[0:0]
         by_part = lambda df: (df[ds.event_time].map(_partition_of) if ds.partitioned and len(df)
@@ -161,13 +163,14 @@ def reconcile(ds: EventDataset, *, postgres: PostgresResource, lake: LakeResourc
         for p, kinds in sorted(touched.items(), key=lambda kv: str(kv[0])):
             part = Diff(*(pd.concat(kinds[k], ignore_index=True) if k in kinds else source.iloc[0:0]
                           for k in ("missing", "extra", "changed")))
-            _repair_partition(ds, lake, None if p is None else p, part, remove_extra)
+            commits[p or ""] = _repair_partition(ds, lake, None if p is None else p, part,
+                                                 remove_extra)
             repaired.append(p or "")
-    return Reconciliation(diff, len(partitions), repaired, len(source), len(stored))
+    return Reconciliation(diff, len(partitions), repaired, len(source), len(stored), commits)
 
 
 def _repair_partition(ds: EventDataset, lake: LakeResource, partition: str | None, d: Diff,
-                      remove_extra: bool) -> None:
+                      remove_extra: bool):
     fix = pd.concat([d.missing, d.changed], ignore_index=True)
     now_ms = int(time.time() * 1000)
     rows = pa.Table.from_pandas(fix, preserve_index=False) if len(fix) else None
@@ -190,4 +193,5 @@ def _repair_partition(ds: EventDataset, lake: LakeResource, partition: str | Non
             table, _ = merge_by_key(table, rows, list(ds.key), order_by=["__ts", "__offset"])
         return table if table is not None else rows
 
-    lake.rewrite(ds.name, partition, transform)
+    return lake.rewrite(ds.name, partition, transform,
+                        metadata={ORIGIN_KEY: f"repair from {ds.fallback.source_table}"})

@@ -221,19 +221,18 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
         times = pc.min_max(part[ds.event_time]).as_py() if ds.event_time else {}
         report.materializations.append(dg.AssetMaterialization(
             asset_key=ds.name, partition=key,
-            metadata=materialization_metadata(
+            metadata={**commit.metadata(), **materialization_metadata(
                 ds, rows=len(part), contract_version=newest_ref(set(contracts[idx])),
                 with_schema=False, current_as_of=current_as_of,
                 source_ranges=dg.MetadataValue.json(sources),
                 rows_in=seen, rows_valid=len(decoded.rows), rows_changed=commit.rows,
-                **commit.metadata(),
                 dead_lettered=report.dead_lettered,
                 dead_letter_reasons=dg.MetadataValue.json(reasons),
                 correlation_ids=len(ids), correlation_id_examples=", ".join(ids[:5]),
                 event_time_min=str(times.get("min") or ""),
                 event_time_max=str(times.get("max") or ""),
                 lag_at_end=lag if lag is not None else -1,
-                applied_by=origin)))
+                applied_by=origin)}))
     report.seconds["lake"] += time.perf_counter() - t2
     return report
 

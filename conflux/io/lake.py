@@ -112,6 +112,14 @@ def _cast_like(table: pa.Table, schema: pa.Schema) -> pa.Table:
     try:
         return table.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        for f in table.schema:
+            i = schema.get_field_index(f.name)
+            if i >= 0 and pa.types.is_integer(schema.field(i).type) and pa.types.is_floating(f.type):
+                try:
+                    table.column(f.name).cast(schema.field(i).type)
+                except pa.ArrowInvalid:
+                    raise LakeError(f"column {f.name}: fractional values for the stored "
+                                    f"{schema.field(i).type} column") from None
         return table
 
 
@@ -158,10 +166,16 @@ def storage_options(path: str) -> dict[str, str]:
 
 
 def _storage_error(uri: str, exc: Exception) -> LakeStorageError:
-    text = _redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if any(s in text for s in ("NoSuchBucket", "bucket does not exist", "404 Not Found")):
+    import re
+    full = re.sub(r"\x1b\[[0-9;]*m|↳", "", _redact(str(exc))).strip()
+    lines = [l.strip() for l in full.splitlines() if l.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    causes = [l for l in lines[1:] if not l.startswith("<")]
+    if causes and causes[-1] not in text:
+        text = f"{text}: {causes[-1]}"
+    if any(s in full for s in ("NoSuchBucket", "bucket does not exist", "404 Not Found")):
         hint = " (does the bucket exist? Conflux never creates buckets: create it first)"
-    elif any(s in text for s in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    elif any(s in full for s in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                                  "Forbidden", "403")):
         hint = (" (credentials refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
                 "AWS_SESSION_TOKEN, or the role, and the bucket's policy)")
@@ -186,7 +200,7 @@ class Commit:
             return {}
         stamp = (dt.datetime.fromtimestamp(self.timestamp_ms / 1000, dt.timezone.utc).isoformat()
                  if self.timestamp_ms else "")
-        return {"delta_version": self.version, "delta_commit_timestamp": stamp}
+        return {"conflux/delta_version": self.version, "conflux/delta_commit_timestamp": stamp}
 
 
 @dataclass(frozen=True)
@@ -301,6 +315,18 @@ class LakeResource(dg.ConfigurableResource):
             raise LakeError(f"lake {self.path}: dataset {dataset} is in the pre-Delta format; "
                             "run `conflux lake migrate` to convert it")
 
+    def drop(self, dataset: str) -> None:
+        """Delete a dataset's table and everything under it (history included)."""
+        root = self.uri(dataset)
+        parent, _, name = root.rpartition("/")
+        try:
+            table_filesystem(parent).delete_dir(name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _storage_error(root, exc) from None
+        _LOCAL.__dict__.get("tables", {}).pop(root, None)
+
     def exists_table(self, dataset: str) -> bool:
         return self.table(dataset) is not None
 
@@ -341,7 +367,7 @@ class LakeResource(dg.ConfigurableResource):
     # -- reads ---------------------------------------------------------------------------
     def _source(self, table: DeltaTable, partitions: list[str] | None) -> pads.Dataset:
         """The table's files as a pyarrow dataset, read by pyarrow's own (C++) filesystem."""
-        fs = _filesystem(table.table_uri)
+        fs = table_filesystem(table.table_uri)
         if partitions is not None and self._partitioned(table):
             wanted = list(partitions) or ["\x00none"]
             return table.to_pyarrow_dataset(partitions=[(DAY, "in", wanted)], filesystem=fs)
@@ -454,11 +480,15 @@ class LakeResource(dg.ConfigurableResource):
                 raise _storage_error(uri, exc) from None
         raise LakeError(f"{dataset}: {RETRIES} concurrent commits in a row overtook this write")
 
-    def _committed(self, dataset: str, rows: int, metrics: dict | None = None) -> Commit:
-        table = self.table(dataset)
-        info = table.history(1)[0] if table is not None else {}
-        return Commit(table.version() if table is not None else None, info.get("timestamp"),
-                      rows, metrics or {})
+    def _committed(self, dataset: str, rows: int, metrics: dict | None = None,
+                   table: DeltaTable | None = None) -> Commit:
+        table = table if table is not None else self.table(dataset)
+        if table is None:
+            return Commit(None, None, rows, metrics or {})
+        version = table.version()  # what this commit made (delta-rs updates it in place)
+        latest = self.table(dataset)  # history() numbers commits right only at the latest
+        info = next((h for h in latest.history(50) if h.get("version") == version), {})
+        return Commit(version, info.get("timestamp"), rows, metrics or {})
 
     def _prepare(self, data: pd.DataFrame | pa.Table, partition: str | None,
                  table: DeltaTable | None) -> pa.Table:
@@ -483,7 +513,8 @@ class LakeResource(dg.ConfigurableResource):
             return
         predicate = None
         if days and self._partitioned(table):
-            predicate = f"{DAY} IN ({', '.join(repr(_quote(d)) for d in days)})"
+            listed = ", ".join(f"'{_quote(d)}'" for d in days)
+            predicate = f"{DAY} IN ({listed})"
         write_deltalake(table, data, mode="overwrite", predicate=predicate, schema_mode="merge",
                         commit_properties=self._properties(metadata))
 
@@ -501,7 +532,7 @@ class LakeResource(dg.ConfigurableResource):
             incoming = (pa.concat_tables(filled, promote_options="permissive")
                         if len(filled) > 1 else filled[0])
             self._overwrite(dataset, table, incoming, list(parts), metadata)
-            return self._committed(dataset, len(incoming))
+            return self._committed(dataset, len(incoming), table=table)
         return self._retry(dataset, attempt)
 
     def upsert(self, dataset: str, data: pd.DataFrame | pa.Table, key: list[str],
@@ -514,19 +545,19 @@ class LakeResource(dg.ConfigurableResource):
     def upsert_many(self, dataset: str, parts: Mapping[str | None, pd.DataFrame | pa.Table],
                     key: list[str], *, order_by: list[str] | None = None,
                     keep_existing: bool = False, metadata: Mapping | None = None) -> Commit:
-        """One MERGE of rows of several partitions: per key, a row replaces the stored one
-        when it is newer by ``order_by`` (when it differs, without ``order_by``); with
-        ``keep_existing`` a stored row is never replaced. Rows of one key within the call are
-        reduced first by the same rule. ``Commit.rows``: rows inserted or updated (0 when all
-        were stored already; then nothing is committed)."""
+        """One MERGE of rows of several partitions: a key is unique in the dataset, whatever
+        its day. Per key, a row replaces the stored one when it is newer by ``order_by`` (when
+        it differs, without ``order_by``) — and moves to its own day; with ``keep_existing`` a
+        stored row is never replaced. Rows of one key within the call are reduced first by the
+        same rule. ``Commit.rows``: rows inserted or updated (0 when all were stored already;
+        then nothing is committed)."""
         def attempt(table: DeltaTable | None) -> Commit:
-            prepared = [self._prepare(merge_by_key(None, _as_table(d), key,
-                                                   order_by=order_by,
-                                                   keep_existing=keep_existing)[0], p, table)
-                        for p, d in parts.items() if len(d)]
+            prepared = [self._prepare(d, p, table) for p, d in parts.items() if len(d)]
             if not prepared:
                 return Commit(table.version() if table is not None else None)
             source = pa.concat_tables(prepared, promote_options="permissive")
+            source, _ = merge_by_key(None, source, key, order_by=order_by,
+                                     keep_existing=keep_existing)
             if table is None:
                 self._overwrite(dataset, None, source, list(parts), metadata)
                 return self._committed(dataset, len(source))
@@ -534,21 +565,17 @@ class LakeResource(dg.ConfigurableResource):
             changed = metrics["num_target_rows_inserted"] + metrics["num_target_rows_updated"]
             if not changed:
                 return Commit(table.version(), rows=0, metrics=metrics)
-            return self._committed(dataset, changed, metrics)
+            return self._committed(dataset, changed, metrics, table=table)
         return self._retry(dataset, attempt)
 
     def _merge(self, table: DeltaTable, source: pa.Table, key: list[str],
                order_by: list[str] | None, keep_existing: bool, metadata: Mapping | None) -> dict:
-        partitioned = self._partitioned(table)
-        on = [f't."{k}" = s."{k}"' for k in key]
-        if partitioned:
-            days = sorted(set(source[DAY].to_pylist()))
-            on.append(f't."{DAY}" = s."{DAY}"')
-            on.append(f't."{DAY}" IN ({", ".join(repr(_quote(d)) for d in days)})')
+        on = [f't."{k}" = s."{k}"' for k in key] + _key_range(source, key[0])
         merger = table.merge(source, " AND ".join(on), source_alias="s", target_alias="t",
                              merge_schema=True, commit_properties=self._properties(metadata))
         if not keep_existing:
-            merger = merger.when_matched_update_all(_newer(source.schema.names, key, order_by))
+            merger = merger.when_matched_update_all(_newer(source.schema.names, key, order_by,
+                                                           table.schema().to_arrow().names))
         return merger.when_not_matched_insert_all().execute()
 
     def rewrite(self, dataset: str, partition: str | None,
@@ -566,10 +593,10 @@ class LakeResource(dg.ConfigurableResource):
                 predicate = (f"{DAY} = '{_quote(partition)}'"
                              if partition is not None and self._partitioned(table) else None)
                 table.delete(predicate, commit_properties=self._properties(metadata))
-                return self._committed(dataset, 0)
+                return self._committed(dataset, 0, table=table)
             incoming = self._prepare(result, partition, table)
             self._overwrite(dataset, table, incoming, [partition], metadata)
-            return self._committed(dataset, len(incoming))
+            return self._committed(dataset, len(incoming), table=table)
         return self._retry(dataset, attempt)
 
     def _read_at(self, table: DeltaTable | None, partition: str | None) -> pa.Table | None:
@@ -601,8 +628,13 @@ class LakeResource(dg.ConfigurableResource):
         """A partition and the checkpoint committed with it by ``rewrite_checkpointed``:
         (content, checkpoint id, tables by name); a partition written another way has
         (content, None, {})."""
-        table = self.table(dataset)
-        return self._checkpointed_at(dataset, table, partition)
+        while True:  # history() also lists commits newer than the handle: read again then
+            table = self.table(dataset)
+            seen = table.version() if table is not None else None
+            out = self._checkpointed_at(dataset, table, partition)
+            if table is None or DeltaTable(self.uri(dataset), storage_options=self.options()
+                                           ).version() == seen:
+                return out
 
     def _checkpointed_at(self, dataset: str, table: DeltaTable | None, partition: str | None):
         if table is None:
@@ -653,7 +685,7 @@ class LakeResource(dg.ConfigurableResource):
             incoming = self._prepare(data, partition, table)
             self._overwrite(dataset, table, incoming, [partition], meta)
             result["id"] = ident
-            return self._committed(dataset, len(incoming))
+            return self._committed(dataset, len(incoming), table=table)
         return result.get("id") if self._retry(dataset, attempt) else None
 
     # -- maintenance ---------------------------------------------------------------------
@@ -697,7 +729,7 @@ class LakeResource(dg.ConfigurableResource):
 _FILESYSTEMS: dict[tuple, pafs.FileSystem] = {}
 
 
-def _filesystem(table_uri: str) -> pafs.FileSystem:
+def table_filesystem(table_uri: str) -> pafs.FileSystem:
     """A pyarrow filesystem rooted at a table (files in the log are relative to it): native
     reads, no Python callbacks (faster than deltalake's default handler, and no callback
     threads left running at interpreter exit)."""
@@ -731,7 +763,22 @@ def _json(value) -> object:
     return value
 
 
-def _newer(columns: list[str], key: list[str], order_by: list[str] | None) -> str:
+def _key_range(source: pa.Table, column: str) -> list[str]:
+    """``t.column BETWEEN min AND max`` of the source's keys: lets delta-rs skip every file
+    whose key statistics lie outside (keys grow with time in most datasets, so a micro-batch
+    touches the newest files and the few that hold its late keys' neighbours)."""
+    values = source[column]
+    if not (pa.types.is_integer(values.type) or pa.types.is_string(values.type)):
+        return []
+    bounds = pc.min_max(values).as_py()
+    if bounds["min"] is None:
+        return []
+    lit = (str if pa.types.is_integer(values.type) else lambda v: f"'{_quote(v)}'")
+    return [f't."{column}" >= {lit(bounds["min"])}', f't."{column}" <= {lit(bounds["max"])}']
+
+
+def _newer(columns: list[str], key: list[str], order_by: list[str] | None,
+           stored: list[str] | None = None) -> str:
     """The MERGE condition under which a source row replaces the stored row: newer by
     ``order_by`` (lexicographic, the stored row winning a tie), or different at all."""
     if order_by:
@@ -740,7 +787,8 @@ def _newer(columns: list[str], key: list[str], order_by: list[str] | None) -> st
             equal = [f's."{c}" = t."{c}"' for c in order_by[:i]]
             terms.append("(" + " AND ".join([*equal, f's."{col}" > t."{col}"']) + ")")
         return " OR ".join(terms)
-    others = [c for c in columns if c not in key and c != DAY]
+    others = [c for c in columns if c not in key]  # __day included: a key moved to another day
     if not others:
         return "false"
-    return " OR ".join(f's."{c}" IS DISTINCT FROM t."{c}"' for c in others)
+    return " OR ".join(f'(s."{c}" IS DISTINCT FROM t."{c}")' if stored is None or c in stored
+                       else f'(s."{c}" IS NOT NULL)' for c in others)

@@ -63,13 +63,13 @@ def platform(stack, kafka, topic, lake, instance):
     resolver = resolver_for(ledger, registry)
     positions = {}
 
-    def ingest(*, append: bool, start_at_zero: bool = False) -> int:
+    def ingest(*, start_at_zero: bool = False) -> int:
         """Apply every record not applied yet (or all from offset zero: a replay)."""
         ends = kafka.end_offsets(topic)
         ranges = [(topic, p, 0 if start_at_zero else positions.get(p, 0), end)
                   for p, end in sorted(ends.items())]
         report = apply_records(ledger, kafka.read_ranges(ranges), kafka=kafka, lake=lake,
-                               resolver=resolver, origin="test_ledger", append=append,
+                               resolver=resolver, origin="test_ledger",
                                sources=[{"topic": t, "partition": p, "start": s, "end": e}
                                         for t, p, s, e in ranges])
         positions.update(ends)
@@ -133,20 +133,20 @@ def test_incremental_projection_equals_the_rebuild_from_offset_zero(platform, ka
     assert len(third) > 50
     lake.write("customer", customers)
 
-    # round 1: shuffled events over random partitions, identical copies of some; inline appends
+    # round 1: shuffled events over random partitions, identical copies of some
     publish(kafka, topic, first, rng=rng)
     publish(kafka, topic, first.sample(20, random_state=2), rng=rng)
-    assert p.ingest(append=True) == 170
+    assert p.ingest() == 170
     meta = p.materialize()
     assert meta["conflux/fold"] == "from scratch" and meta["conflux/events_folded"] == 150
 
     # round 2: new events, copies of round 1 with other content and an older timestamp, bad
-    # records; run upserts; opening balances change and the newcomer arrives in ops.customer
+    # records; opening balances change and the newcomer arrives in ops.customer
     conflicting = first.sample(10, random_state=3).assign(amount=lambda d: d.amount + 1000.0)
     publish(kafka, topic, second, rng=rng)
     publish(kafka, topic, conflicting, timestamp_ms=OLD_TS, rng=rng)
     publish_raw(kafka, topic, [b"{not json", b'{"event_id": "x"}'])
-    assert p.ingest(append=False) == len(second) + 10
+    assert p.ingest() == len(second) + 10
     changed = with_newcomer.assign(c_acctbal=with_newcomer.c_acctbal.where(
         with_newcomer.c_custkey % 3 != 0, with_newcomer.c_acctbal + 250.0))
     lake.write("customer", changed)
@@ -156,12 +156,12 @@ def test_incremental_projection_equals_the_rebuild_from_offset_zero(platform, ka
     assert meta["conflux/customers_new"] == 1
 
     # round 3: late events (older than everything), then a replay of the whole topic through
-    # the inline path and a compaction of the ledger's delta files: nothing may change
+    # the same path and a compaction (optimize) of the ledger's table: nothing may change
     late = third.assign(occurred_at=pd.Timestamp("1990-01-01"))
     publish(kafka, topic, late, rng=rng)
-    p.ingest(append=True)
-    p.ingest(append=True, start_at_zero=True)
-    lake.compact(p.ledger.name)
+    p.ingest()
+    p.ingest(start_at_zero=True)
+    lake.optimize(p.ledger.name)
     meta = p.materialize()
     assert meta["conflux/events_folded"] == len(third)
     meta = p.materialize()  # nothing new: nothing folded, nothing written
@@ -224,7 +224,7 @@ def test_a_projection_that_drifts_from_the_log_is_caught_and_rebuilt(platform, k
     events = ledger_events(customers, per_customer=3, seed=6)
     lake.write("customer", customers)
     publish(kafka, topic, events.iloc[:-5])
-    p.ingest(append=True)
+    p.ingest()
     p.materialize()
     check = dict(ledger=p.ledger, projection=p.balance, opening="customer", kafka=kafka,
                  lake=lake, resolver=p.resolver)
@@ -235,7 +235,7 @@ def test_a_projection_that_drifts_from_the_log_is_caught_and_rebuilt(platform, k
     publish(kafka, topic, events.iloc[-5:])
     assert run_rebuild(**check, check=True) == 1
     assert "5 event(s) in the log not folded" in capsys.readouterr().out
-    p.ingest(append=True)
+    p.ingest()
     p.materialize()
     assert run_rebuild(**check, check=True) == 0
     capsys.readouterr()

@@ -308,9 +308,6 @@ def test_readers_see_a_fallback_repair_and_replays_do_not_undo_it(kafka, topic, 
     assert versions and versions[0] <= DeltaTable(uri).version()
 
 
-@pytest.mark.xfail(strict=True, reason="the fallback repair's materializations name no Delta "
-                   "version: conflux/batch/reconcile.py _repair_partition drops the Commit of "
-                   "lake.rewrite, conflux/batch/fallback.py reports rows=0 without it")
 def test_a_fallback_repair_materialization_names_its_delta_version(kafka, topic, ds, instance,
                                                                    resources, lake, stack):
     rows = base_orders(5, seed=23)
@@ -329,10 +326,6 @@ def test_a_fallback_repair_materialization_names_its_delta_version(kafka, topic,
     assert latest_delta_version(instance, ds) == DeltaTable(lake.uri(ds.name)).version()
 
 
-@pytest.mark.xfail(strict=True, reason="upserts match keys within their __day only "
-                   "(conflux/io/lake.py LakeResource._merge puts t.__day = s.__day in the MERGE "
-                   "condition; upsert_many reduces duplicate keys per day): a key whose event "
-                   "time moves to another day is stored twice (docs/limitations.md)")
 def test_an_update_moving_an_order_to_another_day_leaves_one_row(kafka, topic, ds, instance,
                                                                  resources, lake):
     rows = base_orders(4, seed=24)

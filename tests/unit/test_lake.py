@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from tests.delta import read_delta
 from conflux.core.errors import LakeError
 from conflux.io.lake import Commit, LakeResource, LakeScan, is_object_store
 
@@ -46,7 +47,7 @@ def rows(*items):
 def outside(lake: LakeResource, dataset: str) -> pa.Table:
     """The dataset as any Delta reader sees it: delta-rs opened on the table's URI, nothing of
     Conflux in between (``__day`` included)."""
-    return DeltaTable(lake.uri(dataset), storage_options=lake.options()).to_pyarrow_table()
+    return read_delta(lake.uri(dataset), storage_options=lake.options())
 
 
 def kv(table) -> dict:
@@ -129,24 +130,25 @@ def test_without_order_a_row_of_several_columns_replaces_when_any_of_them_differ
         (1, "a", 1), (2, "b", 20), (3, "c", 3)]
 
 
-def _model_upsert(model: dict, batch: list[tuple], days: list[str], *, ordered: bool,
-                  keep_existing: bool) -> int:
-    """What an upsert of ``batch`` must do to ``model`` ({(day, k): row}), written out plainly;
+def _model_upsert(model: dict, parts: dict, *, ordered: bool, keep_existing: bool) -> int:
+    """What an upsert of ``parts`` ({day: items}) must do to ``model`` ({k: row}), written out
+    plainly — a key is unique in the dataset, and a replacing row moves it to its own day;
     returns the rows inserted or updated."""
     incoming: dict = {}
-    for (k, v, ts, off), day in zip(batch, days):  # reduce the batch per key first
-        row = {"k": k, "v": v, "__ts": ts, "__offset": off}
-        have = incoming.get((day, k))
-        if have is None:
-            incoming[(day, k)] = row
-        elif keep_existing:  # the oldest event of the batch
-            if (ts, off) < (have["__ts"], have["__offset"]):
-                incoming[(day, k)] = row
-        elif not ordered or (ts, off) >= (have["__ts"], have["__offset"]):
-            incoming[(day, k)] = row  # the newest (the last one, without order)
+    for day, items in parts.items():  # reduce the call per key first, in the order passed
+        for k, v, ts, off in items:
+            row = {"k": k, "v": v, "__ts": ts, "__offset": off, "__day": day}
+            have = incoming.get(k)
+            if have is None:
+                incoming[k] = row
+            elif keep_existing:  # the oldest event of the call
+                if (ts, off) < (have["__ts"], have["__offset"]):
+                    incoming[k] = row
+            elif not ordered or (ts, off) >= (have["__ts"], have["__offset"]):
+                incoming[k] = row  # the newest (the last one, without order)
     changed = 0
-    for key, row in incoming.items():
-        stored = model.get(key)
+    for k, row in incoming.items():
+        stored = model.get(k)
         if stored is None:
             replace = True
         elif keep_existing:
@@ -156,7 +158,7 @@ def _model_upsert(model: dict, batch: list[tuple], days: list[str], *, ordered: 
         else:
             replace = row != stored
         if replace:
-            model[key] = row
+            model[k] = row
             changed += 1
     return changed
 
@@ -188,16 +190,16 @@ def test_random_batches_with_replays_and_late_events_match_an_in_memory_model(
         commit = lake.upsert_many("d", {d: rows(*items) for d, items in parts.items()}, ["k"],
                                   order_by=ORDER if ordered else None,
                                   keep_existing=keep_existing)
-        expected_changes = _model_upsert(model, batch, days, ordered=ordered,
+        expected_changes = _model_upsert(model, parts, ordered=ordered,
                                          keep_existing=keep_existing)
         assert commit.rows == expected_changes, (ordered, keep_existing, batch)
     got = outside(lake, "d").to_pandas()
     got = got.sort_values(["__day", "k"]).reset_index(drop=True)
-    expected = pd.DataFrame([{**row, "__day": day} for (day, _), row in model.items()])
+    expected = pd.DataFrame(list(model.values()))
     expected = expected.sort_values(["__day", "k"]).reset_index(drop=True)[got.columns]
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
-    for day in sorted({d for d, _ in model}):  # and through the lake's own reads
-        mine = {k: row["v"] for (d, k), row in model.items() if d == day}
+    for day in sorted({row["__day"] for row in model.values()}):  # and the lake's own reads
+        mine = {k: row["v"] for k, row in model.items() if row["__day"] == day}
         assert kv(lake.read("d", day)) == mine
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from pipelines.catalog import ORDERS
 from pipelines.contracts import Order
+from tests.delta import read_delta
 from conflux.event.decode import ContractResolver
 from conflux.event.ingest import apply_records
 from conflux.io.kafka import Record
@@ -60,7 +61,7 @@ def test_a_new_optional_field_evolves_the_table_and_old_rows_read_its_default(tm
     assert "o_channel" not in deltalake.DeltaTable(lake.uri("evo_orders")).schema().to_arrow().names
     v2 = dataclasses.replace(v1, contract=OrderV2)
     apply(v2, lake, [record(6 + i, 100 + i, "web") for i in range(3)] + [record(9, 1, "app")])
-    outside = deltalake.DeltaTable(lake.uri("evo_orders")).to_pyarrow_table().to_pylist()
+    outside = read_delta(lake.uri("evo_orders")).to_pylist()
     channels = {r["o_orderkey"]: r["o_channel"] for r in outside}
     assert channels == {1: "app", 2: None, 3: None, 4: None, 5: None, 6: None,
                         100: "web", 101: "web", 102: "web"}

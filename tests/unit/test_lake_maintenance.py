@@ -13,6 +13,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from pydantic import BaseModel
 
+from tests.delta import read_delta
 from conflux.core.declarations import BatchDataset, EventDataset
 from conflux.core.errors import ConfigError
 from conflux.core.settings import LakeMaintenance, Settings
@@ -74,7 +75,7 @@ def files(lake: LakeResource, name: str, day: str | None = None) -> list[str]:
 
 
 def rows(lake: LakeResource, name: str, version: int | None = None) -> list[dict]:
-    table = DeltaTable(table_path(lake, name), version=version).to_pyarrow_table()
+    table = read_delta(table_path(lake, name), version=version)
     return sorted(table.to_pylist(), key=lambda r: r["k"])
 
 

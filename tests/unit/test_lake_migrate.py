@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
+from tests.delta import read_delta
 from conflux.core.errors import LakeError
 from conflux.io.lake import LakeResource
 from conflux.io.lake_legacy import LegacyLake, is_legacy_dataset
@@ -112,7 +113,7 @@ def test_migrate_keeps_exactly_the_old_rows_for_the_lake_and_outside_readers(lak
         assert not is_legacy_dataset(str(lake_dir), name)
         assert (lake_dir / "_legacy" / name).is_dir()  # the backup is kept
         assert (lake_dir / name / "_delta_log").is_dir()
-        outside = DeltaTable(str(lake_dir / name)).to_pyarrow_table()
+        outside = read_delta(str(lake_dir / name))
         if spec["partitioned"]:
             assert lake.partitions(name) == sorted(spec["partitions"])
             assert sorted(set(outside["__day"].to_pylist())) == sorted(spec["partitions"])
