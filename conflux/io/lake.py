@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import dagster as dg
 import numpy as np
@@ -486,9 +486,7 @@ class LakeResource(dg.ConfigurableResource):
         if table is None:
             return Commit(None, None, rows, metrics or {})
         version = table.version()  # what this commit made (delta-rs updates it in place)
-        latest = self.table(dataset)  # history() numbers commits right only at the latest
-        info = next((h for h in latest.history(50) if h.get("version") == version), {})
-        return Commit(version, info.get("timestamp"), rows, metrics or {})
+        return Commit(version, _durable_commit(self.uri(dataset), version), rows, metrics or {})
 
     def _prepare(self, data: pd.DataFrame | pa.Table, partition: str | None,
                  table: DeltaTable | None) -> pa.Table:
@@ -748,6 +746,37 @@ def table_filesystem(table_uri: str) -> pafs.FileSystem:
             options.update(endpoint_override=ep.netloc, scheme=ep.scheme)
         _FILESYSTEMS[key] = pafs.S3FileSystem(**options)
     return pafs.SubTreeFileSystem(f"{parts.netloc}{parts.path}", _FILESYSTEMS[key])
+
+
+def _durable_commit(uri: str, version: int) -> int | None:
+    """Read commit ``version``'s log entry and return its time (epoch ms). On a local lake,
+    first fsync the files it added, the entry and their folders: the commit survives a power
+    loss before the caller moves the Kafka cursor past its records (delta-rs renames files into
+    place but does not sync them). An S3 PUT is durable once acknowledged."""
+    name = f"_delta_log/{version:020d}.json"
+    fs = table_filesystem(uri)
+    with fs.open_input_stream(name) as src:
+        actions = [json.loads(line) for line in src.readall().splitlines() if line.strip()]
+    if not is_object_store(uri):
+        root = urlsplit(uri).path if uri.startswith("file://") else uri
+        added = [unquote(a["add"]["path"]) for a in actions if "add" in a]
+        folders = {os.path.dirname(os.path.join(root, p)) for p in added}
+        for path in [*(os.path.join(root, p) for p in added), os.path.join(root, name),
+                     *folders, os.path.join(root, "_delta_log"), root]:
+            _fsync(path)
+    info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+    return info.get("timestamp")
+
+
+def _fsync(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # vacuumed meanwhile
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _quote(value: str) -> str:

@@ -351,8 +351,6 @@ def test_polars_reads_an_s3_lake_as_the_doc_says(s3_lake_url, monkeypatch):
 
 
 def test_duckdb_reads_an_s3_lake_as_the_doc_says(s3_lake_url, monkeypatch):
-    pytest.importorskip("duckdb_extension_httpfs", reason="the PyPI wheel "
-                        "duckdb-extension-httpfs==1.5.5 is not installed")
     first, current = make_lake(s3_lake_url)
     monkeypatch.setenv("CONFLUX_LAKE_PATH", s3_lake_url)
     [snippet] = [s for s in snippets("s3") if "duckdb" in s]

@@ -122,3 +122,22 @@ def test_bad_lake_requests_exit_with_one_line_and_no_traceback(two_versions, arg
     out = conflux(*args, lake=lake.path)
     assert out.returncode == code and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_commit_is_synced_to_disk_before_the_write_returns(tmp_path, monkeypatch):
+    """What the sensor relies on before moving its cursor: the files a commit added, its log
+    entry and their folders are fsynced by the time ``upsert_many`` returns."""
+    import conflux.io.lake as lake_module
+
+    synced = []
+    real = lake_module._fsync
+    monkeypatch.setattr(lake_module, "_fsync", lambda path: (synced.append(path), real(path)))
+    lake = LakeResource(path=str(tmp_path))
+    rows = pd.DataFrame({"k": [1, 2], "v": ["a", "b"]})
+    commit = lake.upsert_many("d", {"1995-01-01": rows, "1995-01-02": rows.assign(k=[3, 4])},
+                              ["k"])
+    table = deltalake.DeltaTable(lake.uri("d"))
+    added = [u.removeprefix("file://") for u in table.file_uris()]
+    log = f"{lake.uri('d')}/_delta_log/{commit.version:020d}.json"
+    assert added and set(added) <= set(synced) and log in synced
+    assert {f"{lake.uri('d')}/__day=1995-01-01", f"{lake.uri('d')}/_delta_log"} <= set(synced)
