@@ -53,6 +53,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from pydantic import Field
 
 from conflux.core.errors import LakeError, LakeStorageError
+from conflux.io.merge import merge_by_key
 
 UNPARTITIONED = "_all"
 DAY = "__day"  # the partition column of a partitioned dataset's table
@@ -68,36 +69,6 @@ S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_
 
 def _as_table(data: pd.DataFrame | pa.Table) -> pa.Table:
     return data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
-
-
-def merge_by_key(current: pa.Table | None, incoming: pa.Table, key: list[str], *,
-                 order_by: list[str] | None = None, keep_existing: bool = False) -> tuple[pa.Table, int]:
-    """Upsert ``incoming`` into ``current`` in memory; returns (result sorted by key, incoming
-    rows kept). Per key the row that sorts last by ``order_by`` wins (the incoming row when
-    None); with ``keep_existing`` the stored row always wins and ``order_by`` (first = oldest)
-    picks among the incoming rows of a new key. On a tie the stored row wins."""
-    stored = current is not None and len(current) > 0
-    if stored and incoming.schema.names == current.schema.names:
-        incoming = _cast_like(incoming, current.schema)
-    parts = [current, incoming] if stored else [incoming]
-    ranks = [0, 1] if stored else [1]
-    tagged = [t.append_column("__src", pa.array(np.full(len(t), r, dtype=np.int32)))
-              for t, r in zip(parts, ranks)]
-    table = pa.concat_tables(tagged, promote_options="permissive") if len(tagged) > 1 else tagged[0]
-    if keep_existing:
-        sort_keys = [("__src", "descending")] + [(c, "descending") for c in (order_by or [])]
-    elif order_by:
-        sort_keys = [(c, "ascending") for c in order_by] + [("__src", "descending")]
-    else:
-        sort_keys = [("__src", "ascending")]
-    order = pc.sort_indices(table, sort_keys=sort_keys) if len(table) > 1 else pa.array([0])
-    ranked = table.take(order).append_column("__rank", pa.array(np.arange(len(table))))
-    winners = ranked.group_by(key, use_threads=False).aggregate([("__rank", "max")])
-    kept = ranked.filter(pc.is_in(ranked["__rank"], winners["__rank_max"]))
-    written = int(pc.sum(pc.equal(kept["__src"], 1)).as_py() or 0)
-    kept = kept.drop_columns(["__src", "__rank"])
-    kept = kept.take(pc.sort_indices(kept, sort_keys=[(k, "ascending") for k in key]))
-    return kept, written
 
 
 def _cast_like(table: pa.Table, schema: pa.Schema) -> pa.Table:
