@@ -23,8 +23,7 @@ def fill(lake: LakeResource, tables: dict[str, pd.DataFrame]) -> None:
         if not ds.partitioned:
             lake.write(name, df)
             continue
-        for day, part in df.groupby(df[ds.event_time].astype(str)):
-            lake.write(name, part, day)
+        lake.write_many(name, dict(tuple(df.groupby(df[ds.event_time].astype(str)))))
 
 
 def test_each_partition_of_a_ranged_run_carries_its_own_row_count(tmp_path):

@@ -64,8 +64,8 @@ def test_a_lazy_lineitem_scan_gives_the_same_answer(tmp_path):
         lake.write(name, tables[name])
     for name in ("orders", "lineitem"):
         df = tables[name]
-        for day, part in df.groupby(df["o_orderdate"].astype(str)):
-            lake.write(name, part.reset_index(drop=True), day)
+        lake.write_many(name, {day: part.reset_index(drop=True)
+                               for day, part in df.groupby(df["o_orderdate"].astype(str))})
     inputs = read_inputs(REVENUE_BY_NATION, CATALOG, lake, None)
     assert isinstance(inputs["lineitem"], LakeScan) and len(inputs["lineitem"].files) > 100
     streamed = revenue_by_nation(inputs)
