@@ -152,28 +152,34 @@ def reconcile(ds: EventDataset, *, postgres: PostgresResource, lake: LakeResourc
     repaired: list[str] = []
     commits: dict = {}
     if repair and not diff.clean:
-        extra_rows = stored.merge(diff.extra, on=key) if len(diff.extra) else stored.iloc[0:0]
         by_part = lambda df: (df[ds.event_time].map(_partition_of) if ds.partitioned and len(df)
                               else pd.Series([None] * len(df), index=df.index, dtype=object))
-        touched: dict = {}
-        for kind, df in (("missing", diff.missing), ("changed", diff.changed),
-                         ("extra", extra_rows if remove_extra else stored.iloc[0:0])):
-            for p, group in df.groupby(by_part(df), dropna=False) if len(df) else []:
-                touched.setdefault(p, {}).setdefault(kind, []).append(group)
-        for p, kinds in sorted(touched.items(), key=lambda kv: str(kv[0])):
-            part = Diff(*(pd.concat(kinds[k], ignore_index=True) if k in kinds else source.iloc[0:0]
-                          for k in ("missing", "extra", "changed")))
-            commits[p or ""] = _repair_partition(ds, lake, None if p is None else p, part,
-                                                 remove_extra)
-            repaired.append(p or "")
+        fix = pd.concat([diff.missing, diff.changed], ignore_index=True)
+        drop = (stored.merge(diff.extra, on=key) if remove_extra and len(diff.extra)
+                else stored.iloc[0:0])
+        # a changed row whose day changed leaves its old day (a key is unique in the dataset)
+        old = stored.merge(diff.changed[key + [ds.event_time]].rename(
+            columns={ds.event_time: "__new_time"}), on=key) if len(diff.changed) else stored.iloc[0:0]
+        if ds.partitioned and len(old):
+            moved = old[old[ds.event_time].map(_partition_of) != old["__new_time"].map(_partition_of)]
+            drop = pd.concat([drop, moved[stored.columns]], ignore_index=True)
+        rows_by: dict = {p: g for p, g in fix.groupby(by_part(fix), dropna=False)} if len(fix) else {}
+        drop_by: dict = {p: g for p, g in drop.groupby(by_part(drop), dropna=False)} if len(drop) else {}
+        touched = sorted(rows_by.keys() | drop_by.keys(), key=str)
+        transforms = {None if p is None else p: _repair(ds, rows_by.get(p), drop_by.get(p))
+                      for p in touched}
+        commit = lake.rewrite_many(ds.name, transforms, metadata={
+            ORIGIN_KEY: f"repair from {ds.fallback.source_table}"})
+        repaired = [p or "" for p in touched]
+        commits = {p: commit for p in repaired} if commit is not None else {}
     return Reconciliation(diff, len(partitions), repaired, len(source), len(stored), commits)
 
 
-def _repair_partition(ds: EventDataset, lake: LakeResource, partition: str | None, d: Diff,
-                      remove_extra: bool):
-    fix = pd.concat([d.missing, d.changed], ignore_index=True)
+def _repair(ds: EventDataset, fix: pd.DataFrame | None, drop: pd.DataFrame | None):
+    """The transform repairing one partition: rows of the source written (with ``batch:``
+    provenance, newer than any event), keys of ``drop`` removed."""
     now_ms = int(time.time() * 1000)
-    rows = pa.Table.from_pandas(fix, preserve_index=False) if len(fix) else None
+    rows = pa.Table.from_pandas(fix, preserve_index=False) if fix is not None and len(fix) else None
     if rows is not None:
         n = len(rows)
         rows = (rows.append_column("__topic", pa.array([f"batch:{ds.fallback.source_table}"] * n))
@@ -181,17 +187,17 @@ def _repair_partition(ds: EventDataset, lake: LakeResource, partition: str | Non
                 .append_column("__offset", pa.array([-1] * n, pa.int64()))
                 .append_column("__ts", pa.array([now_ms] * n, pa.int64()))
                 .append_column("__correlation_id", pa.array([""] * n, pa.string())))
-    extra_keys = set(map(tuple, d.extra[list(ds.key)].astype(str).to_numpy())) if remove_extra else set()
+    drop_keys = (set(map(tuple, drop[list(ds.key)].astype(str).to_numpy()))
+                 if drop is not None and len(drop) else set())
 
-    def transform(current: pa.Table | None) -> pa.Table:
+    def transform(current: pa.Table | None) -> pa.Table | None:
         table = current
-        if table is not None and extra_keys:
+        if table is not None and drop_keys:
             keys = table.select(list(ds.key)).to_pandas().astype(str).to_numpy()
-            keep = np.array([tuple(k) not in extra_keys for k in keys], dtype=bool)
+            keep = np.array([tuple(k) not in drop_keys for k in keys], dtype=bool)
             table = table.filter(pa.array(keep))
         if rows is not None:
             table, _ = merge_by_key(table, rows, list(ds.key), order_by=["__ts", "__offset"])
-        return table if table is not None else rows
+        return table if table is not None and len(table) else rows
 
-    return lake.rewrite(ds.name, partition, transform,
-                        metadata={ORIGIN_KEY: f"repair from {ds.fallback.source_table}"})
+    return transform

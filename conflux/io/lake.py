@@ -480,11 +480,8 @@ class LakeResource(dg.ConfigurableResource):
                             partition_by=[DAY] if days else None,
                             commit_properties=self._properties(metadata))
             return
-        predicate = None
-        if days and self._partitioned(table):
-            listed = ", ".join(f"'{_quote(d)}'" for d in days)
-            predicate = f"{DAY} IN ({listed})"
-        write_deltalake(table, data, mode="overwrite", predicate=predicate, schema_mode="merge",
+        write_deltalake(table, data, mode="overwrite", predicate=self._predicate(table, days),
+                        schema_mode="merge",
                         commit_properties=self._properties(metadata))
 
     def write(self, dataset: str, data: pd.DataFrame | pa.Table, partition: str | None = None,
@@ -550,23 +547,54 @@ class LakeResource(dg.ConfigurableResource):
     def rewrite(self, dataset: str, partition: str | None,
                 transform: Callable[[pa.Table | None], pa.Table | None], *,
                 metadata: Mapping | None = None) -> Commit | None:
-        """Replace a partition by ``transform(current content)`` in one commit, read and
-        written at the same version (a concurrent write makes it read again); ``None`` from
-        ``transform`` empties it."""
+        """Replace a partition by ``transform(current content)`` (see ``rewrite_many``)."""
+        return self.rewrite_many(dataset, {partition: transform}, metadata=metadata)
+
+    def rewrite_many(self, dataset: str,
+                     transforms: Mapping[str | None, Callable[[pa.Table | None], pa.Table | None]],
+                     *, metadata: Mapping | None = None) -> Commit | None:
+        """Replace each partition by its ``transform(current content)``, all in one commit,
+        read and written at the same version (a concurrent write makes it read again);
+        ``None`` from a transform empties its partition."""
         def attempt(table: DeltaTable | None) -> Commit | None:
-            current = self._read_at(table, partition)
-            result = transform(current)
-            if result is None:
+            current = self._read_many(table, list(transforms))
+            results = {p: t(current.get(p)) for p, t in transforms.items()}
+            kept = {p: r for p, r in results.items() if r is not None}
+            if not kept:
                 if table is None:
                     return None
-                predicate = (f"{DAY} = '{_quote(partition)}'"
-                             if partition is not None and self._partitioned(table) else None)
-                table.delete(predicate, commit_properties=self._properties(metadata))
+                table.delete(self._predicate(table, list(transforms)),
+                             commit_properties=self._properties(metadata))
                 return self._committed(dataset, 0, table=table)
-            incoming = self._prepare(result, partition, table)
-            self._overwrite(dataset, table, incoming, [partition], metadata)
+            prepared = [self._prepare(r, p, table) for p, r in kept.items()]
+            incoming = (pa.concat_tables(prepared, promote_options="permissive")
+                        if len(prepared) > 1 else prepared[0])
+            self._overwrite(dataset, table, incoming, list(transforms), metadata)
             return self._committed(dataset, len(incoming), table=table)
         return self._retry(dataset, attempt)
+
+    def _predicate(self, table: DeltaTable, partitions: list[str | None]) -> str | None:
+        days = [p for p in partitions if p is not None]
+        if not days or not self._partitioned(table):
+            return None
+        listed = ", ".join(f"'{_quote(d)}'" for d in days)
+        return f"{DAY} IN ({listed})"
+
+    def _read_many(self, table: DeltaTable | None, partitions: list[str | None]
+                   ) -> dict[str | None, pa.Table]:
+        """The partitions' current rows (those holding any), read at ``table``'s version."""
+        if table is None:
+            return {}
+        days = [p for p in partitions if p is not None]
+        if not days or not self._partitioned(table):
+            whole = self._read_at(table, None)
+            return {None: whole} if whole is not None else {}
+        source = self._source(table, days)
+        rows = source.to_table()
+        out = {}
+        for day in pc.unique(rows[DAY]).to_pylist() if len(rows) else []:
+            out[day] = rows.filter(pc.equal(rows[DAY], day)).drop_columns([DAY])
+        return out
 
     def _read_at(self, table: DeltaTable | None, partition: str | None) -> pa.Table | None:
         if table is None:
