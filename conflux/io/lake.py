@@ -399,7 +399,8 @@ class LakeResource(dg.ConfigurableResource):
         if table is None:
             return []
         source = self._source(table, None)
-        found = source.to_table(filter=pc.field(column) == value)
+        # MERGE writes strings as string_view: compare as strings, whatever a file holds
+        found = source.to_table(filter=pc.field(column).cast(pa.string()) == value)
         hits = []
         for row in found.to_pylist():
             day = row.pop(DAY, None)

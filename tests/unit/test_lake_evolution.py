@@ -141,3 +141,12 @@ def test_a_commit_is_synced_to_disk_before_the_write_returns(tmp_path, monkeypat
     log = f"{lake.uri('d')}/_delta_log/{commit.version:020d}.json"
     assert added and set(added) <= set(synced) and log in synced
     assert {f"{lake.uri('d')}/__day=1995-01-01", f"{lake.uri('d')}/_delta_log"} <= set(synced)
+
+
+def test_find_matches_rows_a_merge_wrote(tmp_path):
+    """delta-rs's MERGE writes strings as string_view: ``find`` (conflux trace) must still match."""
+    lake = LakeResource(path=str(tmp_path))
+    rows = pd.DataFrame({"k": [1, 2], "c": ["x", "y"]})
+    lake.upsert("d", rows, ["k"], "1995-01-01")
+    lake.upsert("d", pd.DataFrame({"k": [3], "c": ["x"]}), ["k"], "1995-01-02")  # a MERGE
+    assert sorted(row["k"] for _, row in lake.find("d", "c", "x")) == [1, 3]
