@@ -146,7 +146,10 @@ def test_a_commit_is_synced_to_disk_before_the_write_returns(tmp_path, monkeypat
 def test_find_matches_rows_a_merge_wrote(tmp_path):
     """delta-rs's MERGE writes strings as string_view: ``find`` (conflux trace) must still match."""
     lake = LakeResource(path=str(tmp_path))
-    rows = pd.DataFrame({"k": [1, 2], "c": ["x", "y"]})
-    lake.upsert("d", rows, ["k"], "1995-01-01")
-    lake.upsert("d", pd.DataFrame({"k": [3], "c": ["x"]}), ["k"], "1995-01-02")  # a MERGE
-    assert sorted(row["k"] for _, row in lake.find("d", "c", "x")) == [1, 3]
+    lake.upsert("d", pd.DataFrame({"k": [1, 2], "cid": ["a", "b"]}), ["k"], "1995-01-01")
+    for i in range(3):  # MERGEs inserting many distinct ids
+        lake.upsert("d", pd.DataFrame({"k": range(10 + i * 100, 110 + i * 100),
+                                       "cid": [f"id-{i}-{j}" for j in range(100)]}),
+                    ["k"], "1995-01-02")
+    assert [(p, row["k"]) for p, row in lake.find("d", "cid", "id-1-5")] == [("1995-01-02", 115)]
+    assert [row["k"] for _, row in lake.find("d", "cid", "a")] == [1]
