@@ -322,10 +322,13 @@ class LakeResource(dg.ConfigurableResource):
         return DAY in table.metadata().partition_columns
 
     def partitions(self, dataset: str) -> list[str]:
-        """The partitions holding rows (``[]`` for an unpartitioned or missing table)."""
+        """The partitions holding rows: days, or ``["_all"]`` for an unpartitioned table with
+        rows (reads take it for the whole table); ``[]`` when nothing is stored."""
         table = self.table(dataset)
-        if table is None or not self._partitioned(table):
+        if table is None:
             return []
+        if not self._partitioned(table):
+            return [UNPARTITIONED] if table.count() else []
         return sorted({p[DAY] for p in table.partitions()})
 
     def exists(self, dataset: str, partition: str | None = None) -> bool:

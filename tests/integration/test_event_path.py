@@ -309,7 +309,8 @@ def test_late_events_update_exactly_their_partition(kafka, topic, instance, reso
     publish(kafka, topic, rows)
     cursor = drain_inline(sensor, instance, resources)
     late = orders(3, seed=8, o_orderdate="1993-02-14")
-    late[0]["o_orderkey"] = rows[0]["o_orderkey"] + 10_000_000
+    for i, order in enumerate(late):  # new orders (a stored key re-dated would move its row)
+        order["o_orderkey"] = rows[0]["o_orderkey"] + 10_000_000 + i
     publish(kafka, topic, late)
     records_before = instance.fetch_materializations(dg.AssetKey(ds.name), limit=1000).records
     drain_inline(sensor, instance, resources, cursor)
