@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, Figures, record_results, use_bench_stack
+from bench.common import REPO, Figures, LoadWatch, record_results, use_bench_stack
 
 OURS = """
 import json, sys, time
@@ -141,6 +141,7 @@ def main(argv=None) -> int:
         args.sample = 4 if args.quick else 12
 
     use_bench_stack("bench.batch_definitions", "batch_baseline")
+    load = LoadWatch()
 
     from conflux.core.settings import Settings
     from conflux.stack import Stack
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
     memory_ok = ours["peak_mb"] <= 2 * duck["peak_mb"]
     out(f"targets: time ≤ 1.5x DuckDB's: {'met' if time_ok else 'NOT met'}; peak memory ≤ 2x "
         f"DuckDB's: {'met' if memory_ok else 'NOT met'}")
+    out(load.summary())
     record_results("batch_path", out.lines)
     print(json.dumps({"ours": ours, "duckdb": duck, "days": days, "single_s": single,
                       "per_partition_s": per_partition}), file=sys.stderr)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +48,75 @@ def duckdb_delta(**config):
                                  "autoload_known_extensions": False, **config})
     con.execute(f"LOAD '{extension}'")
     return con
+
+
+class LoadWatch(threading.Thread):
+    """What else the machine was doing while a benchmark ran (a shared machine skews figures):
+    every 5 s, the CPU all processes used (``/proc/stat``) less what the benchmark's own used —
+    this process, the processes of its stack (a command line naming ``.conflux/bench``) and all
+    their descendants, exited children included (``cutime``/``cstime``)."""
+
+    def __init__(self, marker: str = "/.conflux/bench/", every: float = 5.0):
+        super().__init__(daemon=True)
+        self.marker, self.every = marker, every
+        self.others: list[float] = []  # cores used by other processes, per interval
+        self.load: list[float] = [os.getloadavg()[0]]
+        self.stop = threading.Event()
+        self._last = (time.monotonic(), _busy_ticks(), self._ours())
+        self.start()
+
+    def _ours(self) -> dict[int, int]:
+        procs: dict[int, tuple[int, int]] = {}
+        roots = {os.getpid()}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            pid = int(entry.name)
+            procs[pid] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+            if self.marker.encode() in cmdline:
+                roots.add(pid)
+        ours = {}
+        for pid, (ppid, ticks) in procs.items():
+            seen, p = set(), pid
+            while p and p not in seen:  # this process or one of its ancestors is ours
+                if p in roots:
+                    ours[pid] = ticks
+                    break
+                seen.add(p)
+                p = procs.get(p, (0, 0))[0]
+        return ours
+
+    def _sample(self) -> None:
+        now, busy, ours = time.monotonic(), _busy_ticks(), self._ours()
+        then, busy0, ours0 = self._last
+        mine = sum(t - ours0.get(pid, 0) for pid, t in ours.items() if t >= ours0.get(pid, 0))
+        hz = os.sysconf("SC_CLK_TCK")
+        self.others.append(max(busy - busy0 - mine, 0) / hz / max(now - then, 1e-9))
+        self.load.append(os.getloadavg()[0])
+        self._last = (now, busy, ours)
+
+    def run(self):
+        while not self.stop.wait(self.every):
+            self._sample()
+
+    def summary(self) -> str:
+        self.stop.set()
+        others, load = sorted(self.others) or [0.0], sorted(self.load)
+        return (f"machine ({os.cpu_count()} cores, shared): other processes used median "
+                f"{others[len(others) // 2]:.2f} cores, max {others[-1]:.2f} (5 s samples); "
+                f"1-min load average median {load[len(load) // 2]:.1f}, max {load[-1]:.1f}")
+
+
+def _busy_ticks() -> int:
+    """CPU ticks spent on all cores, idle and I/O wait excluded (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return user + nice + system + irq + softirq + steal
 
 # --- the one results file -------------------------------------------------------------------------
 # Benchmark figures live only here, written by the scripts themselves (never copied by hand into

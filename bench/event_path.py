@@ -45,7 +45,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.common import Figures, duckdb_delta, record_results, use_bench_stack
+from bench.common import Figures, LoadWatch, duckdb_delta, record_results, use_bench_stack
 
 FIRST_LIVE_KEY = 100_000_000  # live orders' new keys start here (above any preloaded key)
 PRIORITIES = ("1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW")
@@ -649,6 +649,7 @@ def main(argv=None) -> int:
         parser.error(f"--preload-rows must stay below {FIRST_LIVE_KEY:,} (the live keys)")
 
     use_bench_stack("bench.naive_definitions", "naive")
+    load = LoadWatch()
 
     from conflux.core.settings import Settings
     from conflux.stack import Stack
@@ -778,6 +779,7 @@ def main(argv=None) -> int:
         out(f"targets: p95 ≤ 5 s at 1,000/s{' with ' + format(loaded['rows'], ',') + ' rows preloaded' if loaded else ''}: "
             f"{top['p95']:.2f}s {'met' if top['p95'] <= 5 and not top['missing'] else 'NOT met'}; "
             f"throughput ≥ 50 % of raw: {'met' if tput['ours'] >= 0.5 * tput['raw'] else 'NOT met'}")
+    out(load.summary())
     record_results("event_path", out.lines)
     bad = [r for r in results if r["verify"]["failures"]]
     print(json.dumps({"latency": [{k: v for k, v in r.items() if k != "new_keys"} for r in results],
