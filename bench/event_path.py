@@ -635,6 +635,8 @@ def main(argv=None) -> int:
                         help="days before today the other preloaded rows spread over (default 365)")
     parser.add_argument("--update-share", type=float, default=0.05,
                         help="share of live events updating preloaded hot keys (default 0.05)")
+    parser.add_argument("--no-record", action="store_true",
+                        help="print only: leave docs/benchmark-results.md as it is (diagnostic runs)")
     parser.add_argument("--sample", type=int,
                         help="events per phase checked at their delta_version by an outside "
                              "reader (default 30)")
@@ -780,7 +782,8 @@ def main(argv=None) -> int:
             f"{top['p95']:.2f}s {'met' if top['p95'] <= 5 and not top['missing'] else 'NOT met'}; "
             f"throughput ≥ 50 % of raw: {'met' if tput['ours'] >= 0.5 * tput['raw'] else 'NOT met'}")
     out(load.summary())
-    record_results("event_path", out.lines)
+    if not args.no_record:
+        record_results("event_path", out.lines)
     bad = [r for r in results if r["verify"]["failures"]]
     print(json.dumps({"latency": [{k: v for k, v in r.items() if k != "new_keys"} for r in results],
                       "throughput": tput, "table": end, "duckdb_rows": duck_rows,
