@@ -72,26 +72,23 @@ def _as_table(data: pd.DataFrame | pa.Table) -> pa.Table:
 
 
 def _cast_like(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast columns to the stored types where both have them (int → double, null → any)."""
-    fields = []
+    """Cast columns to the stored types where both have them (int → double, null → any); a
+    column that cannot be stored as its stored type is a ``LakeError`` naming it (never a
+    silent truncation, e.g. of 5.5 into an int column)."""
+    columns = []
     for f in table.schema:
         i = schema.get_field_index(f.name)
-        fields.append(f.with_type(schema.field(i).type) if i >= 0 else f)
-    target = pa.schema(fields)
-    if target == table.schema:
-        return table
-    try:
-        return table.cast(target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        for f in table.schema:
-            i = schema.get_field_index(f.name)
-            if i >= 0 and pa.types.is_integer(schema.field(i).type) and pa.types.is_floating(f.type):
-                try:
-                    table.column(f.name).cast(schema.field(i).type)
-                except pa.ArrowInvalid:
-                    raise LakeError(f"column {f.name}: fractional values for the stored "
-                                    f"{schema.field(i).type} column") from None
-        return table
+        column = table.column(f.name)
+        if i >= 0 and schema.field(i).type != f.type:
+            stored = schema.field(i).type
+            try:
+                column = column.cast(stored)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                what = ("fractional values" if pa.types.is_integer(stored)
+                        and pa.types.is_floating(f.type) else f"{f.type} values ({exc})")
+                raise LakeError(f"column {f.name}: {what} for the stored {stored} column") from None
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.schema.names)
 
 
 def _storable(table: pa.Table) -> pa.Table:

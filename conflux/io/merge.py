@@ -15,6 +15,8 @@ def _align(incoming: pa.Table, current: pa.Table) -> pa.Table:
         try:
             return incoming.cast(current.schema)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            # not castable as a whole: left to merge_writes' permissive concat, which unifies
+            # what it can (null columns, widening) and raises ArrowTypeError on the rest
             return incoming
     return incoming
 

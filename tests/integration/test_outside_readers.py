@@ -186,6 +186,23 @@ def assert_reads(uri: str, expected: dict[int, dict], version: int | None = None
                                                          row[column], want[column])
 
 
+def run_fallback(ds, lake, stack, instance, source: list[dict], run_config=None):
+    """Replace the dataset's operational table by ``source`` and run its fallback job (a
+    reconcile that repairs); returns the successful run's result."""
+    frame = pd.DataFrame(source)[FIELDS]
+    frame["o_orderdate"] = pd.to_datetime(frame["o_orderdate"]).dt.date
+    schema, table = ds.fallback.source_table.split(".")
+    with psycopg.connect(stack.settings.postgres_url) as conn:
+        replace_table(conn, schema, table, frame, ["o_orderkey"])
+    check, job, _ = build_fallback(ds)
+    defs = dg.Definitions(asset_checks=[check], jobs=[job], resources={
+        "postgres": PostgresResource(url=stack.settings.postgres_url), "lake": lake})
+    result = defs.resolve_job_def(job.name).execute_in_process(instance=instance,
+                                                               run_config=run_config)
+    assert result.success
+    return result
+
+
 def latest_delta_version(instance, ds) -> int | None:
     event = instance.get_latest_materialization_event(dg.AssetKey(ds.name))
     value = event.asset_materialization.metadata.get("conflux/delta_version")
@@ -271,21 +288,11 @@ def test_readers_see_a_fallback_repair_and_replays_do_not_undo_it(kafka, topic, 
     source[missing["o_orderkey"]] = missing
     outside = next(k for k, r in source.items() if r["o_orderdate"] == DAYS[2])
     source[outside]["o_totalprice"] = 1.0
-    frame = pd.DataFrame(list(source.values()))[FIELDS]
-    frame["o_orderdate"] = pd.to_datetime(frame["o_orderdate"]).dt.date
-    schema, table = ds.fallback.source_table.split(".")
-    with psycopg.connect(stack.settings.postgres_url) as conn:
-        replace_table(conn, schema, table, frame, ["o_orderkey"])
-
-    check, job, _ = build_fallback(ds)
-    defs = dg.Definitions(asset_checks=[check], jobs=[job], resources={
-        "postgres": PostgresResource(url=stack.settings.postgres_url), "lake": lake})
     before_ms = int(time.time() * 1000)
-    result = defs.resolve_job_def(job.name).execute_in_process(
-        instance=instance, run_config={"ops": {f"{ds.name}__reconcile": {"config": {
-            "start": day, "end": day}}}})
+    result = run_fallback(ds, lake, stack, instance, list(source.values()),
+                          {"ops": {f"{ds.name}__reconcile": {"config": {"start": day,
+                                                                        "end": day}}}})
     after_ms = int(time.time() * 1000)
-    assert result.success
     [evaluation] = result.get_asset_check_evaluations()
     counts = {k: evaluation.metadata[f"conflux/{k}"].value for k in ("missing", "extra", "changed")}
     assert counts == {"missing": 1, "extra": 1, "changed": 1}
@@ -313,16 +320,9 @@ def test_a_fallback_repair_materialization_names_its_delta_version(kafka, topic,
     rows = base_orders(5, seed=23)
     publish(kafka, topic, rows)
     apply(ds, instance, resources)
-    frame = pd.DataFrame(rows)[FIELDS]
-    frame["o_orderdate"] = pd.to_datetime(frame["o_orderdate"]).dt.date
-    frame.loc[0, "o_totalprice"] += 1.0
-    schema, table = ds.fallback.source_table.split(".")
-    with psycopg.connect(stack.settings.postgres_url) as conn:
-        replace_table(conn, schema, table, frame, ["o_orderkey"])
-    check, job, _ = build_fallback(ds)
-    defs = dg.Definitions(asset_checks=[check], jobs=[job], resources={
-        "postgres": PostgresResource(url=stack.settings.postgres_url), "lake": lake})
-    assert defs.resolve_job_def(job.name).execute_in_process(instance=instance).success
+    source = [{**r, "o_totalprice": r["o_totalprice"] + (1.0 if i == 0 else 0.0)}
+              for i, r in enumerate(rows)]
+    run_fallback(ds, lake, stack, instance, source)
     assert latest_delta_version(instance, ds) == DeltaTable(lake.uri(ds.name)).version()
 
 
