@@ -337,12 +337,10 @@ class LakeResource(dg.ConfigurableResource):
 
     # -- reads ---------------------------------------------------------------------------
     def _source(self, table: DeltaTable, partitions: list[str] | None) -> pads.Dataset:
-        """The table's files as a pyarrow dataset, read by pyarrow's own (C++) filesystem."""
-        fs = table_filesystem(table.table_uri)
-        if partitions is not None and self._partitioned(table):
-            wanted = list(partitions) or ["\x00none"]
-            return table.to_pyarrow_dataset(partitions=[(DAY, "in", wanted)], filesystem=fs)
-        return table.to_pyarrow_dataset(filesystem=fs)
+        """The table's files (those of ``partitions`` when given) as a pyarrow dataset read by
+        pyarrow's own (C++) filesystem; see ``delta_dataset``."""
+        wanted = partitions if partitions is not None and self._partitioned(table) else None
+        return delta_dataset(table, wanted)
 
     @staticmethod
     def _columns(source: pads.Dataset, columns: list[str] | None) -> list[str]:
@@ -746,6 +744,41 @@ def table_filesystem(table_uri: str) -> pafs.FileSystem:
             options.update(endpoint_override=ep.netloc, scheme=ep.scheme)
         _FILESYSTEMS[key] = pafs.S3FileSystem(**options)
     return pafs.SubTreeFileSystem(f"{parts.netloc}{parts.path}", _FILESYSTEMS[key])
+
+
+_UNREADABLE_FEATURES = {"deletionVectors", "columnMapping"}
+
+
+def delta_dataset(table: DeltaTable, days: list[str] | None = None) -> pads.Dataset:
+    """A Delta table version's data files (those whose ``__day`` is in ``days`` when given) as a
+    pyarrow dataset: one fragment per add action, ``__day`` filled in from its partition value.
+
+    Built from the log's add actions in one Arrow pass; ``DeltaTable.to_pyarrow_dataset`` also
+    turns every file's statistics into a Python expression, which cost more than the join on
+    tables of thousands of files (docs/benchmarks.md). Tables needing a reader feature this
+    cannot honour (deletion vectors, column mapping: Conflux writes neither) are refused."""
+    protocol = table.protocol()
+    needed = _UNREADABLE_FEATURES & set(protocol.reader_features or ())
+    if needed:
+        raise LakeError(f"lake {table.table_uri}: the table uses {', '.join(sorted(needed))}, "
+                        "which Conflux does not read (it never writes them)")
+    fs = table_filesystem(table.table_uri)
+    schema = pa.schema(table.schema().to_arrow())
+    actions = pa.table(table.get_add_actions(flatten=True))
+    partitioned = f"partition.{DAY}" in actions.column_names
+    if days is not None and partitioned:
+        actions = actions.filter(pc.is_in(actions[f"partition.{DAY}"], pa.array(days, pa.string())))
+    fmt = pads.ParquetFileFormat(
+        default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True))
+    values = actions[f"partition.{DAY}"].to_pylist() if partitioned else [None] * len(actions)
+    fragments = [
+        # log paths are URI-encoded; the size saves a HEAD request per file on S3
+        fmt.make_fragment(unquote(path), filesystem=fs, file_size=size,
+                          partition_expression=(pc.field(DAY) == day) if day is not None
+                          else (pc.field(DAY).is_null() if partitioned else None))
+        for path, size, day in zip(actions["path"].to_pylist(),
+                                   actions["size_bytes"].to_pylist(), values)]
+    return pads.FileSystemDataset(fragments, schema, fmt, fs)
 
 
 def _durable_commit(uri: str, version: int) -> int | None:
