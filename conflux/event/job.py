@@ -20,8 +20,18 @@ from conflux.io.registry import SchemaRegistryResource
 # A step that fails on a transient outage (Kafka or Postgres restarting: reading a range gives up
 # after 30 s without records) is retried inside its run, after 2, 4, 8, 16, 32 s (+/- jitter):
 # ranges are idempotent, and a run that still fails is re-executed by Dagster's run retries.
+# The op raises ``RetryRequested`` itself for exceptions only. Given as the op's ``retry_policy``,
+# Dagster would also retry the interrupt that terminating the run delivers: a run terminated from
+# the UI re-executed its step and ended SUCCESS.
 INGEST_RETRY = dg.RetryPolicy(max_retries=5, delay=2, backoff=dg.Backoff.EXPONENTIAL,
                               jitter=dg.Jitter.PLUS_MINUS)
+
+
+def retry_on_error(context: dg.OpExecutionContext) -> dg.RetryRequested:
+    """``INGEST_RETRY``'s next attempt, for an exception (an interrupt is never one)."""
+    attempt = context.retry_number + 1
+    return dg.RetryRequested(max_retries=INGEST_RETRY.max_retries,
+                             seconds_to_wait=INGEST_RETRY.calculate_delay(attempt))
 
 
 class RangeConfig(dg.Config):
@@ -49,9 +59,18 @@ def build_ingest_job(ds: EventDataset, *, executor: dg.ExecutorDefinition = dg.i
         The job ``<dataset>__ingest_job``; its op ``<dataset>__ingest`` takes ``IngestConfig``.
     """
 
-    @dg.op(name=f"{ds.name}__ingest", tags={"conflux/dataset": ds.name}, retry_policy=INGEST_RETRY)
+    @dg.op(name=f"{ds.name}__ingest", tags={"conflux/dataset": ds.name})
     def ingest(context: dg.OpExecutionContext, config: IngestConfig, kafka: KafkaResource,
                lake: LakeResource, registry: SchemaRegistryResource) -> None:
+        try:
+            apply(context, config, kafka, lake, registry)
+        except (dg.Failure, dg.DagsterError):
+            raise  # Dagster's own control flow, as with a retry_policy
+        except Exception as exc:  # not an interrupt (BaseException): a terminated run stops
+            raise retry_on_error(context) from exc
+
+    def apply(context: dg.OpExecutionContext, config: IngestConfig, kafka: KafkaResource,
+              lake: LakeResource, registry: SchemaRegistryResource) -> None:
         sources = [r.model_dump() for r in config.ranges]
         # OpenLineage START, then COMPLETE or FAIL, around the work (nothing when lineage is off)
         with openlineage.lineage_run(
