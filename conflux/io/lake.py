@@ -12,7 +12,8 @@ docs/outside-readers.md.
 * ``upsert``/``upsert_many`` are one MERGE per call (per micro-batch on the event path): rows
   replace stored rows of the same key when newer by ``order_by`` (the stored row wins a tie;
   append-only datasets never replace a stored row), so replays change nothing. Only files
-  holding a matched key are rewritten; partitions are pruned by ``__day``.
+  holding a matched key are rewritten (files are kept near ``TARGET_FILE_BYTES``); files whose
+  key statistics lie outside the micro-batch's keys are not even read.
 * ``write`` replaces one partition (a predicate overwrite); ``rewrite`` does so from its
   current content; ``rewrite_checkpointed`` commits a partition together with a checkpoint
   (small Delta tables under ``_conflux_checkpoint/``, named by version in the commit's
@@ -63,6 +64,10 @@ SOURCES_KEY = "conflux.sources"  # commit metadata: the Kafka ranges a commit ap
 ORIGIN_KEY = "conflux.origin"    # commit metadata: who wrote it (run id, sensor)
 MAINTENANCE = {"OPTIMIZE", "VACUUM START", "VACUUM END", "CHECKPOINT"}
 RETRIES = 30
+# Files a write, MERGE or compaction aims at (the table property ``delta.targetFileSize``, set
+# when a table is created, so outside writers honour it too). A MERGE rewrites every file
+# holding a key it updates: bounded files bound what an update costs (docs/scale.md).
+TARGET_FILE_BYTES = 8 << 20
 S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
           "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
@@ -477,6 +482,7 @@ class LakeResource(dg.ConfigurableResource):
         if table is None:
             write_deltalake(self.uri(dataset), data, mode="error", storage_options=self.options(),
                             partition_by=[DAY] if days else None,
+                            configuration={"delta.targetFileSize": str(TARGET_FILE_BYTES)},
                             commit_properties=self._properties(metadata))
             return
         write_deltalake(table, data, mode="overwrite", predicate=self._predicate(table, days),

@@ -49,3 +49,40 @@ def test_refuses_deletion_vectors(tmp_path):
     assert "deletionVectors" in (table.protocol().reader_features or [])
     with pytest.raises(LakeError, match="deletionVectors"):
         delta_dataset(table)
+
+
+def test_an_update_rewrites_the_file_holding_its_key_not_the_whole_day(tmp_path):
+    """Files are kept near TARGET_FILE_BYTES and key-ordered writes keep key ranges apart: a
+    MERGE updating one key copies one file, and a MERGE of new keys (above every stored key)
+    reads and rewrites nothing."""
+    import base64
+    import os
+
+    from conflux.io.lake import TARGET_FILE_BYTES, LakeResource
+
+    lake = LakeResource(path=str(tmp_path / "lake"))
+    n = 3 * TARGET_FILE_BYTES // 150  # incompressible 150-byte rows: about 3 target files
+    rows = pa.table({"k": pa.array(range(n), pa.int64()),
+                     "blob": [base64.b64encode(os.urandom(110)).decode() for _ in range(n)],
+                     "__ts": pa.array([1] * n, pa.int64())})
+    lake.write("t", rows, "2026-01-01")
+    table = DeltaTable(lake.uri("t"))
+    assert table.metadata().configuration["delta.targetFileSize"] == str(TARGET_FILE_BYTES)
+    files = len(table.file_uris())
+    assert files >= 3
+
+    update = pa.table({"k": pa.array([n - 1], pa.int64()), "blob": ["new"],
+                       "__ts": pa.array([2], pa.int64())})
+    commit = lake.upsert("t", update, ["k"], "2026-01-01", order_by=["__ts"])
+    assert commit.rows == 1
+    assert commit.metrics["num_target_files_removed"] == 1
+    assert commit.metrics["num_target_rows_copied"] < n // 2
+
+    new = pa.table({"k": pa.array([n, n + 1], pa.int64()), "blob": ["a", "b"],
+                    "__ts": pa.array([2, 2], pa.int64())})
+    commit = lake.upsert("t", new, ["k"], "2026-01-01", order_by=["__ts"])
+    assert commit.metrics["num_target_files_removed"] == 0
+    assert commit.metrics["num_target_files_scanned"] == 0
+    assert lake.row_count("t") == n + 2
+    stored = lake.read_table("t", "2026-01-01")
+    assert stored.filter(pa.compute.equal(stored["k"], n - 1))["blob"].to_pylist() == ["new"]
