@@ -30,9 +30,11 @@ CUSTOMER_LEDGER = EventDataset(
 )
 
 # --- batch datasets loaded from the operational database ---------------------------------------
+# loaded by their schedule (daily, off until turned on) and, with automation (no upstream
+# datasets), once as soon as they were never loaded: `make dev` starts with them in place
 def _ops(name: str, contract, key: tuple[str, ...], group: str = "reference") -> BatchDataset:
     return BatchDataset(name=name, contract=contract, key=key, source_table=f"ops.{name}",
-                        group=group, schedule="0 2 * * *",
+                        group=group, schedule="0 2 * * *", automation=True,
                         description=f"ops.{name}, loaded from the operational database.")
 
 

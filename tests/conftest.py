@@ -25,6 +25,10 @@ TEST_STACK_ENV = {
     "CONFLUX_DAGSTER_PORT": "13000",
     # the platform plus a probe location whose declared schedules tick every minute
     "CONFLUX_WORKSPACE": str(REPO / "tests" / "fixtures" / "workspace.yaml"),
+    # tests of the shared stack launch the runs they assert on; the automation sensor (on by
+    # default) would launch joins of its own meanwhile. Tests of automation bring their own
+    # stack (tests/integration/test_demo.py)
+    "CONFLUX_AUTOMATION": "off",
 }
 for _name, _value in TEST_STACK_ENV.items():
     os.environ.setdefault(_name, _value)

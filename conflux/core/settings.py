@@ -27,6 +27,8 @@ folder, or an existing Postgres server.
 | ``CONFLUX_LAKE_PATH`` | ``$CONFLUX_HOME/lake`` | an ``s3://bucket/prefix`` URL puts the stack's lake on S3 or an S3-compatible store (a local path here is ignored: the local lake is always the state folder's); concurrent writers are serialized by Delta's commit protocol (conditional PUT on S3), no lock service |
 | ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` | (AWS defaults) | how an ``s3://`` lake is reached (``conflux/io/lake.py``); not read here, passed unchanged to every Dagster process the stack starts |
 | ``CONFLUX_LAKE_MAINTENANCE`` | ``on`` | ``off``: the lake maintenance schedules (``lake_optimize_schedule``, ``lake_vacuum_schedule``, ``lake_checkpoint_schedule``) start STOPPED instead of RUNNING; the jobs stay defined and can be run (or the schedules turned on) from the UI (``docs/lake-maintenance.md``) |
+| ``CONFLUX_AUTOMATION`` | ``on`` | ``off``: the ``conflux_automation`` sensor, which evaluates the code location's declarative automation (batch datasets declared with ``automation=True`` — joins refreshed as their upstream partitions change, late events included), starts STOPPED instead of RUNNING; it can be turned on (and off) from the UI's *Automation* page, and the schedules and backfills work either way (``docs/architecture.md``) |
+| ``CONFLUX_AUTOMATION_INTERVAL_SECONDS`` | 30 | least time between two evaluations of ``conflux_automation`` by the daemon's asset loop (at least 5, which is that loop's own period): each evaluation requests at most one run (or one backfill of single runs) per stale asset, so this bounds how often joins are re-run while events flow |
 | ``CONFLUX_LAKE_VACUUM_RETENTION_HOURS`` | 168 (7 days) | default retention of the ``lake_vacuum`` job: files a table stopped referencing longer ago than this are deleted, so time travel reaches back this far and no further; at least 1 (a run may set its own ``retention_hours``) |
 | ``OPENLINEAGE_URL`` or ``OPENLINEAGE__TRANSPORT__*`` or ``OPENLINEAGE_CONFIG`` | (off) | OpenLineage run events (``conflux/observe/openlineage.py``: HTTP endpoint, file, ...); not read here, passed unchanged to every Dagster process the stack starts (daemon, webserver, their code servers and runs) |
 | ``OPENLINEAGE_NAMESPACE`` | ``conflux`` | namespace of Conflux's jobs in OpenLineage events |
@@ -93,6 +95,38 @@ def vacuum_retention_hours(value: int | str, what: str = "CONFLUX_LAKE_VACUUM_RE
     return hours
 
 
+def on_off(env: Mapping[str, str], name: str) -> bool:
+    """An ``on``/``off`` switch (default ``on``), refused with the variable named otherwise."""
+    switch = (env.get(name) or "on").strip().lower()
+    if switch not in ("on", "off"):
+        raise ConfigError(f"{name}={switch!r} must be 'on' or 'off'")
+    return switch == "on"
+
+
+DEFAULT_AUTOMATION_INTERVAL_SECONDS = 30
+MIN_AUTOMATION_INTERVAL_SECONDS = 5  # the daemon's asset loop runs every 5 s at best
+
+
+@dataclass(frozen=True)
+class Automation:
+    """Declarative automation's settings (``conflux.dagster.automation``)."""
+
+    enabled: bool = True  # CONFLUX_AUTOMATION: the sensor starts RUNNING (else STOPPED)
+    interval_seconds: int = DEFAULT_AUTOMATION_INTERVAL_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Automation":
+        """Only the two ``CONFLUX_AUTOMATION*`` variables (what the Dagster definitions need)."""
+        env = os.environ if env is None else env
+        name = "CONFLUX_AUTOMATION_INTERVAL_SECONDS"
+        raw = (env.get(name) or "").strip() or str(DEFAULT_AUTOMATION_INTERVAL_SECONDS)
+        if not raw.isdigit() or int(raw) < MIN_AUTOMATION_INTERVAL_SECONDS:
+            raise ConfigError(f"{name}={raw!r} must be a whole number of seconds, at least "
+                              f"{MIN_AUTOMATION_INTERVAL_SECONDS} (the daemon evaluates "
+                              "automation every 5 s at best)")
+        return cls(enabled=on_off(env, "CONFLUX_AUTOMATION"), interval_seconds=int(raw))
+
+
 @dataclass(frozen=True)
 class LakeMaintenance:
     """The lake maintenance jobs' settings (``conflux.dagster.maintenance``)."""
@@ -105,12 +139,9 @@ class LakeMaintenance:
         """Only the two ``CONFLUX_LAKE_*`` maintenance variables (what the Dagster definitions
         need, without the rest of the stack's settings)."""
         env = os.environ if env is None else env
-        switch = (env.get("CONFLUX_LAKE_MAINTENANCE") or "on").strip().lower()
-        if switch not in ("on", "off"):
-            raise ConfigError(f"CONFLUX_LAKE_MAINTENANCE={switch!r} must be 'on' or 'off'")
         raw = env.get("CONFLUX_LAKE_VACUUM_RETENTION_HOURS") or ""
         hours = vacuum_retention_hours(raw) if raw.strip() else DEFAULT_VACUUM_RETENTION_HOURS
-        return cls(enabled=switch == "on", vacuum_retention_hours=hours)
+        return cls(enabled=on_off(env, "CONFLUX_LAKE_MAINTENANCE"), vacuum_retention_hours=hours)
 
 
 @dataclass(frozen=True)
@@ -138,6 +169,7 @@ class Settings:
     lake_url: str | None = None  # CONFLUX_LAKE_PATH when it is an object-store URL (s3://...)
     project_root: Path = Path(".")  # the user project (CONFLUX_PROJECT, else found from cwd)
     lake_maintenance: LakeMaintenance = LakeMaintenance()  # CONFLUX_LAKE_MAINTENANCE, ..._HOURS
+    automation: Automation = Automation()  # CONFLUX_AUTOMATION, ..._INTERVAL_SECONDS
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -184,6 +216,7 @@ class Settings:
             lake_url=lake if lake.startswith("s3://") else None,
             project_root=project.root,
             lake_maintenance=LakeMaintenance.from_env(env),
+            automation=Automation.from_env(env),
         )
         node_ports = [p for i in settings.kafka_nodes for p in settings.kafka_node_ports(i)]
         if max(node_ports) > 65535:

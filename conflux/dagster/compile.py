@@ -137,6 +137,7 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     from conflux.observe.dlq_monitor import build_dlq_monitor
     from conflux.event.sensor import build_kafka_sensor
     from conflux.dagster.maintenance import maintenance_definitions
+    from conflux.dagster.automation import with_automation
 
     datasets = tuple(datasets)
     catalog = validate_catalog(datasets)
@@ -181,4 +182,5 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     platform = dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors,
                               schedules=schedules, resources=merged,
                               executor=dg.in_process_executor)
-    return dg.Definitions.merge(platform, extra) if extra is not None else platform
+    # declarative automation on by default (CONFLUX_AUTOMATION=off: its sensor starts STOPPED)
+    return with_automation(dg.Definitions.merge(platform, extra) if extra is not None else platform)
