@@ -8,6 +8,7 @@ ticks (the offsets plus what must survive a code-server restart).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 
@@ -113,6 +114,39 @@ def observe_every_s(ds: EventDataset) -> float:
 
 
 @dataclass(frozen=True)
+class Pending:
+    """Ranges an ingest run was requested for and no run has applied yet.
+
+    ``key``: the first request's run_key; ``requested_at``: epoch seconds of the latest request;
+    ``attempts``: requests after the first (``conflux.event.requeue``).
+    """
+
+    key: str
+    ranges: tuple[Range, ...]
+    requested_at: float
+    attempts: int = 0
+
+    @property
+    def batch(self) -> str:
+        """The ``conflux/batch`` tag of every run requested for these ranges (a digest of
+        ``key``: run tags stay short)."""
+        return batch_id(self.key)
+
+    def as_json(self) -> dict:
+        return {"key": self.key, "ranges": [r.as_config() for r in self.ranges],
+                "requested_at": self.requested_at, "attempts": self.attempts}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Pending":
+        return cls(key=data["key"], ranges=tuple(Range(**r) for r in data["ranges"]),
+                   requested_at=float(data["requested_at"]), attempts=int(data.get("attempts", 0)))
+
+
+def batch_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
 class TickState:
     """What an event dataset's sensor keeps between ticks, in its Dagster cursor (Postgres).
 
@@ -120,12 +154,15 @@ class TickState:
     ``capped``: the last inline tick left records unapplied (a wide backlog: use a run).
     ``caught_up_at``: epoch seconds of the start of the last tick that ended caught up.
     ``observed_at``: epoch seconds of the last lag observation reported to Dagster.
+    ``pending``: ranges requested from ingest runs that no run has applied yet (runs mode): the
+    offsets moved past them, so they are kept here, without time limit, until applied.
     """
 
     offsets: Cursor = field(default_factory=dict)
     capped: bool = False
     caught_up_at: float = 0.0
     observed_at: float = 0.0
+    pending: tuple[Pending, ...] = ()
 
     def with_(self, **changes) -> "TickState":
         return replace(self, **changes)
@@ -140,12 +177,14 @@ def parse_state(raw: str | None) -> TickState:
         return TickState(offsets=_offsets(data))
     return TickState(offsets=_offsets(data["offsets"]), capped=bool(data.get("capped", False)),
                      caught_up_at=float(data.get("caught_up_at", 0.0)),
-                     observed_at=float(data.get("observed_at", 0.0)))
+                     observed_at=float(data.get("observed_at", 0.0)),
+                     pending=tuple(Pending.from_json(p) for p in data.get("pending", ())))
 
 
 def dump_state(state: TickState) -> str:
     return json.dumps({"offsets": json.loads(dump_cursor(state.offsets)), "capped": state.capped,
-                       "caught_up_at": state.caught_up_at, "observed_at": state.observed_at})
+                       "caught_up_at": state.caught_up_at, "observed_at": state.observed_at,
+                       "pending": [p.as_json() for p in state.pending]})
 
 
 def _offsets(data: dict) -> Cursor:

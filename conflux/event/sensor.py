@@ -15,9 +15,11 @@ to apply per partition, stored by Dagster in Postgres. Then, by the dataset's ``
   ``run_key`` names dataset / topic / partition / range of every range, so Dagster drops a
   request a retried tick makes again — no range is launched twice — and the cursor moves in the
   same tick result as the request — none is skipped. While ``max_inflight_runs`` runs are queued
-  or running, ticks wait and records accumulate into bigger ranges (backpressure). A run that
-  fails for good is requested again by a later tick (``conflux.event.requeue``), so a range the cursor
-  moved past is applied even when Dagster's own retry could not be launched.
+  or running, ticks wait and records accumulate into bigger ranges (backpressure). The requested
+  ranges stay in the cursor until a run applies them: a run that fails for good, is terminated
+  from the UI, deleted or never created is requested again by a later tick
+  (``conflux.event.requeue``), and until then the dataset is not caught up (its freshness check
+  cannot pass).
 """
 
 import time
@@ -34,9 +36,9 @@ from conflux.io.kafka import KafkaResource, Record
 from conflux.io.lake import LakeResource
 from conflux.io.registry import SchemaRegistryResource
 from conflux.event import requeue
-from conflux.event.offsets import (Cursor, TickState, advance, batch_ranges, dump_state,
-                                   lag_by_partition, next_batch, observe_every_s, parse_state,
-                                   plan_ranges, run_key, tick_gap)
+from conflux.event.offsets import (Cursor, Pending, TickState, advance, batch_ranges,
+                                   dump_state, lag_by_partition, next_batch, observe_every_s,
+                                   parse_state, plan_ranges, run_key, tick_gap)
 
 INFLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
             dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
@@ -65,7 +67,9 @@ def lag_observation(ds: EventDataset, lag: dict[str, int], caught_up_as_of: floa
     if not force and 0 <= now - state.observed_at < observe_every_s(ds):
         return [], state
     meta = {"conflux/lag_records": sum(lag.values()),
-            "conflux/lag_by_partition": dg.MetadataValue.json(lag)}
+            "conflux/lag_by_partition": dg.MetadataValue.json(lag),
+            "conflux/unsettled_records": sum(r.end - r.start for p in state.pending
+                                             for r in p.ranges)}
     if caught_up_as_of is not None:
         meta[LAST_UPDATED] = dg.MetadataValue.timestamp(caught_up_as_of)
     return [dg.AssetObservation(asset_key=ds.name, metadata=meta)], state.with_(observed_at=now)
@@ -188,13 +192,17 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
         state = parse_state(context.cursor)
         cursor = state.offsets
         gap = tick_gap(context.last_tick_completion_time, as_of)
-        failures = requeue.failed_runs_plan(context.instance, job.name, ds.name, as_of)
+        failures = requeue.settle(state.pending,
+                                  requeue.pending_runs(context.instance, state.pending), as_of)
+        state = state.with_(pending=failures.still_pending(as_of))
         if failures.requeue:  # this tick only re-requests; the next one goes on reading
-            for run in failures.requeue:
-                context.log.info(f"requesting failed ingest run {run.run_id} again "
-                                 f"(requeue {requeue.depth(run) + 1}/{requeue.MAX_REQUEUES})")
-            return dg.SensorResult(run_requests=[requeue.requeue_request(r)
-                                                 for r in failures.requeue])
+            for p, last in failures.requeue:
+                context.log.info(f"requesting {p.key} again after run {last} "
+                                 f"(requeue {p.attempts + 1}/{requeue.MAX_REQUEUES})")
+            return dg.SensorResult(
+                run_requests=[requeue.request(ds.name, p, requeued_from=last)
+                              for p, last in failures.requeue],
+                cursor=dump_state(state))
         gap += f"{requeue.describe(failures)}; " if failures.unsettled else ""
         try:
             ends, missing = end_offsets(ds, kafka)
@@ -249,14 +257,9 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
                             f"(backpressure, max_inflight_runs={ds.max_inflight_runs})",
                 cursor=dump_state(state), asset_events=observed)
         batch = next_batch(ranges)
-        request = dg.RunRequest(
-            run_key=run_key(ds.name, batch),
-            run_config={"ops": {f"{ds.name}__ingest": {"config": {
-                "ranges": [r.as_config() for r in batch]}}}},
-            tags={"conflux/dataset": ds.name, "conflux/ranges": str(len(batch)),
-                  "conflux/records": str(sum(r.end - r.start for r in batch))},
-        )
-        return dg.SensorResult(run_requests=[request],
-                               cursor=dump_state(state.with_(offsets=advance(cursor, batch))))
+        owed = Pending(key=run_key(ds.name, batch), ranges=tuple(batch), requested_at=as_of)
+        return dg.SensorResult(run_requests=[requeue.request(ds.name, owed)],
+                               cursor=dump_state(state.with_(offsets=advance(cursor, batch),
+                                                             pending=state.pending + (owed,))))
 
     return _sensor

@@ -381,11 +381,13 @@ def test_a_failed_run_whose_retry_never_launched_is_requested_again(kafka, topic
     monkeypatch.setattr(requeue, "GRACE_S", 0.0)  # the grace period is over
     again = tick(sensor, instance, resources, first.cursor)
     [requeued] = again.run_requests
-    assert requeued.run_key == f"requeue:{run.run_id}"
-    assert requeued.run_config == request.run_config and again.cursor is None
+    assert requeued.run_key == f"{request.run_key}#1"
+    assert requeued.tags[requeue.REQUEUED_FROM] == run.run_id
+    assert requeued.run_config == request.run_config
+    assert parse_state(again.cursor).offsets == parse_state(first.cursor).offsets
     assert snapshot(lake, ds).empty  # nothing applied so far: without the requeue, lost
     assert job.execute_in_process(run_config=requeued.run_config, instance=instance,
                                   resources=resources, tags=requeued.tags).success
     assert sorted(snapshot(lake, ds)["o_orderkey"]) == sorted(r["o_orderkey"] for r in rows)
-    settled = tick(sensor, instance, resources, first.cursor)
-    assert not settled.run_requests
+    settled = tick(sensor, instance, resources, again.cursor)
+    assert not settled.run_requests and parse_state(settled.cursor).pending == ()
