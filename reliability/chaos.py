@@ -224,17 +224,15 @@ class Injector:
         """The pid of a started ingest run's worker (waits for one)."""
         import dagster as dg
 
-        from conflux.stack.run_launcher import LocalRunLauncher
+        from conflux.observe.run_workers import worker_pid
 
-        finder = LocalRunLauncher()
-        finder.register_instance(self.instance)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             records = self.instance.get_run_records(
                 dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]), limit=20)
             for rec in records:
                 if rec.dagster_run.job_name.endswith("__ingest_job"):
-                    pid, _ = finder._worker_pid(rec.dagster_run.run_id)
+                    pid, _ = worker_pid(self.instance, rec.dagster_run.run_id)
                     if pid:
                         return rec.dagster_run.run_id, pid
             time.sleep(0.2)

@@ -2,9 +2,11 @@
 
 The tooling writes ``$DAGSTER_HOME/dagster.yaml``: run, event-log and schedule storage in
 Postgres (dagster-postgres; the URL comes from ``DAGSTER_PG_URL`` at run time, never
-written to disk), the queued run coordinator, telemetry off. Run monitoring watches run workers
-(``LocalRunLauncher``: a worker killed mid-run fails its run) and run retries re-execute a failed
-run up to 3 times — every Conflux run is idempotent, so a retry re-applies, never doubles.
+written to disk), the queued run coordinator, Dagster's own ``DefaultRunLauncher``, telemetry off.
+Run monitoring fails runs stuck starting or cancelling; a worker killed mid-run fails its run
+through the ``conflux_run_workers`` sensor (``CONFLUX_RUN_WORKERS=local``, set here for every
+Dagster process); run retries re-execute a failed run up to 3 times — every Conflux run is
+idempotent, so a retry re-applies, never doubles.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ run_coordinator:
     max_concurrent_runs: 4
     dequeue_interval_seconds: 1
 run_launcher:
-  module: conflux.stack.run_launcher
-  class: LocalRunLauncher
+  module: dagster
+  class: DefaultRunLauncher
 run_monitoring:
   enabled: true
   poll_interval_seconds: 5
@@ -66,6 +68,7 @@ def dagster_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)  # OPENLINEAGE_* settings reach sensors and runs this way
     env.update(settings.client_env())
     env["DAGSTER_HOME"] = str(settings.dagster_home)
+    env["CONFLUX_RUN_WORKERS"] = "local"  # run workers are this machine's processes
     # A full-history backfill run covers ~2,400 partitions. Dagster writes its per-partition
     # events one statement (and, on Postgres, one new connection) each: ~80 s of "planned"
     # events before the run even starts, as long again for the materializations. One planned

@@ -12,30 +12,57 @@ import time
 
 import pandas as pd
 import pytest
-from dagster._core.launcher.base import WorkerStatus
 
 from conflux.core.settings import Settings
 from conflux.stack.procs import group_members, pid_alive
-from conflux.stack.run_launcher import process_started_at, worker_status
+from conflux.observe.run_workers import fail_dead_workers, process_started_at, worker_alive
 from conflux.stack.service import Service
 from reliability.chaos import TARGETS, Fault, Injector, Result, compare, plan_faults
 from conflux.event import offsets
-def test_a_live_worker_is_running_and_a_dead_one_failed():
-    me = os.getpid()
-    assert worker_status(me, reported_at=time.time()) == WorkerStatus.RUNNING
+def test_a_live_worker_is_alive_and_a_dead_one_is_not():
+    assert worker_alive(os.getpid(), reported_at=time.time())
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert process_started_at(child.pid) is None
-    assert worker_status(child.pid, reported_at=time.time()) == WorkerStatus.FAILED
+    assert not worker_alive(child.pid, reported_at=time.time())
 
 
 def test_a_reused_pid_is_not_the_worker():
     # this process started long after a worker that reported "its" pid at the epoch's dawn
-    assert worker_status(os.getpid(), reported_at=1_000_000.0) == WorkerStatus.FAILED
+    assert not worker_alive(os.getpid(), reported_at=1_000_000.0)
 
 
 def test_no_pid_yet_is_left_to_the_start_timeout():
-    assert worker_status(None, reported_at=time.time()) == WorkerStatus.RUNNING
+    assert worker_alive(None, reported_at=time.time())
+
+
+def test_a_started_run_whose_worker_is_gone_is_marked_failed():
+    import dagster as dg
+    # the event Dagster's code server records when it starts a run worker (test-only import:
+    # conflux itself only reads the event)
+    from dagster._core.events import EngineEventData
+
+    @dg.op
+    def noop():
+        pass
+
+    @dg.job
+    def job():
+        noop()
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with dg.DagsterInstance.ephemeral() as instance:
+        runs = {name: instance.create_run_for_job(job_def=job, status=dg.DagsterRunStatus.STARTED)
+                for name in ("dead", "alive", "no_pid")}
+        for name, pid in (("dead", child.pid), ("alive", os.getpid())):
+            instance.report_engine_event(
+                f"Started process for run (pid: {pid}).", runs[name],
+                EngineEventData(metadata={"pid": dg.MetadataValue.text(str(pid))}))
+        checked, failed = fail_dead_workers(instance)
+        assert checked == 3 and failed == [runs["dead"].run_id]
+        status = {n: instance.get_run_by_id(r.run_id).status.value for n, r in runs.items()}
+        assert status == {"dead": "FAILURE", "alive": "STARTED", "no_pid": "STARTED"}
 
 
 class _Sleeper(Service):
