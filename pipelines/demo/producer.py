@@ -184,11 +184,32 @@ def live_orders(day: pd.Timestamp, n: int, first_key: int, seed: int, late: floa
     return df
 
 
+DEMO_START = "1995-01-01"  # the first business day of `conflux dev`'s stream
+
+
+def late_to_one_day(orders: pd.DataFrame, first: pd.Timestamp, seed: int,
+                    late: float = 0.02) -> pd.DataFrame:
+    """``orders`` of one business day with a ``late`` share (at least one order) moved to one
+    earlier day since ``first`` — a store that sends a day's orders late; the first day has no
+    earlier one and stays as it is."""
+    day = pd.Timestamp(orders["o_orderdate"].iloc[0])
+    if day <= first:
+        return orders
+    rng = np.random.default_rng(seed)
+    earlier = (first + pd.Timedelta(days=int(rng.integers(0, (day - first).days)))).date()
+    moved = rng.choice(len(orders), size=max(1, round(late * len(orders))), replace=False)
+    out = orders.copy()
+    out.iloc[moved, out.columns.get_loc("o_orderdate")] = earlier
+    return out
+
+
 def run_demo_producer(settings: Settings, *, rate: float, should_stop: Callable[[], bool],
                       day_seconds: float = 30.0) -> None:
     """A gentle endless stream for ``conflux dev``: small ops tables, then a business day of
     orders (with their lineitems and some ledger events) every ``day_seconds``, at ``rate``
-    orders/s, 2 % of them late."""
+    orders/s; from the second day on, 2 % of them are late, all for one earlier day of the
+    demo (:func:`late_to_one_day`), so that automation visibly refreshes exactly that old
+    partition of the joins."""
     from conflux.stack.platform import register_contracts
     from conflux.io.kafka import KafkaResource
 
@@ -199,13 +220,14 @@ def run_demo_producer(settings: Settings, *, rate: float, should_stop: Callable[
     producer = KafkaResource.from_env(settings).producer()
     print(f"demo producer: orders, lineitems and ledger events at {rate:g} orders/s, one "
           f"business day every {day_seconds:g}s (Ctrl-C to stop)", file=sys.stderr)
-    day = pd.Timestamp("1995-01-01")
+    first = day = pd.Timestamp(DEMO_START)
     key = 50_000_000
     per_day = max(1, int(rate * day_seconds))
     gen = TpchGenerator(0.001, seed=7)
     try:
         while not should_stop():
-            orders = live_orders(day, per_day, key, seed=key)
+            orders = late_to_one_day(live_orders(day, per_day, key, seed=key, late=0.0),
+                                     first, seed=key)
             lines = gen.lineitem(orders)
             events = ledger(tables["customer"].sample(n=min(20, len(tables["customer"])),
                                                       random_state=key % 1000), 1.0, seed=key)

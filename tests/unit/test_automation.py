@@ -81,3 +81,19 @@ def test_bad_settings_are_refused_with_the_variable_named(env, message):
     with pytest.raises(ConfigError, match=message) as error:
         Automation.from_env(env)
     assert next(iter(env)) in str(error.value)
+
+
+def test_the_demo_streams_late_orders_go_to_one_earlier_day_of_the_demo():
+    import pandas as pd
+
+    from pipelines.demo.producer import DEMO_START, late_to_one_day, live_orders
+
+    first = pd.Timestamp(DEMO_START)
+    day = live_orders(first + pd.Timedelta(days=6), 150, 1, seed=3, late=0.0)
+    moved = late_to_one_day(day, first, seed=3)
+    dates = moved["o_orderdate"].value_counts()
+    assert len(dates) == 2 and dates.iloc[0] == 147  # 2 % late, all to one day
+    late = min(dates.index)
+    assert first.date() <= late < (first + pd.Timedelta(days=6)).date()  # a day already streamed
+    opening = live_orders(first, 150, 1, seed=3, late=0.0)
+    assert late_to_one_day(opening, first, seed=3).equals(opening)
