@@ -207,7 +207,10 @@ class BatchDataset(Dataset):
             IO manager and stores what it returns in the lake under the contract; the asset's
             key, partitions and metadata come from this declaration.
         schedule: cron of the schedule that materializes it, or None.
-        automation: also materialize when upstream partitions change (declarative automation).
+        automation: also materialize exactly the partitions whose upstream partitions changed
+            (declarative automation, evaluated by the ``conflux_automation`` sensor, on unless
+            ``CONFLUX_AUTOMATION=off``); a dataset without upstream datasets is loaded once
+            when it was never materialized.
         backfill: ``"single_run"`` (a range runs as one vectorized run) or ``"per_partition"``.
         lineage: extra column lineage ``{column: ("upstream.field", ...)}``; columns named like
             an upstream field are derived automatically.
