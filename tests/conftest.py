@@ -29,6 +29,10 @@ TEST_STACK_ENV = {
     # default) would launch joins of its own meanwhile. Tests of automation bring their own
     # stack (tests/integration/test_demo.py)
     "CONFLUX_AUTOMATION": "off",
+    # notifications go to a receiver the notification tests run on this port (tests/webhook.py);
+    # undelivered ones wait in the notify sensor's cursor meanwhile
+    "CONFLUX_NOTIFY_WEBHOOK_URL": "http://127.0.0.1:19098/hook",
+    "CONFLUX_NOTIFY_STALL_SECONDS": "30",
 }
 for _name, _value in TEST_STACK_ENV.items():
     os.environ.setdefault(_name, _value)
@@ -172,3 +176,15 @@ def s3_server(tmp_path_factory):
 def s3_lake_url(s3_server):
     """A fresh prefix of the session's bucket."""
     return f"s3://conflux-test/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    """A receiver on the port the test stack's notifications are posted to."""
+    from urllib.parse import urlsplit
+
+    from tests.webhook import Receiver
+
+    receiver = Receiver(urlsplit(os.environ["CONFLUX_NOTIFY_WEBHOOK_URL"]).port)
+    yield receiver
+    receiver.close()

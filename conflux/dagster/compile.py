@@ -135,6 +135,7 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     from conflux.observe.freshness_checks import build_freshness
     from conflux.dagster.resources import platform_resources
     from conflux.observe.dlq_monitor import build_dlq_monitor
+    from conflux.observe.notify import notification_sensors
     from conflux.observe.run_workers import build_run_worker_monitor
     from conflux.event.sensor import build_kafka_sensor
     from conflux.dagster.maintenance import maintenance_definitions
@@ -172,6 +173,7 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     dlq_checks, dlq_sensor = build_dlq_monitor(datasets=catalog.values())
     checks += dlq_checks
     sensors += [dlq_sensor] if dlq_sensor else []
+    sensors += notification_sensors(catalog.values())  # none unless a webhook is configured
     sensors.append(build_run_worker_monitor())
     maintenance_jobs, maintenance_schedules = maintenance_definitions(catalog.values())
     jobs += maintenance_jobs

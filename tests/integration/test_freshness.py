@@ -1,7 +1,8 @@
 """Freshness and consumer lag on the live test platform: while orders flow, Dagster's freshness
 check on ``orders`` passes and lag is 0; with the Kafka sensor stopped, `conflux lag` shows the
 records waiting and the check fails once the 30 s window passes; turned back on, the sensor
-catches up and the check passes again — all evaluated by Dagster's freshness-check sensor."""
+catches up and the check passes again — all evaluated by Dagster's freshness-check sensor. Each
+change is also posted to the configured webhook (a receiver on loopback), linking to the asset."""
 
 import time
 
@@ -11,6 +12,7 @@ from conflux.cli import dagster_api as api
 from pipelines.demo.producer import event_headers, json_rows
 from pipelines.demo.tpch import TpchGenerator
 from conflux.observe.freshness_checks import CHECK_NAME
+from conflux.observe.notify import EVERY_S
 from tests.live import evaluation_after, lag_of, stop_sensor, wait_for_lag
 
 SENSOR = "orders__kafka"
@@ -29,8 +31,9 @@ def wait_for_check(url: str, *, after: float, success: bool) -> dict:
                             lambda e: e["success"] is success, f"with success={success}")
 
 
-def test_freshness_and_lag_follow_the_kafka_sensor(webserver, kafka, instance, capsys):
+def test_freshness_and_lag_follow_the_kafka_sensor(webserver, kafka, instance, capsys, webhook):
     url = webserver.settings.dagster_url
+    page = f"{url}/assets/orders"
     publish_orders(kafka, 94_000_001, 20)
     assert wait_for_lag(capsys, "orders")["sensor_status"] == "RUNNING"
     applied = time.time()
@@ -39,6 +42,7 @@ def test_freshness_and_lag_follow_the_kafka_sensor(webserver, kafka, instance, c
     [obs] = instance.fetch_observations(dg.AssetKey("orders"), limit=1).records
     assert "conflux/lag_records" in obs.asset_observation.metadata, "the sensor records lag"
 
+    mark = webhook.mark(settle_s=2 * EVERY_S)  # notifications queued before this test are in
     try:
         stopped = time.time()
         stop_sensor(url, SENSOR)
@@ -47,7 +51,11 @@ def test_freshness_and_lag_follow_the_kafka_sensor(webserver, kafka, instance, c
         assert (row["lag"], row["sensor_status"]) == (30, "STOPPED")
         assert sum(p["end"] - p["cursor"] for p in row["partitions"]) == 30
         wait_for_check(url, after=stopped, success=False)
+        webhook.wait_for("Not catching up: orders", "no observation", page, after=mark)
+        webhook.wait_for(f"Check failing: orders {CHECK_NAME}", f"{page}?view=checks", after=mark)
     finally:
         assert api.start_sensor(url, SENSOR) == "RUNNING"
     assert wait_for_lag(capsys, "orders")["sensor_status"] == "RUNNING"
     wait_for_check(url, after=time.time(), success=True)
+    webhook.wait_for("Caught up again: orders", page, after=mark)
+    webhook.wait_for(f"Check passing again: orders {CHECK_NAME}", page, after=mark)
