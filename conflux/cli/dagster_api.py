@@ -185,17 +185,80 @@ def launch_run(url: str, job: str, run_config: dict, tags: dict[str, str] | None
                *, location: str | None = LOCATION) -> str:
     """Launch ``job`` (of ``location``, else the code location that has it); returns the run
     id."""
-    params = {"selector": {"repositoryLocationName": location or location_of(url, job),
-                           "repositoryName": REPOSITORY,
-                           "jobName": job},
-              "runConfigData": run_config,
+    selector = {"repositoryLocationName": location or location_of(url, job),
+                "repositoryName": REPOSITORY, "jobName": job}
+    return _launch(url, selector, run_config, tags, f"launching {job}")
+
+
+def _launch(url: str, selector: dict, run_config: dict, tags: dict[str, str] | None,
+            what: str) -> str:
+    params = {"selector": selector, "runConfigData": run_config,
               "executionMetadata": {"tags": [{"key": k, "value": v}
                                              for k, v in (tags or {}).items()]}}
     out = graphql(url, LAUNCH_RUN, {"params": params})["launchRun"]
     if out["__typename"] != "LaunchRunSuccess":
         detail = out.get("message") or "; ".join(e["message"] for e in out.get("errors", []))
-        raise DagsterApiError(f"launching {job}: {out['__typename']}: {detail}")
+        raise DagsterApiError(f"{what}: {out['__typename']}: {detail}")
     return out["run"]["runId"]
+
+
+RUN_LOGS = """
+query($id: ID!, $cursor: String) {
+  logsForRun(runId: $id, afterCursor: $cursor, limit: 1000) {
+    __typename
+    ... on EventConnection { cursor hasMore events { __typename
+        ... on LogMessageEvent { message level stepKey }
+        ... on ExecutionStepFailureEvent { stepKey error { message causes { message } } } } }
+    ... on Error { message }
+  }
+}"""
+
+
+def run_messages(url: str, run_id: str) -> list[tuple[str, str]]:
+    """The run's log messages and step failures, oldest first, as ``(level, message)``
+    (``("FAILURE", error)`` for a failed step: its message and its root cause's, which says
+    what went wrong, e.g. which config field is invalid)."""
+    out: list[tuple[str, str]] = []
+    cursor = None
+    while True:
+        page = graphql(url, RUN_LOGS, {"id": run_id, "cursor": cursor})["logsForRun"]
+        if page["__typename"] != "EventConnection":
+            raise DagsterApiError(f"reading the logs of run {run_id}: {page.get('message')}")
+        for e in page["events"]:
+            if e["__typename"] == "ExecutionStepFailureEvent":
+                error = e.get("error") or {}
+                causes = [c["message"] for c in error.get("causes") or []]
+                out.append(("FAILURE", "\n".join([error.get("message", ""), *causes[-1:]])))
+            elif e.get("message") is not None and e.get("stepKey"):
+                out.append((e["level"], e["message"]))
+        if not page["hasMore"]:
+            return out
+        cursor = page["cursor"]
+
+
+def launch_check(url: str, asset: str, check: str, run_config: dict | None = None,
+                 tags: dict[str, str] | None = None, *, location: str | None = LOCATION) -> str:
+    """Execute one asset check, as the UI's *Execute* button does; returns the run id."""
+    selector = {"repositoryLocationName": location or _location_of_asset(url, asset),
+                "repositoryName": REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": [],
+                "assetCheckSelection": [{"assetKey": {"path": [asset]}, "name": check}]}
+    return _launch(url, selector, run_config or {}, tags, f"executing {asset}:{check}")
+
+
+ASSET_LOCATION = """
+query($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    __typename
+    ... on AssetNode { repository { name location { name } } }
+    ... on Error { message }
+  }
+}"""
+
+
+def _location_of_asset(url: str, asset: str) -> str:
+    out = _result(graphql(url, ASSET_LOCATION, {"key": {"path": [asset]}}),
+                  "assetNodeOrError", "AssetNode")
+    return out["repository"]["location"]["name"]
 
 
 def run_status(url: str, run_id: str) -> str:

@@ -7,6 +7,8 @@ TOPIC is a source topic (``tpch.orders``) or its dead-letter topic (``tpch.order
 ``list`` prints the reason histogram (how many of each were replayed already) and the newest
 samples; ``replay`` re-publishes the selected dead letters to their source topic — each at most
 once, unless ``--again`` — and reports what it did per reason (see ``conflux/observe/dlq_replay.py``).
+It launches ``<dataset>__dlq_replay_job`` through the Dagster webserver, so the replay shows in
+the UI; ``--local`` (implied by ``--catalog``) replays in this process.
 """
 
 from __future__ import annotations
@@ -18,10 +20,8 @@ import time
 
 
 def _reason_codes() -> tuple[str, ...]:
-    from conflux.event import decode
-    return (decode.NULL_VALUE, decode.OVERSIZE, decode.UNDECODABLE, decode.INVALID_JSON,
-            decode.CONTRACT_VIOLATION, decode.UNKNOWN_SCHEMA, decode.UNSUPPORTED_VERSION,
-            decode.MISSING_KEY)
+    from conflux.dagster.operations import REASON_CODES
+    return REASON_CODES
 
 
 def _target(args):
@@ -143,6 +143,8 @@ def cmd_dlq_replay(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit} must be >= 1")
     ds, selection = _target(args)
+    if not (args.local or args.catalog):
+        return _launch_replay(ds, args)
     kafka, ledger = _services()
     report = replay(ds, kafka=kafka, ledger=ledger, selection=selection,
                     replay_id=new_replay_id(), dry_run=args.dry_run,
@@ -189,6 +191,33 @@ def cmd_dlq_replay(args) -> int:
     return 0
 
 
+def _launch_replay(ds, args) -> int:
+    """Launch ``<dataset>__dlq_replay_job`` through the webserver (so the replay shows in the
+    UI), follow it and print its report (``--json``: the same JSON as a local replay)."""
+    from conflux.cli.jobs import launch_job, outcome, validated
+    from conflux.core.opconfig import DeadLetterReplayConfig
+    from conflux.core.settings import Settings
+
+    source = args.topic if args.topic in ds.topics and len(ds.topics) > 1 else ""
+    config = validated(DeadLetterReplayConfig, "dlq replay", reasons=args.reason or [],
+                       since=args.since or "", source_topic=source, again=args.again,
+                       limit=args.limit or 0, dry_run=args.dry_run)
+    report = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    run = launch_job(Settings.from_env().dagster_url, f"{ds.name}__dlq_replay_job",
+                     f"{ds.name}__dlq_replay", config, what=f"{ds.name}: dead-letter replay",
+                     wait=True, timeout=args.timeout, report=report)
+    if args.json:
+        print(json.dumps(run.report or {"run_id": run.run_id, "status": run.status,
+                                        "failures": run.failures}, indent=2))
+        return 0 if run.succeeded else 1
+    ok = outcome(run)
+    if ok and not args.dry_run and run.report and run.report.get("published"):
+        print(f"the {ds.name}__kafka sensor applies them (upserts by key: no duplicates); "
+              f"records still bad go back to {ds.dlq_topic} with their reason "
+              f"(`conflux dlq list {args.topic}`)")
+    return 0 if ok else 1
+
+
 def register(sub) -> None:
     """Add this module's subcommands to the `conflux` parser."""
     dlq = sub.add_parser("dlq", help="dead letters of an event dataset: reasons, samples, "
@@ -222,5 +251,11 @@ def register(sub) -> None:
                     help="also re-publish letters an earlier replay re-published")
     rp.add_argument("--limit", type=int, metavar="N", help="re-publish at most N (oldest first)")
     rp.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    rp.add_argument("--catalog", help=catalog_help)
+    rp.add_argument("--catalog", help=catalog_help + "; implies --local (the webserver knows "
+                                                     "only the project's catalog)")
+    rp.add_argument("--local", action="store_true",
+                    help="replay in this process instead of launching the "
+                         "<dataset>__dlq_replay_job through the Dagster webserver")
+    rp.add_argument("--timeout", type=float, default=1800,
+                    help="seconds to wait for the run (default 1800)")
     rp.set_defaults(func=cmd_dlq_replay)

@@ -12,7 +12,9 @@
 
 The projection is the project catalog's batch dataset whose ``compute`` is a
 ``ledger_projection`` (``--projection NAME`` when it has several); its ledger and opening
-datasets, and which of their columns are which (``LedgerColumns``), are the ones it names. The
+datasets, and which of their columns are which (``LedgerColumns``), are the ones it names.
+``rebuild`` launches ``<projection>__ledger_rebuild_job`` through the Dagster webserver (so it
+shows in the UI) and prints the run's report; ``--local`` runs it in this process instead. The
 ``run_*`` functions take the datasets as parameters. The lake is ``CONFLUX_LAKE_PATH`` when set
 (as ``conflux stack env`` exports it), else the local stack's.
 """
@@ -23,6 +25,8 @@ import json
 import os
 import sys
 from typing import TextIO
+
+from conflux.ledger.report import run_rebuild  # noqa: F401  (the tests' entry point too)
 
 EXPLAIN_COLUMNS = ("occurred_at", "event_id", "kind", "amount", "signed", "source",
                    "correlation_id")
@@ -41,6 +45,11 @@ def register(sub) -> None:
                               "exit 1 listing the differences unless identical")
     rebuild.add_argument("--json", action="store_true", help="print the result as JSON")
     rebuild.add_argument("--projection", metavar="NAME", help=PROJECTION_HELP)
+    rebuild.add_argument("--local", action="store_true",
+                         help="run in this process instead of launching the "
+                              "<projection>__ledger_rebuild_job through the Dagster webserver")
+    rebuild.add_argument("--timeout", type=float, default=1800,
+                         help="seconds to wait for the run (default 1800)")
     rebuild.set_defaults(func=cmd_rebuild)
     explain = ledger_sub.add_parser(
         "explain", help="trace an account's balance to its opening balance and ledger "
@@ -63,9 +72,10 @@ def ledger_datasets(name: str | None = None):
     from conflux.core.errors import ConfigError
     from conflux.core.project import catalog_by_name
 
+    from conflux.dagster.operations import ledger_projections
+
     catalog = catalog_by_name()
-    found = {n: ds for n, ds in catalog.items()
-             if getattr(getattr(ds, "compute", None), "projection", None) is not None}
+    found = {n: p for n, (_, p, _) in ledger_projections(catalog).items()}
     if name is not None:
         if name not in found:
             raise ConfigError(f"{name!r} is not a ledger projection; the catalog's: "
@@ -96,6 +106,9 @@ def cmd_rebuild(args) -> int:
 
     ledger, projection, opening = ledger_datasets(args.projection)
     settings = Settings.from_env()
+    if not args.local:
+        return _launch_rebuild(projection, replace=not args.check, as_json=args.json,
+                               url=settings.dagster_url, timeout=args.timeout)
     registry = SchemaRegistryResource(url=settings.postgres_url)
     instance = None if args.check else _dagster_instance(settings)
     try:
@@ -107,6 +120,23 @@ def cmd_rebuild(args) -> int:
     finally:
         if instance is not None:
             instance.dispose()
+
+
+def _launch_rebuild(projection, *, replace: bool, as_json: bool, url: str,
+                    timeout: float) -> int:
+    """Launch ``<projection>__ledger_rebuild_job`` through the webserver and follow it."""
+    from conflux.cli.jobs import launch_job, outcome
+
+    report = (lambda line: print(line, file=sys.stderr)) if as_json else print
+    run = launch_job(url, f"{projection.name}__ledger_rebuild_job",
+                     f"{projection.name}__ledger_rebuild", {"replace": replace},
+                     what=f"{projection.name}: ledger {'rebuild' if replace else 'check'}",
+                     wait=True, timeout=timeout, report=report)
+    if as_json:
+        print(json.dumps({"run_id": run.run_id, "status": run.status, "report": run.report,
+                          "lines": run.lines, "failures": run.failures}, indent=2))
+        return 0 if run.succeeded else 1
+    return 0 if outcome(run) else 1
 
 
 def cmd_explain(args) -> int:
@@ -131,70 +161,6 @@ def _dagster_instance(settings):
 
 
 # --- the commands, on any datasets -------------------------------------------------------------
-def run_rebuild(*, ledger, projection, opening: str, kafka, lake, resolver, check: bool,
-                as_json: bool = False, registry=None, instance=None,
-                out: TextIO | None = None) -> int:
-    """Rebuild ``projection`` from offset zero of ``ledger``; compare (``check``) or replace.
-
-    Args:
-        ledger: the append-only ``EventDataset``; projection: the projection's ``BatchDataset``
-        (computed by ``ledger_projection``: its ``LedgerColumns`` say which columns are which);
-        opening: name of the dataset holding the opening balances.
-        instance: a Dagster instance to record a replacement on, as a runless materialization
-            of ``projection`` (None: not recorded).
-
-    Returns:
-        the exit code: 0 identical / replaced, 1 different.
-    """
-    from conflux.ledger import audit as ledger_audit
-    out = out or sys.stdout
-    rebuilt = ledger_audit.rebuild(ledger, opening=opening,
-                                   columns=projection.compute.projection.columns, kafka=kafka,
-                                   lake=lake, resolver=resolver)
-    if check:
-        comparison = ledger_audit.compare(rebuilt, projection=projection.name, lake=lake)
-        if as_json:
-            print(json.dumps({"rebuild": rebuilt.summary(), "comparison": comparison.as_dict()},
-                             indent=2, default=str), file=out)
-        else:
-            print(format_rebuild(rebuilt, ledger, projection.name), file=out)
-            print(format_comparison(comparison, projection.name, rebuilt.columns.label),
-                  file=out)
-        return 0 if comparison.identical else 1
-    generation = ledger_audit.replace(rebuilt, projection=projection.name, lake=lake)
-    recorded = _record(instance, projection, rebuilt, generation, registry)
-    if as_json:
-        print(json.dumps({"rebuild": rebuilt.summary(), "replaced": True,
-                          "checkpoint": generation, "recorded_in_dagster": recorded},
-                         indent=2, default=str), file=out)
-    else:
-        print(format_rebuild(rebuilt, ledger, projection.name), file=out)
-        print(f"replaced {projection.name} with the rebuild: {len(rebuilt.projection)} "
-              f"{rebuilt.columns.label}(s), {len(rebuilt.folded)} event(s) folded (checkpoint "
-              f"{generation}); "
-              + ("recorded in Dagster as a materialization" if recorded
-                 else "not recorded in Dagster (no instance found)"), file=out)
-    return 0
-
-
-def _record(instance, projection, rebuilt, generation: str, registry) -> bool:
-    if instance is None:
-        return False
-    import dagster as dg
-
-    from conflux.batch.asset import contract_ref
-    from conflux.contracts.metadata import materialization_metadata
-
-    ref = contract_ref(projection, registry) if registry is not None else None
-    instance.report_runless_asset_event(dg.AssetMaterialization(
-        asset_key=projection.name, metadata=materialization_metadata(
-            projection, rows=len(rebuilt.projection), contract_version=ref,
-            fold="rebuilt from offset zero", events_total=len(rebuilt.folded),
-            records_read=rebuilt.records_read, checkpoint=generation,
-            source_ranges=dg.MetadataValue.json(rebuilt.summary()["offsets"]))))
-    return True
-
-
 def run_explain(account, *, ledger: str, projection: str, opening: str, columns, lake,
                 as_json: bool = False, out: TextIO | None = None) -> int:
     """Explain ``account``'s balance (``columns``: the projection's ``LedgerColumns``); returns
@@ -273,45 +239,4 @@ def format_explanation(e, *, ledger: str, projection: str, opening: str, columns
         lines.append(f"  pending: {len(e.pending)} event(s) in {ledger} not folded yet (the "
                      f"next materialization of {projection} adds them)")
         lines += _table(e.pending)
-    return "\n".join(lines)
-
-
-def format_rebuild(r, ledger, projection: str) -> str:
-    spans = " ".join(f"{t}[{p}]@0..{end}" for t, ends in r.ends.items()
-                     for p, end in sorted(ends.items()))
-    invalid = sum(r.invalid.values())
-    lines = [f"{projection}: folded {ledger.name} from offset zero ({spans or 'no partitions'})",
-             f"  {r.records_read} record(s) read: {len(r.events)} event(s), {r.repeated} "
-             f"repeated event_id(s) ignored, {invalid} invalid record(s) skipped"
-             + (f" {dict(r.invalid)}" if invalid else ""),
-             f"  {len(r.projection)} {r.columns.label}(s), {len(r.folded)} event(s) folded"]
-    if r.conflicts:
-        lines.append(f"  {len(r.conflicts)} repeated event_id(s) with conflicting content (the "
-                     f"copy the ledger stored counts): {', '.join(r.conflicts[:10])}")
-    return "\n".join(lines)
-
-
-def format_comparison(c, projection: str, label: str = "account") -> str:
-    if c.problem:
-        return f"compared with the stored {projection}: DIFFERENT — {c.problem}"
-    lines = [f"compared with the stored {projection} (checkpoint {c.generation}): "
-             + (f"IDENTICAL — every row, every event folded, every {label}'s fold state"
-                if c.identical else "DIFFERENT")]
-    for d in c.differences:
-        lines.append(f"  {label} {d['account']}: {d['column']} stored {d['stored']!r}, "
-                     f"rebuilt {d['rebuilt']!r}")
-    if c.difference_count > len(c.differences):
-        lines.append(f"  ... {c.difference_count - len(c.differences)} more differing value(s)")
-    if c.not_folded_count:
-        lines.append(f"  {c.not_folded_count} event(s) in the log not folded into the stored "
-                     f"projection (e.g. {', '.join(c.not_folded)}): not ingested or not "
-                     f"materialized yet?")
-    if c.folded_not_in_log_count:
-        lines.append(f"  {c.folded_not_in_log_count} folded event(s) not in the log (e.g. "
-                     f"{', '.join(c.folded_not_in_log)})")
-    if c.folded_differently:
-        lines.append(f"  folded with another content than the log holds: "
-                     f"{', '.join(c.folded_differently)}")
-    if c.state_differs:
-        lines.append(f"  the per-{label} fold state differs")
     return "\n".join(lines)

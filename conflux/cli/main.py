@@ -4,9 +4,10 @@
     conflux stack up|down|status|env|reset     the local stack (Kafka, Postgres, Dagster)
     conflux dev [--no-producer] [--rate N]     stack + UI + daemon + the project's sample events
     conflux contracts register|check|diff|mode the schema registry
-    conflux backfill DATASET --start D --end D backfill a date range (batch: Dagster backfill;
-                                               event: reconcile + repair from the batch source)
-    conflux replay DATASET --since TIME        re-apply an event dataset from Kafka (offsets of TIME)
+    conflux backfill DATASET --start D --end D backfill a date range: a Dagster backfill (event
+                                               datasets: repair from the batch source, or replay)
+    conflux replay DATASET --since TIME        re-apply an event dataset from Kafka (offsets of
+                                               TIME) in one <dataset>__replay_job run
     conflux ops apply FILE | relay | status    change ops tables through the transactional outbox
     conflux lake migrate [--dry-run]           convert pre-Delta lake datasets into Delta tables
 
@@ -317,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.set_defaults(func=cmd_contracts_mode)
 
     bf = sub.add_parser("backfill", help="backfill a dataset over a date range (through the UI's "
-                        "API: it shows in the UI)")
+                        "API: it shows in the UI); for an event dataset, materializing days "
+                        "repairs them from its batch source (or replays them from Kafka)")
     bf.add_argument("dataset", help="dataset name, e.g. revenue_by_nation or orders")
     bf.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     bf.add_argument("--end", required=True, help="last day (inclusive), YYYY-MM-DD")
@@ -326,12 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     bf.set_defaults(func=cmd_backfill)
 
     rp = sub.add_parser("replay", help="re-apply an event dataset from Kafka since a point in "
-                        "time (offsets_for_times); idempotent")
+                        "time (offsets_for_times) in one run of its <dataset>__replay_job, "
+                        "launched through the webserver; idempotent")
     rp.add_argument("dataset", help="event dataset name, e.g. orders")
     rp.add_argument("--since", required=True, help="arrival time, ISO date or date-time (UTC "
-                    "when no zone is given)")
+                    "when no zone is given), or a duration back from now (90m, 2h, 1d)")
     rp.add_argument("--dry-run", action="store_true", help="print the plan, launch nothing")
-    rp.add_argument("--wait", action="store_true", help="follow the runs until done")
+    rp.add_argument("--wait", action="store_true", help="follow the run until done; exit 1 "
+                    "when it fails")
     rp.add_argument("--timeout", type=float, default=1800, help="seconds to wait (default 1800)")
     rp.set_defaults(func=cmd_replay)
 

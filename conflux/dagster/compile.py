@@ -3,7 +3,9 @@
 ``asset_specs`` is pure — it builds every asset's spec (key, deps, partitions, metadata, kinds,
 tags, owners, group, code version, automation) from the catalog without running anything, so
 tests can inspect the compiled graph. ``build_definitions`` adds the executable parts: batch
-asset functions, ingest jobs, sensors and schedules, the lake maintenance jobs and schedules
+asset functions, event datasets as materializable assets and the operations jobs (replay,
+dead-letter replay, reconcile, ledger rebuild: ``conflux.dagster.operations``), ingest jobs,
+sensors and schedules, the lake maintenance jobs and schedules
 (``conflux.dagster.maintenance``), and the resources — among them the lake IO
 manager, the default one, through which any Dagster asset reads the datasets.
 """
@@ -139,6 +141,7 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     from conflux.observe.run_workers import build_run_worker_monitor
     from conflux.event.sensor import build_kafka_sensor
     from conflux.dagster.maintenance import maintenance_definitions
+    from conflux.dagster.operations import build_event_asset, operations_definitions
     from conflux.dagster.automation import with_automation
 
     datasets = tuple(datasets)
@@ -152,7 +155,7 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     for name, ds in catalog.items():
         if isinstance(ds, EventDataset):
             ingest = build_ingest_job(ds)
-            assets.append(specs[name])
+            assets.append(build_event_asset(ds, specs[name]))  # materialize = repair / replay
             jobs.append(ingest)
             sensors.append(build_kafka_sensor(ds, ingest))
             if ds.fallback is not None:
@@ -175,6 +178,7 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     sensors += [dlq_sensor] if dlq_sensor else []
     sensors += notification_sensors(catalog.values())  # none unless a webhook is configured
     sensors.append(build_run_worker_monitor())
+    jobs += operations_definitions(catalog)
     maintenance_jobs, maintenance_schedules = maintenance_definitions(catalog.values())
     jobs += maintenance_jobs
     schedules += maintenance_schedules

@@ -150,11 +150,26 @@ def _cut(decoded: Decoded, records: list[Record], row: int) -> tuple[Decoded, in
                    dead=[d for d in decoded.dead if position[id(d.record)] < stop]), stop
 
 
+def _within(ds: EventDataset, decoded: Decoded, first: dt.date, last: dt.date) -> Decoded:
+    """The rows of ``decoded`` whose event day is in ``first .. last`` (all of them without an
+    event time); no dead letters."""
+    if not ds.event_time:
+        return Decoded(rows=decoded.rows, records=decoded.records, contracts=decoded.contracts)
+
+    def day(value):
+        return value.date() if isinstance(value, dt.datetime) else value
+    keep = [i for i, row in enumerate(decoded.rows) if first <= day(row[ds.event_time]) <= last]
+    return Decoded(rows=[decoded.rows[i] for i in keep],
+                   records=[decoded.records[i] for i in keep],
+                   contracts=[decoded.contracts[i] for i in keep], dead=[])
+
+
 def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaResource,
                   lake: LakeResource, resolver: ContractResolver, origin: str,
                   sources: list[dict] | Callable[[list[Record]], list[dict]],
                   lag: int | None = None,
-                  max_partitions: int | None = None, current_as_of: float = 0.0) -> IngestReport:
+                  max_partitions: int | None = None, current_as_of: float = 0.0,
+                  keep_days: tuple[dt.date, dt.date] | None = None) -> IngestReport:
     """Apply records to ``ds``; returns the report with one materialization per partition touched.
 
     Args:
@@ -167,10 +182,14 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
         current_as_of: the last time the writer knew the dataset held everything that had
             arrived (epoch seconds; 0: unknown) — ``dagster/last_updated_timestamp`` of the
             materializations. Not the newest record's time: other partitions may lag behind.
+        keep_days: apply only the rows whose event day is within ``(first, last)`` and write no
+            dead letters (a replay of days: bad records were dead-lettered when they arrived).
     """
     t0 = time.perf_counter()
     records = list(records)
     decoded, seen = decode_records(ds, records, resolver)
+    if keep_days is not None:
+        decoded = _within(ds, decoded, *keep_days)
     cut = partition_prefix(ds, decoded, max_partitions) if max_partitions else None
     if cut is not None:
         decoded, seen = _cut(decoded, records, cut)

@@ -17,6 +17,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from conflux.core import opconfig
 from conflux.core.errors import ConfigError
 from conflux.core.declarations import DeadLetterPolicy, EventDataset
 
@@ -235,27 +236,10 @@ def window_label(seconds: float) -> str:
 
 
 # --- choosing and re-publishing letters ------------------------------------------------------
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """``--since``: an ISO date or date-time (UTC when no zone is given) or a duration back from
     now (``90m``, ``2h``, ``1d``, ``1w``)."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    found = _DURATION.match(text or "")
-    if found:
-        return now - dt.timedelta(seconds=float(found[1]) * _UNIT_S[found[2].lower()])
-    try:
-        value = dt.datetime.fromisoformat((text or "").strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"--since {text!r} is neither an ISO date / date-time (e.g. "
-                          f"2026-11-28T09:00:00Z) nor a duration back from now (e.g. 90m, 2h, "
-                          f"1d)") from None
-    value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    if value > now:
-        raise ConfigError(f"--since {value.isoformat()} is in the future")
-    return value
+    return opconfig.parse_since(text, "--since", now)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def test_times_are_utc_unless_a_zone_is_given():
 
 @pytest.mark.parametrize("argv, message", [
     (["replay", "customer", "--since", "2026-01-01"], "is a batch dataset"),
-    (["replay", "orders", "--since", "soon"], "is not an ISO date"),
+    (["replay", "orders", "--since", "soon"], "is neither an ISO date"),
     (["backfill", "orders", "--start", "1995-13-01", "--end", "1995-12-31"], "is not a date"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(argv, message, capsys):
