@@ -28,7 +28,7 @@ STACK = {"CONFLUX_HOME": str(REPO / ".conflux" / "test-h19a"),
          "CONFLUX_PG_PORT": "17432", "CONFLUX_DAGSTER_PORT": "17300"}
 URL = f"http://127.0.0.1:{STACK['CONFLUX_DAGSTER_PORT']}"
 JOINS = ("revenue_by_nation", "customer_balance")
-ALL_MATERIALIZED_WITHIN = 180  # seconds after the UI is up (measured: see docs/operations.md)
+ALL_MATERIALIZED_WITHIN = 180  # seconds after the UI is up (measured: docs/architecture.md)
 FROM_AUTOMATION = "dagster/from_automation_condition"
 
 ASSETS = """
@@ -99,6 +99,7 @@ def partition_materialization(asset: str, day: str) -> dict | None:
     return (found["assetOrError"]["assetMaterializations"] or [None])[0]
 
 
+@pytest.mark.timeout(900)  # the stack's start and stop included; ~4-6 min on 2 busy cores
 def test_the_whole_demo_graph_is_materialized_by_the_daemons_automation(dev):
     proc, log, up_after = dev
     up = time.monotonic()
@@ -146,7 +147,7 @@ def test_the_whole_demo_graph_is_materialized_by_the_daemons_automation(dev):
     assert before is not None
     published = time.time()
     publish_late_order(LATE_DAY)
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 240  # two evaluations and a backfill loop, on a busy machine
     while True:
         after = partition_materialization("revenue_by_nation", LATE_DAY)
         if after and float(after["timestamp"]) / 1000 > published:
