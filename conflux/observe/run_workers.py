@@ -88,8 +88,11 @@ def fail_dead_workers(instance: dg.DagsterInstance) -> tuple[int, list[str]]:
 
 
 def build_run_worker_monitor() -> dg.SensorDefinition:
-    """The sensor ``conflux_run_workers`` (running by default; it skips unless
-    ``CONFLUX_RUN_WORKERS=local``).
+    """The sensor failing started runs whose worker is gone.
+
+    Returns:
+        ``conflux_run_workers``, running by default, checking every ``CHECK_EVERY_S`` seconds;
+        it only skips unless ``CONFLUX_RUN_WORKERS=local``.
 
     Examples:
         >>> build_run_worker_monitor().name
