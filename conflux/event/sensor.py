@@ -203,7 +203,8 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
                 run_requests=[requeue.request(ds.name, p, requeued_from=last)
                               for p, last in failures.requeue],
                 cursor=dump_state(state))
-        gap += f"{requeue.describe(failures)}; " if failures.unsettled else ""
+        unsettled = requeue.describe(failures)  # empty when only runs in flight are unsettled
+        gap += f"{unsettled}; " if unsettled else ""
         try:
             ends, missing = end_offsets(ds, kafka)
         except Exception as exc:  # broker down: say so, keep the cursor, try next tick
