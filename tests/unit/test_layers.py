@@ -59,3 +59,22 @@ def test_the_check_catches_an_upward_import(tmp_path):
     bad.write_text("from conflux.cli.main import main\nimport pipelines.catalog\n")
     found = [(name, layer_of(name)) for name, _, _ in imports(bad)]
     assert found == [("conflux.cli.main", 5), ("pipelines.catalog", None)]
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(CONFLUX)))
+def test_only_dagsters_public_api(path):
+    """House rule 1: no ``dagster._*`` (nor ``dagster_*._*``) import anywhere in the framework."""
+    private = [(line, text) for name, line, text in imports(path)
+               if any(part.startswith("_") for part in name.split(".")[1:])
+               and name.split(".")[0].startswith("dagster")]
+    assert not private, f"{path.name}: private Dagster imports {private}"
+
+
+def test_the_stack_runs_dagsters_own_run_launcher():
+    import yaml
+
+    from conflux.core.settings import Settings
+    from conflux.stack.dagster import render_dagster_yaml
+
+    launcher = yaml.safe_load(render_dagster_yaml(Settings.from_env({})))["run_launcher"]
+    assert launcher == {"module": "dagster", "class": "DefaultRunLauncher"}
