@@ -15,6 +15,8 @@ BENCH_ENV = {
     "CONFLUX_HOME": str(REPO / ".conflux" / "bench"),
     "CONFLUX_KAFKA_PORT": "26092", "CONFLUX_KAFKA_CONTROLLER_PORT": "26093",
     "CONFLUX_PG_PORT": "26432", "CONFLUX_DAGSTER_PORT": "26000",
+    # the benchmarks launch the runs they time; automation (on by default) would add its own
+    "CONFLUX_AUTOMATION": "off",
 }
 WORKSPACE = """\
 load_from:
