@@ -39,19 +39,16 @@ class AutomationSensorSpec:
     name: str
     running: bool
     interval_seconds: int
-    excluded: tuple[str, ...]  # the project's own automation sensors, whose assets are theirs
 
     @property
     def status(self) -> dg.DefaultSensorStatus:
         return dg.DefaultSensorStatus.RUNNING if self.running else dg.DefaultSensorStatus.STOPPED
 
 
-def automation_sensor_spec(settings: Automation, own_sensors: Iterable[str] = ()
-                           ) -> AutomationSensorSpec:
+def automation_sensor_spec(settings: Automation) -> AutomationSensorSpec:
     """The sensor's name, default status and interval from the settings (pure)."""
     return AutomationSensorSpec(name=AUTOMATION_SENSOR, running=settings.enabled,
-                                interval_seconds=settings.interval_seconds,
-                                excluded=tuple(sorted(own_sensors)))
+                                interval_seconds=settings.interval_seconds)
 
 
 def automation_sensor(*, sensors: Iterable[dg.SensorDefinition] = (),
@@ -75,7 +72,7 @@ def automation_sensor(*, sensors: Iterable[dg.SensorDefinition] = (),
     """
     settings = settings or Automation.from_env()
     own = [s for s in sensors if isinstance(s, dg.AutomationConditionSensorDefinition)]
-    spec = automation_sensor_spec(settings, (s.name for s in own))
+    spec = automation_sensor_spec(settings)
     target = dg.AssetSelection.all()
     for sensor in own:
         target = target - sensor.asset_selection

@@ -123,7 +123,7 @@ def test_the_whole_demo_graph_is_materialized_by_the_daemons_automation(dev):
     by_automation = automation_runs()
     for name in ("customer", "supplier", "nation", "region", "part", "partsupp", *JOINS):
         run_id = latest[name]["runId"]
-        assert run_id in by_automation, f"{name} was materialized by run {run_id!r}, not by automation"
+        assert run_id in by_automation, f"{name}: materialized by run {run_id!r}, not automation"
         tags = {t["key"]: t["value"] for t in by_automation[run_id]["tags"]}
         assert "dagster/asset_evaluation_id" in tags
 
