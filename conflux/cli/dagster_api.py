@@ -208,7 +208,8 @@ query($id: ID!, $cursor: String) {
     __typename
     ... on EventConnection { cursor hasMore events { __typename
         ... on LogMessageEvent { message level stepKey }
-        ... on ExecutionStepFailureEvent { stepKey error { message causes { message } } } } }
+        ... on ExecutionStepFailureEvent { stepKey error { message causes { message } } }
+        ... on RunFailureEvent { message } } }
     ... on Error { message }
   }
 }"""
@@ -217,7 +218,8 @@ query($id: ID!, $cursor: String) {
 def run_messages(url: str, run_id: str) -> list[tuple[str, str]]:
     """The run's log messages and step failures, oldest first, as ``(level, message)``
     (``("FAILURE", error)`` for a failed step: its message and its root cause's, which says
-    what went wrong, e.g. which config field is invalid)."""
+    what went wrong, e.g. which config field is invalid; ``("RUN_FAILURE", message)`` for the
+    run's own failure, e.g. a run that never started)."""
     out: list[tuple[str, str]] = []
     cursor = None
     while True:
@@ -229,11 +231,18 @@ def run_messages(url: str, run_id: str) -> list[tuple[str, str]]:
                 error = e.get("error") or {}
                 causes = [c["message"] for c in error.get("causes") or []]
                 out.append(("FAILURE", "\n".join([error.get("message", ""), *causes[-1:]])))
+            elif e["__typename"] == "RunFailureEvent":
+                out.append(("RUN_FAILURE", e.get("message") or ""))
             elif e.get("message") is not None and e.get("stepKey"):
                 out.append((e["level"], e["message"]))
         if not page["hasMore"]:
             return out
         cursor = page["cursor"]
+
+
+def run_messages_have_steps(url: str, run_id: str) -> bool:
+    """Whether any step of the run logged anything (False: it failed before it started)."""
+    return any(level != "RUN_FAILURE" for level, _ in run_messages(url, run_id))
 
 
 def launch_check(url: str, asset: str, check: str, run_config: dict | None = None,
@@ -259,6 +268,22 @@ def _location_of_asset(url: str, asset: str) -> str:
     out = _result(graphql(url, ASSET_LOCATION, {"key": {"path": [asset]}}),
                   "assetNodeOrError", "AssetNode")
     return out["repository"]["location"]["name"]
+
+
+RETRIES = """
+query($parent: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/parent_run_id", value: $parent}]}, limit: 1) {
+    __typename
+    ... on Runs { results { runId status } }
+    ... on Error { message }
+  }
+}"""
+
+
+def retry_of(url: str, run_id: str) -> str | None:
+    """The run Dagster's run retries launched for a failed ``run_id`` (None: none yet)."""
+    out = _result(graphql(url, RETRIES, {"parent": run_id}), "runsOrError", "Runs")
+    return out["results"][0]["runId"] if out["results"] else None
 
 
 def run_status(url: str, run_id: str) -> str:

@@ -5,6 +5,7 @@ outcome and the report its op logged."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,22 +54,52 @@ def launch_job(url: str, job: str, op: str, config: dict, *, what: str, wait: bo
     return follow(url, run, timeout=timeout, report=report)
 
 
+RETRY_GRACE_S = 30  # how long a failed run's retry may take to appear (the daemon's retry loop)
+
+
 def follow(url: str, run: JobRun, *, timeout: float,
            report: Callable[[str], None] = print) -> JobRun:
-    """Wait for ``run`` to finish; fill in its status, its op's lines and report."""
+    """Wait for ``run`` to finish; fill in its status, its op's lines and report. A run that
+    failed before any step started (e.g. its worker did not start in time on a loaded machine)
+    is followed into the retry Dagster's run retries launch for it, if one comes."""
+    deadline = time.monotonic() + timeout
+
     def poll() -> tuple[bool, str]:
         run.status = api.run_status(url, run.run_id)
         return run.status in api.DONE_RUN, f"  run {run.run_id}: {run.status}"
 
-    api.wait(poll, timeout=timeout, report=report)
+    while True:
+        api.wait(poll, timeout=max(deadline - time.monotonic(), 1), report=report)
+        if run.status != "FAILURE" or api.run_messages_have_steps(url, run.run_id):
+            break
+        retry = _wait_for_retry(url, run.run_id, min(RETRY_GRACE_S, deadline - time.monotonic()))
+        if retry is None:
+            break
+        report(f"  run {run.run_id} failed before it started; Dagster retried it as {retry}: "
+               f"{url}/runs/{retry}")
+        run.run_id = retry
+    run_failures = []
     for level, message in api.run_messages(url, run.run_id):
         if level == "FAILURE":
             run.failures.append(message.strip())
+        elif level == "RUN_FAILURE":
+            run_failures.append(message.strip())
         elif message.startswith(REPORT_PREFIX):
             run.report = json.loads(message[len(REPORT_PREFIX):])
         elif level in ("INFO", "WARNING", "ERROR"):
             run.lines.append(message)
+    if not run.failures:  # no step failed: the run's own reason (e.g. it never started)
+        run.failures = run_failures
     return run
+
+
+def _wait_for_retry(url: str, run_id: str, seconds: float) -> str | None:
+    end = time.monotonic() + max(seconds, 0)
+    while True:
+        retry = api.retry_of(url, run_id)
+        if retry is not None or time.monotonic() >= end:
+            return retry
+        time.sleep(2)
 
 
 def outcome(run: JobRun, report: Callable[[str], None] = print) -> bool:
