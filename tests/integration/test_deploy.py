@@ -3,7 +3,8 @@ the Dagster webserver, the daemon and Conflux's code location as three separate 
 
 Only the run launcher differs from production: this machine has no Docker engine and no
 Kubernetes cluster, so runs start through Dagster's default launcher — which, with a gRPC code
-location, asks the code server to start them. Everything else is the file operators deploy:
+location, asks the code server to start them; and the storage does not require TLS, which the
+local Postgres does not offer. Everything else is the file operators deploy:
 Postgres storage from ``DAGSTER_PG_*``, the queued coordinator, run monitoring and retries.
 The webserver and daemon get no platform variable at all (no Kafka, no lake, no platform
 database): only their storage and the code server's address, as in production.
@@ -63,8 +64,10 @@ def topology(stack, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     instance = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
-    # the one change: no container engine here (module docstring)
+    # the changes: no container engine here (module docstring), and the throwaway local Postgres
+    # has no TLS, so the storage cannot require it
     instance["run_launcher"] = {"module": "dagster.core.launcher", "class": "DefaultRunLauncher"}
+    assert instance["storage"]["postgres"]["postgres_db"].pop("params") == {"sslmode": "require"}
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
     code_port, web_port = free_port(), free_port()
     dagster_env = {**base_env(), **storage_env, "DAGSTER_HOME": str(home)}

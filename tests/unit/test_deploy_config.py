@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy_files import ENV_EXAMPLES, platform_env_names
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 INSTANCE_FILES = [DEPLOY / "dagster.yaml", DEPLOY / "k8s" / "dagster.yaml"]
@@ -29,23 +31,6 @@ STORAGE = {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_
 # read by client libraries rather than Conflux's resources; optional in production
 OPTIONAL = {"KAFKA_SSL_CAFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "OPENLINEAGE_URL",
             "OPENLINEAGE_NAMESPACE"}
-
-
-def platform_env_names() -> set[str]:
-    """Every variable the platform's Dagster resources read (``dg.EnvVar``), with every optional
-    Kafka security setting switched on."""
-    from conflux.dagster.resources import platform_resources
-    from conflux.io.kafka import SECURITY_ENV
-
-    names: set[str] = set()
-    with pytest.MonkeyPatch.context() as mp:
-        for name in SECURITY_ENV.values():
-            mp.setenv(name, "set")
-        for resource in platform_resources().values():
-            for value in resource._get_non_default_public_field_values().values():
-                if getattr(value, "env_var_name", None):
-                    names.add(value.env_var_name)
-    return names
 
 
 def load(path: Path) -> dict:
@@ -107,18 +92,27 @@ def test_run_containers_get_every_variable_the_platform_reads():
     assert {"KAFKA_BOOTSTRAP_SERVERS", "CONFLUX_POSTGRES_URL", "CONFLUX_LAKE_PATH"} <= needed
     passed = set(load(DEPLOY / "dagster.yaml")["run_launcher"]["config"]["env_vars"])
     assert (needed - OPTIONAL) | STORAGE <= passed
-    example = (DEPLOY / "conflux.env.example").read_text()
-    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.MULTILINE))
+    examples = "\n".join((DEPLOY / name).read_text() for name in ENV_EXAMPLES)
+    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", examples, re.MULTILINE))
     assert needed | STORAGE | OPTIONAL | {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= documented
 
 
 def test_no_deployment_file_holds_a_secret():
     """Secrets come from the environment: every password/secret/token setting is an env
-    reference, and the env example's secret values are placeholders."""
+    reference (or, on Kubernetes, a reference to a Secret's key, never a value), and the env
+    examples' secret values are placeholders."""
+    secret_name = re.compile(r"(?i)password|secret|token|access_key")
+
     def walk(node, path=""):
         if isinstance(node, dict):
+            if secret_name.search(str(node.get("name", ""))):  # a Kubernetes env entry
+                assert "value" not in node, f"{path}: {node['name']} has a value"
             for key, value in node.items():
-                if re.search(r"(?i)password|secret|token", str(key)) and not isinstance(value, list):
+                if key in ("secretKeyRef", "secretRef"):  # names a Secret (and a key)
+                    assert set(value) <= {"name", "key", "optional"}, f"{path}.{key}"
+                elif key == "secretName":
+                    assert isinstance(value, str), f"{path}.{key}"
+                elif secret_name.search(str(key)) and not isinstance(value, (list, bool)):
                     assert isinstance(value, dict) and set(value) == {"env"}, f"{path}.{key}"
                 walk(value, f"{path}.{key}")
         elif isinstance(node, list):
@@ -127,9 +121,13 @@ def test_no_deployment_file_holds_a_secret():
 
     for path in [*INSTANCE_FILES, DEPLOY / "workspace.yaml", DEPLOY / "docker-compose.yaml"]:
         walk(load(path))
-    for line in (DEPLOY / "conflux.env.example").read_text().splitlines():
+    for path in (DEPLOY / "k8s").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            walk(doc, path.name)
+    lines = [line for name in ENV_EXAMPLES for line in (DEPLOY / name).read_text().splitlines()]
+    for line in lines:
         name, _, value = line.partition("=")
-        if re.search(r"PASSWORD|SECRET", name) and not line.startswith("#"):
+        if re.search(r"PASSWORD|SECRET|ACCESS_KEY", name) and not line.startswith("#"):
             assert value == "change-me", line
         if name == "CONFLUX_POSTGRES_URL":
             assert ":change-me@" in value
@@ -149,31 +147,49 @@ def test_the_workspace_reaches_the_code_location_over_grpc(monkeypatch):
 
 
 def test_kubernetes_manifests_agree_with_the_instance_and_the_workspace():
-    """Names the pieces use to find each other (ConfigMaps, Secret, ports, service accounts)
-    match, and every variable the platform reads reaches the pods from the ConfigMap or the
-    Secret that deploy/README.md creates. (Rendering with ``kubectl kustomize deploy/k8s``
-    needs kubectl, which the project does not install; applying needs a cluster.)"""
-    kustomization = load(DEPLOY / "k8s" / "kustomization.yaml")
-    docs = {(d["kind"], d["metadata"]["name"]): d
-            for d in yaml.safe_load_all((DEPLOY / "k8s" / "conflux.yaml").read_text())}
-    launcher = load(DEPLOY / "k8s" / "dagster.yaml")["run_launcher"]["config"]
+    """Names the pieces use to find each other (ConfigMaps, Secrets, ports, service accounts)
+    match, and every variable the platform reads reaches the code server and the run pods from
+    their ConfigMaps or the Secrets that deploy/README.md creates. (Rendering with ``kubectl
+    kustomize deploy/k8s`` needs kubectl, which the project does not install; applying needs a
+    cluster.)"""
+    from tests.deploy_files import containers, load as load_deploy, secret_refs
+
+    deploy = load_deploy()
+    kustomization = deploy.kustomization
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in deploy.k8s}
+    launcher = deploy.k8s_instance["run_launcher"]["config"]
     maps = {g["name"]: g for g in kustomization["configMapGenerator"]}
     assert maps[launcher["instance_config_map"]]["files"] == ["dagster.yaml"]
     assert set(launcher["env_config_maps"]) <= set(maps)
-    literals = dict(line.split("=", 1) for line in maps["conflux-config"]["literals"])
+    literals = {name: dict(line.split("=", 1) for line in maps[name].get("literals", []))
+                for name in maps}
 
-    for name in ("conflux-code", "dagster-webserver", "dagster-daemon"):
-        pod = docs[("Deployment", name)]["spec"]["template"]["spec"]
-        for container in [*pod.get("initContainers", []), *pod["containers"]]:
-            sources = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
-            assert sources == {*launcher["env_config_maps"], *launcher["env_secrets"]}, name
-            assert container["volumeMounts"][0]["mountPath"] == "/opt/dagster/dagster_home"
-        assert pod["volumes"][0]["configMap"]["name"] == launcher["instance_config_map"]
+    found = containers(deploy)
+    for name, (container, pod) in found.items():
+        maps_used = {ref["configMapRef"]["name"] for ref in container.get("envFrom", [])}
+        assert maps_used <= set(maps), name
+        if name.endswith("oauth2-proxy"):
+            continue
+        assert "conflux-dagster-config" in maps_used, name  # every Dagster process: its storage
+        if name != "run":
+            mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+            instance = mounts["/opt/dagster/dagster_home/dagster.yaml"]
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            assert volumes[instance["name"]]["configMap"]["name"] == launcher["instance_config_map"]
+            assert instance["subPath"] == "dagster.yaml"
+    # the code server and the runs get the platform's settings and secrets, nobody else
+    for name in ("conflux-code/code", "run"):
+        container = found[name][0]
+        env = {k for ref in container.get("envFrom", [])
+               for k in literals[ref["configMapRef"]["name"]]}
+        env |= {e["name"] for e in container.get("env", [])}
+        assert (platform_env_names() - OPTIONAL) | STORAGE <= env, name
 
     args = docs[("Deployment", "conflux-code")]["spec"]["template"]["spec"]["containers"][0]["args"]
     service = docs[("Service", "conflux-code")]["spec"]["ports"][0]
-    assert args[args.index("-p") + 1] == literals["CONFLUX_CODE_SERVER_PORT"] == str(service["port"])
-    assert literals["CONFLUX_CODE_SERVER_HOST"] == "conflux-code"
+    dagster_config = literals["conflux-dagster-config"]
+    assert args[args.index("-p") + 1] == dagster_config["CONFLUX_CODE_SERVER_PORT"] == str(service["port"])
+    assert dagster_config["CONFLUX_CODE_SERVER_HOST"] == "conflux-code"
     assert ("ServiceAccount", launcher["service_account_name"]) in docs
     launching = docs[("RoleBinding", "conflux-launch-runs")]["subjects"][0]["name"]
     for name in ("dagster-webserver", "dagster-daemon"):  # start and stop run Jobs
@@ -181,12 +197,19 @@ def test_kubernetes_manifests_agree_with_the_instance_and_the_workspace():
     jobs = docs[("Role", "conflux-launch-runs")]["rules"][0]
     assert "jobs" in jobs["resources"] and "create" in jobs["verbs"]
 
-    secret = set(re.findall(r"--from-literal=([A-Z_0-9]+)=", (DEPLOY / "README.md").read_text()))
-    assert (platform_env_names() - OPTIONAL) | STORAGE <= set(literals) | secret
-    assert {"DAGSTER_PG_PASSWORD", "KAFKA_SASL_PASSWORD", "CONFLUX_POSTGRES_URL",
-            "AWS_SECRET_ACCESS_KEY"} <= secret
-    assert not {"DAGSTER_PG_PASSWORD", "KAFKA_SASL_PASSWORD", "CONFLUX_POSTGRES_URL",
-                "AWS_SECRET_ACCESS_KEY"} & set(literals)
+    # every Secret key a container names is created by the README's commands, and no secret is
+    # a ConfigMap literal
+    readme = (DEPLOY / "README.md").read_text()
+    created = {f"{secret}/{key}" for secret, body in re.findall(
+        r"create secret generic ([a-z0-9-]+) \\\n((?:.*\\\n)*.*)", readme)
+        for key in re.findall(r"--from-literal=([A-Z_0-9]+)=", body)}
+    referenced = {ref for container, _ in found.values() for ref in secret_refs(container)}
+    optional = {"conflux-platform/OPENLINEAGE_API_KEY", "conflux-platform/CONFLUX_NOTIFY_WEBHOOK_URL"}
+    assert referenced - optional <= created, referenced - optional - created
+    secrets = {"DAGSTER_PG_PASSWORD", "KAFKA_SASL_PASSWORD", "CONFLUX_POSTGRES_URL",
+               "AWS_SECRET_ACCESS_KEY", "OAUTH2_PROXY_CLIENT_SECRET", "OAUTH2_PROXY_COOKIE_SECRET"}
+    assert secrets <= {ref.split("/")[1] for ref in created}
+    assert not secrets & {k for values in literals.values() for k in values}
 
 
 def test_the_image_copies_what_exists_and_loads_the_uninstalled_demo_from_its_folder():
