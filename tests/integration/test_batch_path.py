@@ -1,7 +1,8 @@
 """The batch path on the live test platform (Postgres, Kafka, Dagster webserver + daemon):
 ``revenue_by_nation`` backfilled from the CLI through the UI's API as one run, every partition
 equal to DuckDB's answer on the same inputs — also after late events and a second backfill —
-and an event dataset replayed from Kafka with ``offsets_for_times``."""
+and an event dataset replayed from Kafka with ``offsets_for_times`` (one run of its replay job,
+launched through the webserver by ``conflux replay``)."""
 
 import datetime as dt
 import time
@@ -82,8 +83,9 @@ def test_replay_from_a_point_in_time_restores_an_event_dataset(platform_data, ca
     assert lake.read("orders", "1993-03-03") is None
     assert main(["replay", "orders", "--since", since.isoformat(), "--wait",
                  "--timeout", "300"]) == 0
-    out = capsys.readouterr().out
-    assert "ingest run(s)" in out and "all runs succeeded" in out
+    out = capsys.readouterr().out  # one run of the replay job, launched through the webserver
+    assert "micro-batch(es)" in out and "run " in out and "of orders__replay_job launched" in out
+    assert "applied" in out and "succeeded" in out
     restored = lake.read("orders", "1993-03-03")
     assert sorted(restored.o_orderkey) == list(range(91_000_001, 91_000_021))
     # a dry run plans without launching anything
@@ -126,7 +128,7 @@ def test_replay_over_a_retention_gap_rebuilds_from_the_batch_source(platform_dat
                  "--timeout", "300"]) == 0
     out = capsys.readouterr().out
     assert "rebuilding from the batch source ops.orders instead" in out
-    assert "fallback run" in out and "all runs succeeded" in out
+    assert "of orders__replay_job launched" in out and "succeeded" in out
     assert sorted(lake.read("orders", day).o_orderkey) == expected
     stored = lake.read_partitions("orders", None, ["o_orderkey"]).column("o_orderkey").to_pylist()
     assert sorted(stored) == sorted(data["tables"]["orders"].o_orderkey), \
