@@ -31,6 +31,7 @@ from conflux.observe.freshness_checks import evaluate, last_updated
 from pipelines.catalog import ORDERS
 from pipelines.demo.producer import event_headers, json_rows
 from pipelines.demo.tpch import TpchGenerator
+from tests.live import stop_sensor
 
 pytestmark = pytest.mark.timeout(600)
 DAYS = 20
@@ -120,8 +121,18 @@ def fresh(instance, ds) -> bool:
     return evaluate(ds, last_updated(instance, ds.name), time.time()).passed
 
 
+@pytest.fixture
+def own_freshness(url):
+    """The daemon's own orders__kafka sensor stopped meanwhile: its caught-up observations of
+    ``orders`` would make the dataset look fresh whatever this test's in-process ticks owe."""
+    stop_sensor(url, "orders__kafka")
+    yield
+    assert api.start_sensor(url, "orders__kafka") == "RUNNING"
+
+
 def test_a_terminated_run_ends_canceled_and_its_range_is_applied_again(url, setup, instance,
-                                                                       monkeypatch):
+                                                                       monkeypatch,
+                                                                       own_freshness):
     ds, resources, rows, days = setup
     lake = resources["lake"]
     sensor = build_kafka_sensor(ds, build_ingest_job(ds))
