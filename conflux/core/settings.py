@@ -107,6 +107,17 @@ def on_off(env: Mapping[str, str], name: str) -> bool:
     return switch == "on"
 
 
+def seconds_env(env: Mapping[str, str], name: str, default: int, minimum: int,
+                why: str = "") -> int:
+    """A whole number of seconds of at least ``minimum`` (``default`` when unset), refused with
+    the variable named otherwise."""
+    raw = (env.get(name) or "").strip() or str(default)
+    if not raw.isdigit() or int(raw) < minimum:
+        raise ConfigError(f"{name}={raw!r} must be a whole number of seconds, at least "
+                          f"{minimum}" + (f" ({why})" if why else ""))
+    return int(raw)
+
+
 DEFAULT_AUTOMATION_INTERVAL_SECONDS = 30
 MIN_AUTOMATION_INTERVAL_SECONDS = 5  # the daemon's asset loop runs every 5 s at best
 
@@ -122,13 +133,10 @@ class Automation:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Automation":
         """Only the two ``CONFLUX_AUTOMATION*`` variables (what the Dagster definitions need)."""
         env = os.environ if env is None else env
-        name = "CONFLUX_AUTOMATION_INTERVAL_SECONDS"
-        raw = (env.get(name) or "").strip() or str(DEFAULT_AUTOMATION_INTERVAL_SECONDS)
-        if not raw.isdigit() or int(raw) < MIN_AUTOMATION_INTERVAL_SECONDS:
-            raise ConfigError(f"{name}={raw!r} must be a whole number of seconds, at least "
-                              f"{MIN_AUTOMATION_INTERVAL_SECONDS} (the daemon evaluates "
-                              "automation every 5 s at best)")
-        return cls(enabled=on_off(env, "CONFLUX_AUTOMATION"), interval_seconds=int(raw))
+        interval = seconds_env(env, "CONFLUX_AUTOMATION_INTERVAL_SECONDS",
+                               DEFAULT_AUTOMATION_INTERVAL_SECONDS, MIN_AUTOMATION_INTERVAL_SECONDS,
+                               "the daemon evaluates automation every 5 s at best")
+        return cls(enabled=on_off(env, "CONFLUX_AUTOMATION"), interval_seconds=interval)
 
 
 @dataclass(frozen=True)

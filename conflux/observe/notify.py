@@ -31,6 +31,7 @@ import dagster as dg
 
 from conflux.core.declarations import Dataset, EventDataset
 from conflux.core.errors import ConfigError
+from conflux.core.settings import seconds_env
 from conflux.event.offsets import observe_every_s
 
 WEBHOOK_ENV = "CONFLUX_NOTIFY_WEBHOOK_URL"
@@ -62,11 +63,8 @@ class NotifySettings:
         port = (env.get("CONFLUX_DAGSTER_PORT") or "3000").strip()
         ui = (env.get(UI_ENV) or "").strip() or f"http://127.0.0.1:{port}"
         _http_url(UI_ENV, ui)
-        raw = (env.get(STALL_ENV) or "").strip() or str(DEFAULT_STALL_S)
-        if not raw.isdigit() or int(raw) < MIN_STALL_S:
-            raise ConfigError(f"{STALL_ENV}={raw!r} must be a whole number of seconds, at least "
-                              f"{MIN_STALL_S}")
-        return cls(webhook_url=url, ui_url=ui.rstrip("/"), stall_seconds=int(raw))
+        stall = seconds_env(env, STALL_ENV, DEFAULT_STALL_S, MIN_STALL_S)
+        return cls(webhook_url=url, ui_url=ui.rstrip("/"), stall_seconds=stall)
 
 
 def _http_url(name: str, value: str) -> None:

@@ -86,3 +86,15 @@ def test_an_update_rewrites_the_file_holding_its_key_not_the_whole_day(tmp_path)
     assert lake.row_count("t") == n + 2
     stored = lake.read_table("t", "2026-01-01")
     assert stored.filter(pa.compute.equal(stored["k"], n - 1))["blob"].to_pylist() == ["new"]
+
+
+def test_a_value_the_stored_column_cannot_hold_is_refused_naming_the_column():
+    from conflux.io.lake import _cast_like
+
+    stored = pa.schema([("k", pa.int64()), ("n", pa.int64())])
+    widened = _cast_like(pa.table({"k": [1], "n": [None]}), stored)  # null → the stored type
+    assert widened.schema == stored
+    with pytest.raises(LakeError, match="column n: fractional values for the stored int64"):
+        _cast_like(pa.table({"k": [1], "n": [5.5]}), stored)
+    with pytest.raises(LakeError, match="column n: string values .* for the stored int64"):
+        _cast_like(pa.table({"k": [1], "n": ["five"]}), stored)
