@@ -55,23 +55,29 @@ lock:
 dev: install
 	$(BIN)/conflux dev
 
-# The unit tests first; then two pytest processes at once: the tests of the shared test stack in
-# this one, the tests that start a stack of their own (3-broker cluster, ...) in a second one
-# whose report is printed after (tests/conftest.py marks them). The unit tests run alone: their
-# process-stop timings failed under the load of a stack starting beside them.
-# PARALLEL=0: everything in one process.
+# The unit tests first; then two pytest processes at once, each with a test stack of its own:
+# this one runs the integration tests of the shared test stack; the second one the tests that
+# start stacks of their own (3-broker cluster, ...) and then the browser tests on a second shared
+# stack (TEST_STACK_B; ports apart), and its report is printed after (tests/conftest.py marks
+# them). The unit tests run alone: their process-stop timings failed under the load of a stack
+# starting beside them. PARALLEL=0: everything in one process.
 PARALLEL ?= 1
+TEST_STACK_B := CONFLUX_HOME=$(CURDIR)/.conflux/test-b CONFLUX_KAFKA_PORT=33092 \
+	CONFLUX_KAFKA_CONTROLLER_PORT=33093 CONFLUX_PG_PORT=33432 CONFLUX_DAGSTER_PORT=33300 \
+	CONFLUX_NOTIFY_WEBHOOK_URL=http://127.0.0.1:33098/hook
 test: install
 ifeq ($(PARALLEL),0)
 	$(BIN)/python -m pytest -ra --durations=15
 else
 	@mkdir -p .conflux; rc=0; \
 	$(BIN)/python -m pytest -ra --durations=5 -p no:cacheprovider tests/unit || rc=1; \
-	$(BIN)/python -m pytest -ra --durations=5 -p no:cacheprovider -m "not shared_stack" \
-		tests/integration tests/browser > .conflux/standalone-tests.log 2>&1 & pid=$$!; \
-	$(BIN)/python -m pytest -ra --durations=15 -m shared_stack || rc=1; \
+	$(TEST_STACK_B) $(BIN)/python -m pytest -ra --durations=10 -p no:cacheprovider \
+		-m "not shared_stack or browser" tests/integration tests/browser \
+		> .conflux/standalone-tests.log 2>&1 & pid=$$!; \
+	$(BIN)/python -m pytest -ra --durations=15 -p no:cacheprovider \
+		-m "shared_stack and not browser" tests/integration || rc=1; \
 	wait $$pid || rc=1; \
-	echo "==== own-stack tests (the second pytest, run meanwhile; .conflux/standalone-tests.log) ===="; \
+	echo "==== own-stack and browser tests (the second pytest, run meanwhile; .conflux/standalone-tests.log) ===="; \
 	cat .conflux/standalone-tests.log; exit $$rc
 endif
 

@@ -39,9 +39,9 @@ for _name, _value in TEST_STACK_ENV.items():
 
 
 def pytest_itemcollected(item):
-    # `make test` runs two pytest processes at once: the tests of the shared stack (marked
-    # here) in one, in the order below; the unit tests and the tests that bring a stack of their
-    # own (3-broker cluster, ...) in the other (Makefile)
+    # `make test` runs two pytest processes at once: the integration tests of the shared stack
+    # (marked here) in one, in the order below; the tests that bring a stack of their own
+    # (3-broker cluster, ...) and the browser tests, on a second stack, in the other (Makefile)
     if "stack" in item.fixturenames:
         item.add_marker(pytest.mark.shared_stack)
 
@@ -50,6 +50,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/integration/" in str(item.fspath) or "/browser/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        if "/browser/" in str(item.fspath):
+            item.add_marker(pytest.mark.browser)
     # tests that kill the shared stack's services, and fill its lake, run after all the others
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 
