@@ -62,9 +62,9 @@ dev: install
 # them). The unit tests run alone: their process-stop timings failed under the load of a stack
 # starting beside them. PARALLEL=0: everything in one process.
 PARALLEL ?= 1
-TEST_STACK_B := CONFLUX_HOME=$(CURDIR)/.conflux/test-b CONFLUX_KAFKA_PORT=33092 \
-	CONFLUX_KAFKA_CONTROLLER_PORT=33093 CONFLUX_PG_PORT=33432 CONFLUX_DAGSTER_PORT=33300 \
-	CONFLUX_NOTIFY_WEBHOOK_URL=http://127.0.0.1:33098/hook
+TEST_STACK_B := CONFLUX_HOME=$(CURDIR)/.conflux/test-b CONFLUX_KAFKA_PORT=22092 \
+	CONFLUX_KAFKA_CONTROLLER_PORT=22093 CONFLUX_PG_PORT=22432 CONFLUX_DAGSTER_PORT=22300 \
+	CONFLUX_NOTIFY_WEBHOOK_URL=http://127.0.0.1:22098/hook
 test: install
 ifeq ($(PARALLEL),0)
 	$(BIN)/python -m pytest -ra --durations=15

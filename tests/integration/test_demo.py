@@ -24,8 +24,8 @@ from pipelines.demo.producer import DEMO_START as LATE_DAY  # the stream's first
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = {"CONFLUX_HOME": str(REPO / ".conflux" / "test-h19a"),
-         "CONFLUX_KAFKA_PORT": "32092", "CONFLUX_KAFKA_CONTROLLER_PORT": "32093",
-         "CONFLUX_PG_PORT": "32432", "CONFLUX_DAGSTER_PORT": "32300"}
+         "CONFLUX_KAFKA_PORT": "21092", "CONFLUX_KAFKA_CONTROLLER_PORT": "21093",
+         "CONFLUX_PG_PORT": "21432", "CONFLUX_DAGSTER_PORT": "21300"}
 URL = f"http://127.0.0.1:{STACK['CONFLUX_DAGSTER_PORT']}"
 JOINS = ("revenue_by_nation", "customer_balance")
 ALL_MATERIALIZED_WITHIN = 180  # seconds after the UI is up (measured: docs/architecture.md)
