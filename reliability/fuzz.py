@@ -17,8 +17,10 @@ split over the datasets, with one kept (plain or odd-but-valid) record after eve
 * **run** — one run of the dataset's ingest job (``build_ingest_job``) over every partition,
   executed against the stack's Postgres-backed Dagster instance.
 
-And verifies: every hostile record is in ``<topic>.dlq`` exactly once per path (matched by its
-``fuzz.id`` header), with ``conflux.error.code`` equal to its expected reason and a non-empty
+Every ``RESEND_EVERY``-th hostile record is published a second time, as a producer's re-send
+would. And verifies: every hostile record is in ``<topic>.dlq`` exactly once per path and per
+time it was published (matched by its ``fuzz.id`` header; each letter of a copy names that
+copy's source offset), with ``conflux.error.code`` equal to its expected reason and a non-empty
 ``conflux.error.message``; a dead letter that had to be cut says so and carries the original
 value's SHA-256; no other record is dead-lettered; no sensor tick raised; the run succeeded;
 each lake holds exactly the kept records' rows with exactly their values — nothing lost,
@@ -44,6 +46,7 @@ from pathlib import Path
 from reliability import hostile as H
 
 PATHS = ("inline", "run")
+RESEND_EVERY = 25  # every 25th hostile record is published twice
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Outcome:
     dataset: str
     topic: str
     hostile: int = 0
+    resent: int = 0  # hostile records published a second time
     kept_sent: int = 0
     by_category: Counter = field(default_factory=Counter)
     dead_by_reason: dict[str, Counter] = field(default_factory=lambda: {p: Counter() for p in PATHS})
@@ -125,10 +129,17 @@ def fuzz_dataset(dataset: str, *, hostile: int, seed: int, good_every: int, kafk
                 chunk, size = [], 0
         if chunk:
             publish(chunk)
+        # a producer re-sending: every RESEND_EVERY-th hostile record published once more, so
+        # its dead letters must come once per copy (each its own source offset)
+        again = batch.hostile[::RESEND_EVERY]
+        for i in range(0, len(again), 500):
+            publish([Outgoing(r.key, r.value, list(r.headers)) for r in again[i:i + 500]])
+    sends = Counter(r.id for r in batch.hostile) + Counter(r.id for r in again)
+    out.resent = len(again)
     ends = kafka.end_offsets(topic)
-    if sum(ends.values()) != len(batch.records):
+    if sum(ends.values()) != len(batch.records) + len(again):
         raise RuntimeError(f"{topic}: {sum(ends.values())} records on the topic, "
-                           f"{len(batch.records)} published")
+                           f"{len(batch.records) + len(again)} published")
     out.seconds["publish"] = time.perf_counter() - t0
     report(f"{dataset}: published {len(batch.records):,} records to {topic} "
            f"({out.hostile:,} hostile, {out.kept_sent:,} kept) in {out.seconds['publish']:.1f}s")
@@ -183,7 +194,7 @@ def fuzz_dataset(dataset: str, *, hostile: int, seed: int, good_every: int, kafk
     out.seconds["run"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    verify_dead_letters(out, batch, kafka, ds.dlq_topic, run_id)
+    verify_dead_letters(out, batch, kafka, ds.dlq_topic, run_id, sends)
     for path in PATHS:
         verify_lake(out, batch, ds, lakes[path], path)
     out.seconds["verify"] = time.perf_counter() - t0
@@ -199,11 +210,13 @@ def _root_cause(error) -> str:
 
 
 def verify_dead_letters(out: Outcome, batch: H.Batch, kafka, dlq_topic: str,
-                        run_id: str | None) -> None:
-    """Every hostile record exactly once per path, with its reason; nothing else."""
+                        run_id: str | None, sends: Counter) -> None:
+    """Every hostile record once per path and per time it was published (``sends``), each
+    letter naming another source offset, with its reason; nothing else."""
     expected = {r.id: r for r in batch.hostile}
     ends = kafka.end_offsets(dlq_topic) or {}
     seen: dict[str, Counter] = {p: Counter() for p in PATHS}
+    sources: dict[str, set] = {p: set() for p in PATHS}
     strays: Counter = Counter()
     for letter in kafka.read_ranges([(dlq_topic, p, 0, e) for p, e in ends.items()]):
         origin = (letter.header("conflux.error.run_id") or b"").decode(errors="replace")
@@ -221,6 +234,8 @@ def verify_dead_letters(out: Outcome, batch: H.Batch, kafka, dlq_topic: str,
             strays[f"{path}: a kept record was dead-lettered ({label}, {code}: {message[:120]})"] += 1
             continue
         seen[path][fuzz_id] += 1
+        sources[path].add((fuzz_id, letter.header("conflux.error.partition"),
+                           letter.header("conflux.error.offset")))
         if code != rec.expected_code:
             strays[f"{path}: {rec.label} got {code or 'no code'}, expected {rec.expected_code} "
                    f"({message[:120]})"] += 1
@@ -236,14 +251,22 @@ def verify_dead_letters(out: Outcome, batch: H.Batch, kafka, dlq_topic: str,
             strays[f"{path}: {rec.label}: letter does not carry the original key and value"] += 1
     for path in PATHS:
         missing = [r for r in batch.hostile if seen[path][r.id] == 0]
-        twice = [i for i, n in seen[path].items() if n > 1]
+        short = [r for r in batch.hostile if 0 < seen[path][r.id] < sends[r.id]]
+        twice = [i for i, n in seen[path].items() if n > sends[i]]
+        copies = sum(seen[path].values())
+        if len(sources[path]) != copies:  # two letters for one copy (one source offset)
+            strays[f"{path}: {copies - len(sources[path])} letters repeat a source offset"] += 1
         out.duplicated[path] = out.duplicated.get(path, 0) + len(twice)
+        for r in short[:20]:
+            strays[f"{path}: hostile {r.id} ({r.label}) published {sends[r.id]} times, "
+                   f"dead-lettered {seen[path][r.id]} times"] += 1
         for r in missing[:20]:
             strays[f"{path}: hostile {r.id} ({r.label}) is not in the DLQ"] += 1
         if len(missing) > 20:
             strays[f"{path}: ... and {len(missing) - 20} more hostile records not in the DLQ"] += 1
         if twice:
-            strays[f"{path}: {len(twice)} hostile records dead-lettered more than once"] += 1
+            strays[f"{path}: {len(twice)} hostile records dead-lettered more often than "
+                   "published"] += 1
     out.problems += [f"{text}" + (f" (x{n})" if n > 1 else "") for text, n in strays.items()]
 
 
@@ -316,6 +339,8 @@ def figures(outcomes: list[Outcome], *, seed: int, elapsed: float) -> list[str]:
              f"elapsed {elapsed:.1f}s"]
     lines.append(f"hostile records tried: {sum(o.hostile for o in outcomes):,}  "
                  + "  ".join(f"{k}={v:,}" for k, v in sorted(by_cat.items())))
+    lines.append(f"hostile records published twice: {sum(o.resent for o in outcomes):,} "
+                 "(dead letters expected once per path and per copy)")
     for path in PATHS:
         reasons = sum((o.dead_by_reason[path] for o in outcomes), Counter())
         lines.append(f"dead-lettered ({path}): {sum(reasons.values()):,}  "
@@ -333,7 +358,8 @@ def figures(outcomes: list[Outcome], *, seed: int, elapsed: float) -> list[str]:
     for o in outcomes:
         lines.append(f"  {o.dataset}: " + ", ".join(f"{k} {v:.1f}s" for k, v in o.seconds.items()))
     problems = [f"{o.dataset}: {p}" for o in outcomes for p in o.problems]
-    lines.append("result: OK — every hostile record dead-lettered once per path with its reason, "
+    lines.append("result: OK — every hostile record dead-lettered once per path and per publish "
+                 "with its reason, "
                  "every kept record stored with its values" if not problems
                  else f"result: {len(problems)} problem(s)")
     lines += [f"  PROBLEM {p}" for p in problems]

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from conflux.contracts.lineage import contract_schema
 from conflux.core.declarations import EventDataset
+from conflux.event import phases
 from conflux.event.decode import ContractResolver, Decoded, dead_letter, decode_batch
 from conflux.contracts.metadata import materialization_metadata
 from conflux.io.kafka import KafkaResource, Outgoing, Record
@@ -186,6 +187,7 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
             dead letters (a replay of days: bad records were dead-lettered when they arrived).
     """
     t0 = time.perf_counter()
+    phases.mark("read", ds.name, origin)
     records = list(records)
     decoded, seen = decode_records(ds, records, resolver)
     if keep_days is not None:
@@ -198,6 +200,7 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
     report = IngestReport(rows_in=seen, rows_valid=len(decoded.rows), consumed=seen)
     t1 = time.perf_counter()
     report.seconds["decode"] += t1 - t0
+    phases.mark("write", ds.name, origin)
     if decoded.dead:
         # every dead letter acknowledged, or the application fails (and is retried): none is
         # dropped silently; letters too big to send again are cut to fit (``dead_letter``)
@@ -232,6 +235,7 @@ def apply_records(ds: EventDataset, records: Iterable[Record], *, kafka: KafkaRe
         ds.name, {None if p == UNPARTITIONED else p: part for p, _, part in groups},
         list(ds.key), order_by=ORDER_BY, keep_existing=ds.append_only,
         metadata={SOURCES_KEY: sources, ORIGIN_KEY: origin})
+    phases.mark("written", ds.name, origin)
     for partition, idx, part in groups:
         key = None if partition == UNPARTITIONED else partition
         report.partitions[partition] = len(part)

@@ -136,7 +136,11 @@ class Stack:
 
         if any(self.services[n].status().running for n in ("dagster-webserver", "dagster-daemon")):
             return []
-        strays = orphans_with(f"DAGSTER_HOME={self.settings.dagster_home}")
+        # a service restarted by a client of the stack (the chaos harness) inherits its
+        # DAGSTER_HOME and is orphaned when that client exits: it is still a service, not a stray
+        services = {s.pidfile.live_pid() for s in self.services.values()}
+        strays = [pid for pid in orphans_with(f"DAGSTER_HOME={self.settings.dagster_home}")
+                  if pid not in services]
         for pid in strays:
             stop_pid(pid, timeout=5)
         return strays

@@ -69,6 +69,9 @@ def dagster_env(settings: Settings) -> dict[str, str]:
     env.update(settings.client_env())
     env["DAGSTER_HOME"] = str(settings.dagster_home)
     env["CONFLUX_RUN_WORKERS"] = "local"  # run workers are this machine's processes
+    # phase markers of sensor ticks and ingest runs (conflux/event/phases.py), which the
+    # reliability harness reads to kill a writer in its write phase
+    env.setdefault("CONFLUX_PHASE_DIR", str(settings.home / "phases"))
     # A full-history backfill run covers ~2,400 partitions. Dagster writes its per-partition
     # events one statement (and, on Postgres, one new connection) each: ~80 s of "planned"
     # events before the run even starts, as long again for the materializations. One planned

@@ -5,6 +5,7 @@ belong, new partitions are picked up, a dead broker never stalls a tick."""
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -186,20 +187,25 @@ build_ingest_job(ds).execute_in_process(run_config={config!r}, resources={{
     "lake": LakeResource(path={lake.path!r}),
     "registry": SchemaRegistryResource(url={resources["registry"].url!r})}})
 """)
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO)
-    lake_dir = Path(lake.path) / ds.name
+    markers = tmp_path / "phases"  # the run's phase markers (conflux/event/phases.py)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO,
+                            env={**os.environ, "CONFLUX_PHASE_DIR": str(markers),
+                                 "PYTHONPATH": str(REPO)})  # it failed on its imports before
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (lake_dir.exists() and any(lake_dir.glob("*.parquet"))):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # mid-write: some partitions written, others not
+    while time.monotonic() < deadline and proc.poll() is None and not any(
+            m.read_text().startswith("write ") for m in markers.glob(f"{proc.pid}-*")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # in the write phase: the lake's MERGE under way
     proc.wait()
-    partial = len(list(lake_dir.glob("*.parquet")))
+    left = [m.read_text().split()[0] for m in markers.glob(f"{proc.pid}-*")]
+    assert left == ["write"], left  # the kill landed where data moves, by the run's own marker
+    # one Delta commit or none: the killed run left all its rows or nothing, never a part
+    assert len(snapshot(lake, ds)) in (0, len(rows))
     assert build_ingest_job(ds).execute_in_process(run_config=config, instance=instance,
                                                    resources=resources).success
     stored = snapshot(lake, ds)
     assert len(stored) == len(rows) and stored["o_orderkey"].is_unique
     assert set(stored["o_orderkey"]) == {r["o_orderkey"] for r in rows}
-    assert partial <= len(lake.partitions(ds.name))
     assert all(p.count("-") == 2 for p in lake.partitions(ds.name))
 
 

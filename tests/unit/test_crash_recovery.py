@@ -1,5 +1,6 @@
 """Pure parts of crash recovery: run-worker health, leftovers of a killed service, the chaos
-harness's fault plan and its comparison with the ground truth."""
+harness's fault plan, its phase markers and its publisher's counts (its oracle:
+test_chaos_oracle.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import pytest
 
 from conflux.core.settings import Settings
 from conflux.stack.procs import group_members, pid_alive
 from conflux.observe.run_workers import fail_dead_workers, process_started_at, worker_alive
 from conflux.stack.service import Service
-from reliability.chaos import TARGETS, Fault, Injector, Result, compare, plan_faults
+from reliability.chaos import TARGETS, Fault, Injector, Phases, Publisher, Result, plan_faults
 from conflux.event import offsets
 def test_a_live_worker_is_alive_and_a_dead_one_is_not():
     assert worker_alive(os.getpid(), reported_at=time.time())
@@ -118,31 +118,108 @@ def test_fault_plan_covers_every_target_and_replays_by_seed():
     assert [f.target for f in plan_faults(random.Random(6), 20, [])] != kills
 
 
-def test_a_kill_with_nothing_to_kill_is_reported_not_counted():
+def test_a_kill_with_nothing_to_kill_is_reported_not_counted(tmp_path):
     """When the sensor drains a burst inline, tick by tick, no ingest run starts: the harness
     says so and does not count the kill point (it used to stop with a traceback)."""
     import dagster as dg
 
     with dg.DagsterInstance.ephemeral() as instance:
-        injector = Injector(stack=None, instance=instance, rng=random.Random(1))
+        injector = Injector(stack=None, instance=instance, rng=random.Random(1),
+                            phases=Phases(tmp_path, "nowhere"))
         injector.run_wait_s = 0.5
         fault = Fault("kill", "run-worker", 0.0)
         injector.apply(fault)
     assert fault.missed and fault.detail.startswith("nothing killed: no ingest run started")
-    done = Fault("kill", "kafka", 0.0, detail="killed pid 1; restarted in 3.0s")
-    lines = Result(1, 10, 10, 0, [fault, done]).lines()
-    assert lines[2] == ("kill points survived: 1 ({'kafka': 1}); 1 planned kill(s) found "
-                        "nothing to kill"), lines
+    done = Fault("kill", "kafka", 0.0, detail="killed pid 1; restarted in 3.0s", phase="service")
+    result = Result(1, 10, 10, 0, [fault, done])
+    assert ("kill points survived: 1 ({'kafka': 1}); 1 planned kill(s) found nothing to kill"
+            in result.lines())
+    assert not result.complete  # a kill point missed, and none in a write phase
 
 
-def test_compare_finds_lost_extra_twice_and_changed_rows():
-    truth = pd.DataFrame({"k": [1, 2, 3, 4], "v": [1.0, 2.0, 3.0, 4.0], "s": list("abcd")})
-    assert compare(truth, truth.copy(), ["k"]) == {
-        "expected": 4, "stored": 4, "missing": 0, "extra": 0, "duplicated": 0, "changed": 0}
-    stored = pd.DataFrame({"k": [1, 2, 2, 4, 9], "v": [1.0, 2.0, 2.0, 4.5, 9.0],
-                           "s": list("abbdz")})
-    assert compare(truth, stored, ["k"]) == {
-        "expected": 4, "stored": 5, "missing": 1, "extra": 1, "duplicated": 1, "changed": 1}
+def test_a_run_is_complete_only_when_a_third_of_the_kills_hit_a_write_phase():
+    def kills(*phases):
+        return [Fault("kill", "code-server", 0.0, phase=p) for p in phases]
+    assert Result(1, 1, 1, 0, kills("write", "read", "service")).complete
+    assert not Result(1, 1, 1, 0, kills("write", "read", "service", "written")).complete
+    assert "  write      1  {'code-server': 1}" in Result(1, 1, 1, 0, kills("write")).lines()
+
+
+def test_a_writer_killed_in_its_write_phase_leaves_that_phase_behind(tmp_path):
+    """The marker path end to end: a process marks its phases, the harness waits for "write",
+    kills it and reads the phase it died in from the marker it left."""
+    env = {**os.environ, "CONFLUX_PHASE_DIR": str(tmp_path), "DAGSTER_HOME": "/chaos-test"}
+    code = ("import time; from conflux.event.phases import mark; "
+            "mark('read', 'orders', 'run-1'); time.sleep(0.3); "
+            "mark('write', 'orders', 'run-1'); time.sleep(60)")
+    writer = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        phases = Phases(tmp_path, "/chaos-test")
+        assert phases.wait(sensor=True, timeout=0.2) is None  # not an inline micro-batch
+        found = phases.wait(sensor=False, timeout=30)
+        assert found == (writer.pid, ["write", "orders", "run-1"])
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        assert phases.left_by(writer.pid) == "write"
+        assert not list(tmp_path.glob(f"{writer.pid}-*"))
+    finally:
+        writer.kill()
+    other = Phases(tmp_path, "/another-stack")  # another stack's processes are not seen
+    stranger = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        assert other.wait(sensor=False, timeout=2) is None
+    finally:
+        stranger.kill()
+
+
+class _Future:
+    def __init__(self, offset: int | None):
+        from types import SimpleNamespace
+
+        self.is_done = True
+        self.value = SimpleNamespace(partition=0, offset=offset)
+
+    def succeeded(self) -> bool:
+        return self.value.offset is not None
+
+
+class _FlakyKafka:
+    """Acknowledges sends (all but one), but creating a producer fails every other time — the
+    case in which the harness once counted an acknowledged batch twice."""
+
+    def __init__(self):
+        self.calls = 0
+        self.offset = 0
+
+    def producer(self, **_):
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise RuntimeError("broker unavailable")
+        kafka = self
+
+        class _Producer:
+            def send(self, *_, **__):
+                kafka.offset += 1
+                return _Future(kafka.offset if kafka.offset != 700 else None)  # one lost ack
+
+            def flush(self, timeout):
+                pass
+
+            def close(self, timeout):
+                pass
+        return _Producer()
+
+
+def test_the_publisher_counts_distinct_acknowledged_records_not_attempts(monkeypatch):
+    from reliability import chaos
+    from reliability.chaos import Sent
+
+    monkeypatch.setattr(chaos.time, "sleep", lambda s: None)
+    publisher = Publisher(_FlakyKafka(), refs={})
+    publisher.records = [Sent("t", b"k%d" % i, b"{}", [], i) for i in range(1600)]
+    publisher.publish(list(range(1600)), rate=0, deadline=time.monotonic() + 60)
+    assert publisher.distinct == 1600 == len({i for i, _, _ in publisher.acks})
+    assert len(publisher.acks) == 1600 and publisher.resent == publisher.attempts - 1600 > 0
 
 
 def test_a_silent_spell_between_ticks_is_noted():
