@@ -86,14 +86,14 @@ test-unit: install
 
 # The full reliability run on its own stack (.conflux/reliability; ports 27092/27093/27432/27000, apart from the test stacks):
 # kills and outages while 100,000+ events stream, then 10,000 hostile records; SEED=N replays;
-# a passing, complete chaos run writes its figures to docs/benchmark-results.md.
+# passing (and, for chaos, complete) runs write their figures to docs/benchmark-results.md.
 RELIABILITY_ENV := CONFLUX_HOME=$(CURDIR)/.conflux/reliability CONFLUX_KAFKA_PORT=27092 \
 	CONFLUX_KAFKA_CONTROLLER_PORT=27093 CONFLUX_PG_PORT=27432 CONFLUX_DAGSTER_PORT=27000
 reliability: install
 	@rc=0; \
 	$(RELIABILITY_ENV) $(BIN)/python -m reliability.chaos --events 100000 --kills 20 \
 		--outage postgres:30 --outage kafka:30 --record $(if $(SEED),--seed $(SEED)) || rc=1; \
-	$(RELIABILITY_ENV) $(BIN)/python -m reliability.fuzz --records 10000 $(if $(SEED),--seed $(SEED)) || rc=1; \
+	$(RELIABILITY_ENV) $(BIN)/python -m reliability.fuzz --records 10000 --record $(if $(SEED),--seed $(SEED)) || rc=1; \
 	$(RELIABILITY_ENV) $(BIN)/conflux stack down; exit $$rc
 
 stack-down: install

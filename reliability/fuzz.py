@@ -375,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="one kept record after every K hostile ones (default 1)")
     parser.add_argument("--datasets", default="orders,lineitem,customer_ledger")
     parser.add_argument("--keep", action="store_true", help="keep the fuzz lakes afterwards")
+    parser.add_argument("--record", action="store_true",
+                        help="write the figures of a passing run to docs/benchmark-results.md "
+                             "(section reliability_fuzz)")
     args = parser.parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = set(datasets) - set(H.TARGETS)
@@ -407,8 +410,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(lake_root, ignore_errors=True)
         stack.down(started, report=lambda line: print(line, file=sys.stderr))
-    print("\n".join(figures(outcomes, seed=args.seed, elapsed=time.perf_counter() - started_at)))
-    return 1 if any(o.problems for o in outcomes) else 0
+    lines = figures(outcomes, seed=args.seed, elapsed=time.perf_counter() - started_at)
+    print("\n".join(lines))
+    failed = any(o.problems for o in outcomes)
+    if args.record and not failed:
+        from bench.common import record_results
+
+        given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--record"]
+        command = " ".join(["python -m reliability.fuzz", *given])
+        print(f"recorded in {record_results('reliability_fuzz', lines, command=command)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
