@@ -117,8 +117,17 @@ def cli_markdown() -> str:
              _cell(parser.description or ""), "",
              "Every command acts on the project of the working directory (the nearest "
              "`pyproject.toml` with `[tool.conflux]`) or of `CONFLUX_PROJECT`, and has `-h`. "
-             "Errors are one line `conflux: [CODE] message`; exit codes are 0 (ok), 1 (failed), "
-             "2 (usage). Settings: [configuration.md](configuration.md).", ""]
+             "Settings: [configuration.md](configuration.md).", "",
+             "An error is one line on stderr, `conflux: [CODE] message`, never a traceback "
+             "(`CONFLUX_DEBUG=1` prints it too). Exit codes:", "",
+             "- 0: success;",
+             "- 1: failure — a service that does not answer (`[SERVICE_UNAVAILABLE]`, naming "
+             "Postgres, Kafka or the Dagster webserver and its address), a failed operation, a "
+             "wrong setting or project file, a service `conflux dev` runs on that stopped;",
+             "- 2: usage error (`[USAGE_INVALID]`, or argparse's own message) — a bad argument, an "
+             "unknown name (dataset, topic, service, reason code), a malformed value (date, time, "
+             "limit, rate) or an input file that cannot be read or parsed (not UTF-8, not JSON, "
+             "nested too deeply).", ""]
     toc: list[str] = []
     body: list[str] = []
 

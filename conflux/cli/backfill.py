@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from conflux.cli import dagster_api as api
 from conflux.core import opconfig
-from conflux.core.errors import ConfigError
+from conflux.core.errors import ConfigError, UsageError
 from conflux.core.declarations import BatchDataset, Dataset, EventDataset
 from conflux.event.replay import describe_plan, offsets_since, plan_replay
 
@@ -37,11 +37,11 @@ def backfill(ds: Dataset, start: str, end: str, *, url: str, wait: bool, timeout
     was launched (and, with ``wait``, succeeded)."""
     first, last = parse_day(start, "--start"), parse_day(end, "--end")
     if first > last:
-        raise ConfigError(f"--start {first} is after --end {last}")
+        raise UsageError(f"--start {first} is after --end {last}")
     if isinstance(ds, (BatchDataset, EventDataset)):
         if not ds.partitioned:
-            raise ConfigError(f"{ds.name} is not partitioned by day: a date range does not apply "
-                              f"(materialize it from the UI, or wait for its schedule)")
+            raise UsageError(f"{ds.name} is not partitioned by day: a date range does not apply "
+                             f"(materialize it from the UI, or wait for its schedule)")
         backfill_id = api.launch_backfill(url, ds.name, first.isoformat(), last.isoformat())
         days = (last - first).days + 1
         policy = (getattr(ds, "backfill", None) or "single_run")
@@ -64,7 +64,7 @@ def backfill(ds: Dataset, start: str, end: str, *, url: str, wait: bool, timeout
         state = api.backfill_state(url, backfill_id)
         report(f"{ds.name}: backfill {backfill_id} {'succeeded' if state.succeeded else 'FAILED'}")
         return state.succeeded
-    raise ConfigError(f"{ds.name}: nothing to backfill")
+    raise UsageError(f"{ds.name}: nothing to backfill")
 
 
 def replay(ds: EventDataset, since: str, *, kafka, url: str, wait: bool, timeout: float,

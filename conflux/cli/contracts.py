@@ -11,10 +11,18 @@ from conflux.contracts.lineage import contract_schema
 from conflux.io.schema_registry import SchemaRegistry, describe_rejection
 
 def load_catalog(spec: str | None = None):
-    """The project's dataset declarations (``spec``: a ``module:attribute`` override)."""
+    """The project's dataset declarations (``spec``: a ``module:attribute`` override from the
+    command line, ``--catalog``: one that cannot be loaded is a ``UsageError``)."""
+    from conflux.core.errors import ConfigError, UsageError
     from conflux.core.project import Project
 
-    return Project.find().load_catalog(spec)
+    project = Project.find()
+    if spec is None:
+        return project.load_catalog()
+    try:
+        return project.load_catalog(spec)
+    except ConfigError as exc:
+        raise UsageError(f"--catalog: {exc.args[0]}") from None
 
 
 def register_all(registry: SchemaRegistry, datasets, report: Callable[[str], None] = print) -> dict[str, str]:

@@ -74,12 +74,12 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
 
 # --- list ----------------------------------------------------------------------------------
 def cmd_dlq_list(args) -> int:
-    from conflux.core.errors import ConfigError, DeadLetterError
+    from conflux.core.errors import DeadLetterError, UsageError
     from conflux.observe.dlq import iso, preview, sample
     from conflux.observe.dlq_replay import list_letters
 
     if args.limit < 0:
-        raise ConfigError(f"--limit {args.limit} must be >= 0")
+        raise UsageError(f"--limit {args.limit} must be >= 0")
     ds, selection = _target(args)
     kafka, ledger = _services()
     note = ""
@@ -136,12 +136,12 @@ def cmd_dlq_list(args) -> int:
 
 # --- replay --------------------------------------------------------------------------------
 def cmd_dlq_replay(args) -> int:
-    from conflux.core.errors import ConfigError
+    from conflux.core.errors import UsageError
     from conflux.observe.dlq import new_replay_id
     from conflux.observe.dlq_replay import replay
 
     if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit {args.limit} must be >= 1")
+        raise UsageError(f"--limit {args.limit} must be >= 1")
     ds, selection = _target(args)
     if not (args.local or args.catalog):
         return _launch_replay(ds, args)

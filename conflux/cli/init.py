@@ -10,7 +10,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from conflux.core.errors import ConfigError
+from conflux.core.errors import UsageError
 
 TEMPLATE = "project_template"
 PACKAGE_DIR = "__package__"
@@ -28,9 +28,9 @@ def render_project(folder: Path, *, package: str, topic: str,
                    conflux_requirement: str) -> list[Path]:
     """Write the template into ``folder`` (which must be empty or missing); returns the files."""
     if not package.isidentifier() or keyword.iskeyword(package):
-        raise ConfigError(f"--package {package!r} is not a valid Python package name")
+        raise UsageError(f"--package {package!r} is not a valid Python package name")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ConfigError(f"{folder} exists and is not an empty folder: choose a new one")
+        raise UsageError(f"{folder} exists and is not an empty folder: choose a new one")
     values = {"project": folder.name, "package": package, "topic": topic,
               "conflux_requirement": conflux_requirement}
     root = resources.files("conflux.cli") / TEMPLATE

@@ -12,19 +12,19 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from conflux.cli import dagster_api as api
-from conflux.core.errors import ConfigError
+from conflux.core.errors import UsageError
 
 REPORT_PREFIX = "report: "  # conflux.dagster.operations.REPORT_PREFIX (a layer below the CLI)
 
 
 def validated(config_class, what: str, **values) -> dict:
     """The run config an op of ``config_class`` gets, checked here first with the class the
-    run uses: a bad value is a one-line ``ConfigError`` before anything is launched."""
+    run uses: a bad value is a one-line ``UsageError`` before anything is launched."""
     try:
         return config_class(**values).model_dump()
     except ValidationError as exc:
         problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        raise ConfigError(f"{what}: {problems}") from None
+        raise UsageError(f"{what}: {problems}") from None
 
 
 @dataclass

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from conflux.cli import dagster_api as api
-from conflux.core.errors import ConfigError
+from conflux.core.errors import UsageError
 from conflux.core.declarations import EventDataset
 from conflux.event.offsets import lag_by_partition, parse_cursor
 
@@ -50,8 +50,8 @@ def cmd_lag(args) -> int:
     known = {n: d for n, d in catalog_by_name().items() if isinstance(d, EventDataset)}
     unknown = [n for n in args.datasets if n not in known]
     if unknown:
-        raise ConfigError(f"not an event dataset: {', '.join(unknown)} "
-                          f"(event datasets: {', '.join(known)})")
+        raise UsageError(f"not an event dataset: {', '.join(unknown)} "
+                         f"(event datasets: {', '.join(known)})")
     chosen = [known[n] for n in args.datasets] or list(known.values())
     settings = Settings.from_env()
     rows = consumer_lag(chosen, kafka=KafkaResource.from_env(settings),

@@ -49,7 +49,8 @@ def _register_show(lake_sub) -> None:
     when = show.add_mutually_exclusive_group()
     when.add_argument("--version", type=int, metavar="N", help="as of Delta table version N")
     when.add_argument("--as-of", metavar="TIME",
-                      help="as of a time (ISO 8601, e.g. 2026-12-06T15:00:00Z; UTC if no zone)")
+                      help="as of a time (ISO 8601, e.g. 2026-12-06T15:00:00Z; UTC if no zone) "
+                           "or a duration back from now (90m, 2h, 1d)")
     show.add_argument("--limit", type=int, default=20, metavar="N",
                       help="rows printed (default 20; 0: only the count)")
     show.add_argument("--json", action="store_true", help="print rows as JSON lines")
@@ -89,30 +90,28 @@ def cmd_migrate(args) -> int:
     return 0
 
 
-def _known(dataset: str) -> None:
-    from conflux.core.errors import ConfluxError
+def _checked(args) -> None:
+    """Refuse a negative ``--limit`` / ``--version`` and a dataset the catalog does not declare
+    (any dataset of the lake without a project) with a ``UsageError``."""
+    from conflux.core.errors import ConfluxError, UsageError
     from conflux.core.project import load_catalog
 
+    for flag in ("limit", "version"):
+        if (getattr(args, flag, None) or 0) < 0:
+            raise UsageError(f"--{flag} must be 0 or more")
     try:
         names = [d.name for d in load_catalog()]
     except ConfluxError:
         return  # no project here: any table of the lake may be read
-    if dataset not in names:
-        raise SystemExit(_usage(f"unknown dataset {dataset!r} (the catalog has: "
-                                f"{', '.join(sorted(names))})"))
-
-
-def _usage(message: str) -> int:
-    print(f"conflux lake: {message}", file=sys.stderr)
-    return 2
+    if args.dataset not in names:
+        raise UsageError(f"unknown dataset {args.dataset!r} (the catalog has: "
+                         f"{', '.join(sorted(names))})")
 
 
 def cmd_history(args) -> int:
     import datetime as dt
 
-    if args.limit < 0:
-        return _usage("--limit must be 0 or more")
-    _known(args.dataset)
+    _checked(args)
     commits = _lake().history(args.dataset, args.limit or None)
     if not commits:
         print(f"{args.dataset}: no Delta table in the lake yet", file=sys.stderr)
@@ -138,11 +137,13 @@ def cmd_history(args) -> int:
 
 
 def cmd_show(args) -> int:
-    if args.limit < 0:
-        return _usage("--limit must be 0 or more")
-    _known(args.dataset)
-    table = _lake().read_table(args.dataset, args.partition, version=args.version,
-                               as_of=args.as_of)
+    from conflux.core.opconfig import parse_day, parse_since
+
+    _checked(args)
+    if args.partition:
+        parse_day(args.partition, "--partition")
+    as_of = parse_since(args.as_of, "--as-of") if args.as_of else None
+    table = _lake().read_table(args.dataset, args.partition, version=args.version, as_of=as_of)
     if table is None:
         print(f"{args.dataset}: nothing stored"
               + (f" in partition {args.partition}" if args.partition else ""), file=sys.stderr)

@@ -69,7 +69,7 @@ PROJECTION_HELP = ("the projection dataset (a batch dataset computed by ledger_p
 def ledger_datasets(name: str | None = None):
     """(ledger, projection, opening dataset name) of the project's ledger projection (its
     ``LedgerColumns``: ``projection.compute.projection.columns``)."""
-    from conflux.core.errors import ConfigError
+    from conflux.core.errors import ConfigError, UsageError
     from conflux.core.project import catalog_by_name
 
     from conflux.dagster.operations import ledger_projections
@@ -78,14 +78,15 @@ def ledger_datasets(name: str | None = None):
     found = {n: p for n, (_, p, _) in ledger_projections(catalog).items()}
     if name is not None:
         if name not in found:
-            raise ConfigError(f"{name!r} is not a ledger projection; the catalog's: "
-                              f"{', '.join(sorted(found)) or 'none'}")
+            raise UsageError(f"{name!r} is not a ledger projection; the catalog's: "
+                             f"{', '.join(sorted(found)) or 'none'}")
         found = {name: found[name]}
-    if len(found) != 1:
+    if not found:
         raise ConfigError("the catalog declares no ledger projection (a batch dataset with "
-                          "compute=ledger_projection(...))" if not found else
-                          f"several ledger projections ({', '.join(sorted(found))}): "
-                          "choose one with --projection")
+                          "compute=ledger_projection(...))")
+    if len(found) > 1:
+        raise UsageError(f"several ledger projections ({', '.join(sorted(found))}): choose one "
+                         "with --projection")
     [projection] = found.values()
     spec = projection.compute.projection
     return catalog[spec.ledger], projection, spec.opening
@@ -153,9 +154,12 @@ def _dagster_instance(settings):
     there is none: the lake is still replaced, and the output says it was not recorded)."""
     import dagster as dg
 
+    from conflux.io.unavailable import reach_postgres
+
     home = os.environ.get("DAGSTER_HOME") or str(settings.dagster_home)
     if not os.path.exists(os.path.join(home, "dagster.yaml")):
         return None
+    reach_postgres(settings.postgres_url)
     os.environ["DAGSTER_HOME"] = home
     return dg.DagsterInstance.get()
 

@@ -14,19 +14,28 @@
 Every command acts on the project of the working directory (``[tool.conflux]`` in its
 ``pyproject.toml``, see ``conflux.core.project``) or of ``CONFLUX_PROJECT``.
 
-Exit codes: 0 success, 1 failure (the message names the service / subject / topic involved),
-2 usage error.
+Errors are one line on stderr, ``conflux: [CODE] message``, never a traceback
+(``CONFLUX_DEBUG=1`` prints it too). Exit codes:
+
+    0  success
+    1  failure: a service that does not answer (named, with its address), a failed operation,
+       a setting or project file that is wrong, a service ``conflux dev`` runs on that stopped
+    2  usage error: bad arguments (argparse), an unknown name (dataset, topic, service, reason
+       code, projection), a malformed value (date, time, limit, rate) or an input file that
+       cannot be read or parsed (not UTF-8, not JSON, nested too deeply)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shlex
 import signal
 import sys
-import time
+import threading
 
-from conflux.core.errors import ConfluxError
+from conflux.core.errors import ConfluxError, StackError, UsageError
 
 
 def _stack(args):
@@ -93,34 +102,62 @@ def _dev_producer(no_producer: bool):
     return project.import_target(project.dev_producer, "dev_producer")
 
 
+WATCH_EVERY_S = 2.0  # how often `conflux dev` checks that the services it runs on still run
+
+
+def _watch(stack, names: list[str], stop: threading.Event, gone: list[str]) -> None:
+    """In the background until ``stop``: every ``WATCH_EVERY_S``, put the services of ``names``
+    whose process exited into ``gone`` and set ``stop``."""
+    def loop() -> None:
+        while not stop.wait(WATCH_EVERY_S):
+            if found := stack.gone(names):
+                gone.extend(found)
+                stop.set()
+
+    threading.Thread(target=loop, name="conflux-dev-watch", daemon=True).start()
+
+
 def cmd_dev(args) -> int:
-    """Stack + Dagster UI and daemon + the project's producer in the foreground until Ctrl-C."""
+    """Stack + Dagster UI and daemon + the project's producer in the foreground until Ctrl-C;
+    exit 1 naming the service when one of them stops (``conflux stack down`` elsewhere, a
+    crash), after stopping what it started."""
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise UsageError(f"--rate {args.rate:g} must be a positive number of events per second")
     producer = _dev_producer(args.no_producer)
     stack = _stack(args)
     started: list[str] = []
-    stop = {"now": False}
-
-    def _on_signal(signum, frame):
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, _on_signal)
+    watched: list[str] = []
+    gone: list[str] = []
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # Ctrl-C must stop us even when started from a shell that ignores SIGINT in the background
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        started = stack.up()
-        _start_relay(stack.settings, lambda: stop["now"])
+        started = stack.up()  # stops what it started itself when it fails half-way
+        watched = list(stack.names)
+        _watch(stack, watched, stop, gone)
+        _start_relay(stack.settings, stop.is_set)
         print(f"\nConflux is up: Dagster UI at {stack.settings.dagster_url}  (Ctrl-C to stop)")
         if producer is None:
-            while not stop["now"]:
-                time.sleep(0.5)
+            while not stop.wait(0.5):
+                pass
         else:
-            producer(stack.settings, rate=args.rate, should_stop=lambda: stop["now"])
+            producer(stack.settings, rate=args.rate, should_stop=stop.is_set)
     except KeyboardInterrupt:
         pass
+    except Exception:  # the producer's error when a service it needs went away: name that
+        gone.extend(stack.gone(watched))
+        if not gone:
+            raise
     finally:
+        stop.set()
         if started:
-            print("\nstopping what conflux dev started...")
+            print("\nstopping what conflux dev started...", flush=True)
             stack.down(started)
+    if gone:
+        raise StackError(f"{', '.join(dict.fromkeys(gone))} no longer running (stopped from "
+                         f"another shell, or crashed: see {stack.settings.log_dir}); conflux dev "
+                         "stopped what it had started")
     return 0
 
 
@@ -160,8 +197,7 @@ def cmd_contracts_mode(args) -> int:
     try:
         Mode.parse(args.mode)
     except ValueError as exc:
-        print(f"conflux: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     registry = _registry()
     registry.ensure_schema()
     registry.set_mode(args.subject, args.mode)
@@ -186,14 +222,13 @@ def cmd_backfill(args) -> int:
 
 def cmd_replay(args) -> int:
     from conflux.cli.backfill import replay
-    from conflux.core.errors import ConfigError
     from conflux.core.settings import Settings
     from conflux.core.declarations import EventDataset
     from conflux.io.kafka import KafkaResource
 
     ds = _dataset(args.dataset)
     if not isinstance(ds, EventDataset):
-        raise ConfigError(f"{ds.name} is a batch dataset; use `conflux backfill`")
+        raise UsageError(f"{ds.name} is a batch dataset; use `conflux backfill`")
     settings = Settings.from_env()
     ok = replay(ds, args.since, kafka=KafkaResource.from_env(settings),
                 url=settings.dagster_url, wait=args.wait, timeout=args.timeout,
@@ -201,20 +236,32 @@ def cmd_replay(args) -> int:
     return 0 if ok else 1
 
 
+def _read_changes(path: str, known: dict) -> list:
+    """The changes of a JSON-lines file; a ``UsageError`` naming the file when it cannot be
+    read, is not UTF-8 or has bad lines."""
+    from conflux.outbox.relay import OutboxError, parse_changes
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return parse_changes(handle, known)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text ({exc.reason}: byte "
+                         f"{exc.object[exc.start:exc.start + 1]!r})") from None
+    except OutboxError as exc:
+        raise UsageError(f"{path}: {exc.args[0]}") from None
+
+
 def cmd_ops_apply(args) -> int:
     import psycopg
 
     from conflux.core.settings import Settings
     from conflux.core.project import catalog_by_name
-    from conflux.outbox.relay import apply_changes, parse_changes, targets
+    from conflux.outbox.relay import apply_changes, targets
 
     known = targets(catalog_by_name())
-    try:
-        with open(args.file) as handle:
-            changes = parse_changes(handle, known)
-    except OSError as exc:
-        print(f"conflux: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 2
+    changes = _read_changes(args.file, known)
     with psycopg.connect(Settings.from_env().postgres_url) as conn:
         applied = apply_changes(conn, changes, known)
     rows = ", ".join(f"{n} row(s) to ops.{t}" for t, n in sorted(applied.rows.items()))
@@ -269,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     services_help = "services to act on: all (default), dagster, postgres, kafka (every " \
                     "Kafka node), dagster-webserver, dagster-daemon; with CONFLUX_KAFKA_BROKERS=N " \
                     "also one node: kafka-1 .. kafka-N"
-    up = stack_sub.add_parser("up", help="start the stack (idempotent)")
+    up = stack_sub.add_parser("up", help="start the stack (idempotent); a start that fails "
+                              "stops what it had started")
     up.add_argument("services", nargs="*", help=services_help)
     up.set_defaults(func=cmd_stack_up)
     down = stack_sub.add_parser("down", help="stop every process the tooling started")
@@ -283,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--yes", action="store_true", help="really wipe")
     reset.set_defaults(func=cmd_stack_reset)
 
-    dev = sub.add_parser("dev", help="run the platform in the foreground until Ctrl-C")
+    dev = sub.add_parser("dev", help="run the platform in the foreground until Ctrl-C; exit 1 "
+                         "naming the service when one it runs on stops")
     dev.add_argument("--no-producer", "--no-demo", dest="no_producer", action="store_true",
                      help="do not run the project's dev_producer ([tool.conflux])")
     dev.add_argument("--rate", type=float, default=5.0,
@@ -360,14 +409,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def failure(exc: Exception) -> tuple[int, str]:
+    """The exit code and the one-line message for an error a command raised (module
+    docstring): Conflux's own errors as they are, a client library's connection failure as the
+    service that did not answer, any other error as an internal one."""
+    from conflux.io.unavailable import service_unavailable
+
+    if not isinstance(exc, ConfluxError):
+        exc = service_unavailable(exc) or exc
+    if isinstance(exc, ConfluxError):
+        return (2 if isinstance(exc, UsageError) else 1), str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return 1, f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    what = ": ".join([type(exc).__name__, *str(exc).strip().splitlines()[:1]])
+    return 1, f"internal error: {what} (set CONFLUX_DEBUG=1 to see the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # argparse exits 2 on its own usage errors
     try:
         return args.func(args)
-    except ConfluxError as exc:
-        print(f"conflux: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print("conflux: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("CONFLUX_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        code, message = failure(exc)
+        print(f"conflux: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

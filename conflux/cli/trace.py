@@ -15,9 +15,16 @@ def cmd_trace(args) -> int:
     from conflux.io.kafka import KafkaResource
     from conflux.io.lake import LakeResource
 
+    from conflux.core.errors import StackError
+    from conflux.io.unavailable import reach_postgres
+
     settings = Settings.from_env()
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
     os.environ.setdefault("DAGSTER_PG_URL", settings.dagster_pg_url)
+    if not os.path.isfile(os.path.join(os.environ["DAGSTER_HOME"], "dagster.yaml")):
+        raise StackError(f"no Dagster instance in DAGSTER_HOME={os.environ['DAGSTER_HOME']}: "
+                         "start the stack (`conflux stack up`) or point DAGSTER_HOME at one")
+    reach_postgres(settings.postgres_url)
     with dg.DagsterInstance.get() as instance:
         found = trace(args.correlation_id, catalog_by_name(),
                       lake=LakeResource.for_stack(settings),

@@ -162,9 +162,26 @@ def check_compatibility(new: dict, history: list[dict], mode: Mode | str) -> lis
     return found
 
 
+#: JSON nesting a schema file may have (the checks recurse: ~150 levels exhaust Python's stack)
+MAX_SCHEMA_DEPTH = 64
+
+
+def json_depth(value: object) -> int:
+    """How deeply ``value``'s lists and objects nest (0 for a scalar); iterative, any depth."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def load_schema_file(path: str | Path) -> dict | bool:
     """Read and check a JSON Schema file; raise SchemaError naming the file when it is unusable."""
     path = Path(path)
+    too_deep = f"schema file {path} nests deeper than {MAX_SCHEMA_DEPTH} levels"
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -175,6 +192,10 @@ def load_schema_file(path: str | Path) -> dict | bool:
         raise SchemaError(
             f"schema file {path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         ) from exc
+    except RecursionError:
+        raise SchemaError(too_deep) from None
+    if json_depth(document) > MAX_SCHEMA_DEPTH:
+        raise SchemaError(too_deep)
     try:
         _Document(document).validate()
     except _Problem as exc:

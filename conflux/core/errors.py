@@ -9,7 +9,8 @@ from __future__ import annotations
 
 
 class ConfluxError(Exception):
-    """Root of all Conflux errors. ``code`` is stable across releases."""
+    """Root of all Conflux errors. ``code`` is stable across releases; the CLI exits 1 on
+    one (2 on a :class:`UsageError`)."""
 
     code: str = "CONFLUX_ERROR"
 
@@ -21,6 +22,21 @@ class ConfigError(ConfluxError):
     """A setting is missing or malformed."""
 
     code = "CONFIG_INVALID"
+
+
+class UsageError(ConfigError):
+    """The command line is wrong: an unknown name (dataset, topic, service, reason code), a
+    malformed value (date, time, limit) or an input file that cannot be read or parsed. The CLI
+    exits 2."""
+
+    code = "USAGE_INVALID"
+
+
+class ServiceUnavailableError(ConfluxError):
+    """A service (Postgres, Kafka, the Dagster webserver) did not answer; names it and its
+    address."""
+
+    code = "SERVICE_UNAVAILABLE"
 
 
 class StackError(ConfluxError):
@@ -106,3 +122,10 @@ class OutputContractError(ConfluxError):
     """What an asset returned for a dataset does not fit the dataset's contract or partitions."""
 
     code = "OUTPUT_CONTRACT_VIOLATED"
+
+
+class OffsetGapError(ConfluxError):
+    """The offset-gap ledger (``dlq.offset_gaps``) cannot be reached, or an acknowledgement
+    names no open gap of the dataset or says nothing about what was done."""
+
+    code = "OFFSET_GAP_LEDGER"

@@ -16,7 +16,7 @@ import re
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
-from conflux.core.errors import ConfigError
+from conflux.core.errors import ConfigError, UsageError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -25,11 +25,11 @@ SINCE_FORMS = ("an ISO date / date-time (UTC when no zone is given, e.g. 2026-11
 
 
 def parse_day(text: str, what: str) -> dt.date:
-    """``YYYY-MM-DD`` → date; anything else raises ``ConfigError`` naming ``what``."""
+    """``YYYY-MM-DD`` → date; anything else raises ``UsageError`` naming ``what``."""
     try:
         return dt.date.fromisoformat(text.strip())
     except (ValueError, AttributeError):
-        raise ConfigError(f"{what} {text!r} is not a date (YYYY-MM-DD)") from None
+        raise UsageError(f"{what} {text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def parse_since(text: str, what: str = "--since", now: dt.datetime | None = None) -> dt.datetime:
@@ -42,12 +42,12 @@ def parse_since(text: str, what: str = "--since", now: dt.datetime | None = None
     try:
         value = dt.datetime.fromisoformat((text or "").strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ConfigError(f"{what} {text!r} is neither an ISO date / date-time (e.g. "
-                          f"2026-11-28T09:00:00Z) nor a duration back from now (e.g. 90m, 2h, "
-                          f"1d)") from None
+        raise UsageError(f"{what} {text!r} is neither an ISO date / date-time (e.g. "
+                         f"2026-11-28T09:00:00Z) nor a duration back from now (e.g. 90m, 2h, "
+                         f"1d)") from None
     value = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
     if value > now:
-        raise ConfigError(f"{what} {value.isoformat()} is in the future")
+        raise UsageError(f"{what} {value.isoformat()} is in the future")
     return value
 
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from conflux.core.errors import ConfigError
+from conflux.core.errors import ConfigError, UsageError
 
 PYPROJECT = "pyproject.toml"
 
@@ -108,6 +108,9 @@ class Project:
             return getattr(module, attr)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"cannot load {what} {spec!r} (project {self.root}): {exc}") from exc
+        except Exception as exc:  # the project's module itself failed while it was imported
+            raise ConfigError(f"cannot load {what} {spec!r} (project {self.root}): "
+                              f"{type(exc).__name__}: {exc}") from exc
 
     def load_catalog(self, spec: str | None = None) -> tuple:
         """The project's dataset declarations (``spec`` overrides ``[tool.conflux] catalog``)."""
@@ -142,6 +145,10 @@ def _tool_tables(folder: Path) -> dict:
             return tomllib.load(handle).get("tool", {})
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text: {exc.reason}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not valid TOML: nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
@@ -163,8 +170,8 @@ def catalog_by_name(spec: str | None = None) -> dict:
 
 
 def dataset_named(name: str, spec: str | None = None):
-    """One dataset of the current project's catalog, or a ConfigError listing the declared ones."""
+    """One dataset of the current project's catalog, or a UsageError listing the declared ones."""
     catalog = catalog_by_name(spec)
     if name not in catalog:
-        raise ConfigError(f"unknown dataset {name!r}; declared: {', '.join(sorted(catalog))}")
+        raise UsageError(f"unknown dataset {name!r}; declared: {', '.join(sorted(catalog))}")
     return catalog[name]

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from conflux.core import opconfig
-from conflux.core.errors import ConfigError
+from conflux.core.errors import UsageError
 from conflux.core.declarations import DeadLetterPolicy, EventDataset
 
 ERROR_PREFIX = "conflux.error."
@@ -284,8 +284,8 @@ def resolve_topic(topic: str, datasets: Iterable) -> tuple[EventDataset, str | N
         if topic in ds.topics:
             return ds, topic if len(ds.topics) > 1 else None
     known = sorted(t for d in events for t in (*d.topics, d.dlq_topic))
-    raise ConfigError(f"topic {topic!r} is not a source or dead-letter topic of any declared "
-                      f"event dataset; known: {', '.join(known) or 'none'}")
+    raise UsageError(f"topic {topic!r} is not a source or dead-letter topic of any declared "
+                     f"event dataset; known: {', '.join(known) or 'none'}")
 
 
 def check_reasons(reasons: Sequence[str] | None, known: Iterable[str]) -> frozenset[str] | None:
@@ -296,8 +296,8 @@ def check_reasons(reasons: Sequence[str] | None, known: Iterable[str]) -> frozen
     wanted = frozenset(r.strip().upper() for r in reasons)
     unknown = sorted(wanted - known)
     if unknown:
-        raise ConfigError(f"unknown reason code(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(sorted(known))}")
+        raise UsageError(f"unknown reason code(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(known))}")
     return wanted
 
 

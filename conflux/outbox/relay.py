@@ -78,9 +78,13 @@ class Change:
     correlation_id: str | None = None
 
 
+MAX_REPORTED = 10  # bad lines named in the error
+
+
 def parse_changes(lines: Iterable[str], known: dict[str, Target]) -> list[Change]:
     """JSON lines ``{"table": T, "row": {...}, "correlation_id"?: str}``, each row validated
-    against its table's contract. Raises ``OutboxError`` naming every bad line."""
+    against its table's contract. Raises ``OutboxError`` naming the bad lines (the first
+    ``MAX_REPORTED``), on one line."""
     changes, errors = [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -92,6 +96,8 @@ def parse_changes(lines: Iterable[str], known: dict[str, Target]) -> list[Change
             changes.append(Change(target.table, row, item.get("correlation_id")))
         except json.JSONDecodeError as exc:
             errors.append(f"line {n}: not JSON ({exc.msg})")
+        except RecursionError:
+            errors.append(f"line {n}: nested too deeply")
         except KeyError as exc:
             missing = exc.args[0]
             errors.append(f"line {n}: unknown table {missing!r} (known: {', '.join(sorted(known))})"
@@ -103,7 +109,9 @@ def parse_changes(lines: Iterable[str], known: dict[str, Target]) -> list[Change
                                for e in exc.errors()[:3])
             errors.append(f"line {n}: row does not match the contract of {item['table']}: {detail}")
     if errors:
-        raise OutboxError("no change applied:\n  " + "\n  ".join(errors))
+        more = len(errors) - MAX_REPORTED
+        raise OutboxError("no change applied: " + "; ".join(errors[:MAX_REPORTED])
+                          + (f"; and {more} more bad line(s)" if more > 0 else ""))
     return changes
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterable
 
-from conflux.core.errors import ConfigError
+from conflux.core.errors import ConfigError, UsageError
 from conflux.core.settings import Settings
 from conflux.stack.dagster import DagsterDaemon, DagsterWebserver
 from conflux.stack.kafka import Kafka, node_name
@@ -43,8 +43,8 @@ def select(names: Iterable[str] | None, brokers: int = 1) -> list[str]:
         elif name in universe:
             wanted.add(name)
         else:
-            raise ConfigError(f"unknown service {name!r}; choose from "
-                              f"{', '.join(dict.fromkeys([*groups, *universe]))}")
+            raise UsageError(f"unknown service {name!r}; choose from "
+                             f"{', '.join(dict.fromkeys([*groups, *universe]))}")
     return [n for n in universe if n in wanted]
 
 
@@ -71,32 +71,45 @@ class Stack:
         return select(names, self.settings.kafka_brokers)
 
     def up(self, names: Iterable[str] | None = None, report: Callable[[str], None] = print) -> list[str]:
-        """Start the selected services (idempotent); returns the names this call started."""
-        started = []
+        """Start the selected services (idempotent); returns the names this call started. When
+        a service fails to start (or Ctrl-C comes), the ones this call had started are stopped
+        again before the error goes on: a failed start leaves nothing of its own running."""
+        from conflux.stack.platform import ensure_platform_topics, register_contracts
+
+        started: list[str] = []
         selected = self.select(names)
         nodes = [n for n in selected if n in self.kafka_nodes]
-        for name in selected:
-            if name in nodes:
-                if name == nodes[0]:
-                    started += self._up_kafka(nodes, report)
-                continue
-            service = self.services[name]
-            was_running = service.status().running
-            report(service.up())
-            if name == "postgres":
-                from conflux.stack.platform import register_contracts
-
-                register_contracts(self.settings, report)
-            if not was_running and not isinstance(service, ExternalPostgres):
-                started.append(name)
+        try:
+            for name in selected:
+                if name in nodes:
+                    if name == nodes[0]:
+                        started += self._up_kafka(nodes, report)
+                        ensure_platform_topics(self.settings, report)
+                    continue
+                service = self.services[name]
+                was_running = service.status().running
+                report(service.up())
+                if not was_running and not isinstance(service, ExternalPostgres):
+                    started.append(name)
+                if name == "postgres":
+                    register_contracts(self.settings, report)
+        except BaseException:
+            if started:
+                report(f"start failed: stopping what it had started ({', '.join(started)})")
+                self.down(started, report=report)
+            raise
         return started
+
+    def gone(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` whose process has exited, by pid file alone (cheap enough to poll
+        every few seconds); an external Postgres is never gone."""
+        return [n for n in names if not isinstance(self.services[n], ExternalPostgres)
+                and self.services[n].pidfile.live_pid() is None]
 
     def _up_kafka(self, nodes: list[str], report: Callable[[str], None]) -> list[str]:
         """Launch the Kafka ``nodes``, then wait for each (no node of a 3-voter quorum is
-        healthy alone), then create the platform's topics; returns the nodes started. On a
-        failure the nodes this call spawned are stopped again."""
-        from conflux.stack.platform import ensure_platform_topics
-
+        healthy alone); returns the nodes started. On a failure the nodes this call spawned
+        are stopped again."""
         services = [self.services[n] for n in nodes]
         launches = []
         try:
@@ -108,7 +121,6 @@ class Stack:
             for service, launch in zip(services, launches):
                 service.abort(launch)
             raise
-        ensure_platform_topics(self.settings, report)
         return [n for n, launch in zip(nodes, launches) if launch.proc is not None]
 
     def down(self, names: Iterable[str] | None = None, report: Callable[[str], None] = print) -> None:

@@ -110,8 +110,10 @@ def ensure_storage(settings: Settings) -> None:
     res = subprocess.run([_script("dagster"), "instance", "migrate"], env=dagster_env(settings),
                          cwd=settings.project_root, capture_output=True, text=True, timeout=300)
     if res.returncode != 0:
-        raise StackError(f"dagster instance migrate failed (exit {res.returncode}):\n"
-                         f"{(res.stderr or res.stdout)[-2000:]}")
+        from conflux.stack.procs import reason_in
+
+        raise StackError(f"dagster instance migrate failed (exit {res.returncode}): "
+                         f"{reason_in((res.stderr or res.stdout)[-4000:])}")
     marker.touch()
 
 

@@ -8,6 +8,7 @@ pid reused by an unrelated process after a crash is never mistaken for ours (and
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,13 +55,26 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def tail(path: Path, lines: int = 15) -> str:
-    """Last lines of a log file, for error messages."""
+_TROUBLE = re.compile(r"error|exception|fatal|failed|refused|denied|invalid|does not exist|"
+                      r"not found", re.IGNORECASE)
+
+
+def reason_in(text: str) -> str:
+    """The line of ``text`` (a log's end) that says what went wrong, for a one-line error: the
+    last one naming a problem, else the last one ("" when there is none)."""
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.startswith("==== ")]  # spawn's and run_checked's headers
+    line = ([line for line in lines if _TROUBLE.search(line)] or lines or [""])[-1]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def log_reason(path: Path, lines: int = 40) -> str:
+    """:func:`reason_in` the last ``lines`` of a log file."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log yet)"
-    return "\n".join(text[-lines:])
+    return reason_in("\n".join(text[-lines:])) or "(nothing logged)"
 
 
 @dataclass(frozen=True)
@@ -189,13 +203,11 @@ def wait_for(
         if check():
             return time.monotonic() - start
         if proc is not None and proc.poll() is not None:
-            raise StackError(
-                f"{service} exited with code {proc.returncode} while starting; see {log}:\n{tail(log)}"
-            )
+            raise StackError(f"{service} exited with code {proc.returncode} while starting "
+                             f"(log {log}): {log_reason(log)}")
         if time.monotonic() - start > timeout:
-            raise StackError(
-                f"{service} did not become healthy within {timeout:.0f}s; see {log}:\n{tail(log)}"
-            )
+            raise StackError(f"{service} did not become healthy within {timeout:.0f}s "
+                             f"(log {log}): {log_reason(log)}")
         time.sleep(interval)
 
 

@@ -249,6 +249,6 @@ def run_checked(argv: list[str], *, what: str, log: Path, timeout: float, **kw) 
         except FileNotFoundError as exc:
             raise StackError(f"{what}: {exc.filename} not found") from None
     if res.returncode != 0:
-        from conflux.stack.procs import tail
+        from conflux.stack.procs import log_reason
 
-        raise StackError(f"{what} failed (exit {res.returncode}); see {log}:\n{tail(log)}")
+        raise StackError(f"{what} failed (exit {res.returncode}; log {log}): {log_reason(log)}")

@@ -257,7 +257,7 @@ def test_one_replay_per_dlq_topic_at_a_time(ds, catalog, kafka, stack, capsys):
 
 def test_an_unknown_topic_and_a_missing_dlq_are_clear(ds, catalog, kafka, capsys):
     code, _, err = cli(capsys, "dlq", "list", "no.such.topic", "--catalog", catalog)
-    assert code == 1 and "topic 'no.such.topic' is not a source or dead-letter topic" in err
+    assert code == 2 and "topic 'no.such.topic' is not a source or dead-letter topic" in err
     quiet = dataclasses.replace(ds, dlq_topic=f"{ds.topic}.never")
     counts = window_counts(quiet, kafka)
     assert counts.dead == 0 and counts.missing == (quiet.dlq_topic,)

@@ -114,7 +114,7 @@ def test_bad_changes_are_refused_as_a_whole_with_every_reason(setup, tmp_path, c
     assert "line 4: row does not match the contract" in text and "line 1" not in text
     path = tmp_path / "bad.jsonl"
     path.write_text('{"table": "nope", "row": {}}\n')
-    assert main(["ops", "apply", str(path)]) == 1
+    assert main(["ops", "apply", str(path)]) == 2
     assert "unknown table 'nope'" in capsys.readouterr().err
     assert main(["ops", "status"]) == 0
     assert "waiting for the relay" in capsys.readouterr().out

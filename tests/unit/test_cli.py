@@ -26,7 +26,7 @@ def test_bad_configuration_is_a_clear_error_not_a_traceback(capsys, monkeypatch)
 
 def test_unknown_service_is_named(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("CONFLUX_HOME", str(tmp_path))
-    assert main(["stack", "up", "zookeeper"]) == 1
+    assert main(["stack", "up", "zookeeper"]) == 2
     assert "unknown service 'zookeeper'" in capsys.readouterr().err
 
 

@@ -281,10 +281,10 @@ def test_dlq_commands_have_help(argv, capsys):
     (["dlq", "list", "tpch.orders", "--limit", "-1"], "--limit -1 must be >= 0"),
     (["dlq", "replay", "tpch.orders", "--limit", "0"], "--limit 0 must be >= 1"),
 ])
-def test_bad_arguments_exit_1_with_a_clear_message(argv, message, capsys):
-    assert main(argv) == 1
+def test_bad_arguments_exit_2_with_a_clear_message(argv, message, capsys):
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("conflux: [CONFIG_INVALID] ") and message in err
+    assert err.startswith("conflux: [USAGE_INVALID] ") and message in err
 
 
 def test_a_partial_reason_histogram_is_said_in_the_check_metadata():

@@ -112,7 +112,7 @@ def test_lake_history_and_show_read_a_dataset_now_and_as_of_a_version_or_a_time(
 @pytest.mark.parametrize("args,code,message", [
     (("show", "orders", "--version", "7"), 1, "no version 7 (versions 0..1"),
     (("show", "orders", "--as-of", "1999-01-01"), 1, "no version as of 1999-01-01"),
-    (("show", "orders", "--as-of", "soon"), 1, "'soon' is not a time"),
+    (("show", "orders", "--as-of", "soon"), 2, "--as-of 'soon' is neither"),
     (("show", "orders", "--limit", "-1"), 2, "--limit must be 0 or more"),
     (("show", "nope"), 2, "unknown dataset 'nope'"),
     (("history", "revenue_by_nation"), 1, "no Delta table in the lake yet"),

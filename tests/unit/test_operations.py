@@ -77,7 +77,7 @@ def test_times_take_iso_or_durations_and_reasons_are_upper_cased():
 
 def test_the_cli_checks_with_the_same_class_in_one_line():
     assert validated(ReplayConfig, "--since", since="2h")["since"] == "2h"
-    with pytest.raises(ConfigError, match=r"^\[CONFIG_INVALID\] --since: since .soon. is neither"):
+    with pytest.raises(ConfigError, match=r"^\[USAGE_INVALID\] --since: since .soon. is neither"):
         validated(ReplayConfig, "--since", since="soon")
 
 
@@ -147,7 +147,7 @@ def test_a_bad_date_fails_the_run_at_start_with_the_message(tmp_path):
      "not partitioned by day"),
 ])
 def test_the_cli_refuses_bad_input_before_launching(argv, expected, capsys):
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert expected in capsys.readouterr().err
 
 

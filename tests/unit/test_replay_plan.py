@@ -36,5 +36,5 @@ def test_times_are_utc_unless_a_zone_is_given():
     (["backfill", "orders", "--start", "1995-13-01", "--end", "1995-12-31"], "is not a date"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(argv, message, capsys):
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert message in capsys.readouterr().err
