@@ -93,7 +93,7 @@ def _check_range(context: dg.AssetCheckExecutionContext,
     if config.start or config.end:
         return config.first, config.last
     op = context.op_execution_context
-    if op.has_partition_key_range:
+    if op.has_partition_key or op.has_partition_key_range:  # one day, or a backfill's range
         keys = op.partition_key_range
         return dt.date.fromisoformat(keys.start), dt.date.fromisoformat(keys.end)
     return None, None

@@ -69,8 +69,9 @@ def log_report(context, lines: list[str], report: dict) -> None:
 
 
 def _days(context: dg.AssetExecutionContext) -> tuple[dt.date | None, dt.date | None]:
-    """The event days a run materializes (None, None: an unpartitioned dataset)."""
-    if not context.has_partition_key_range:
+    """The event days a run materializes (None, None: an unpartitioned dataset). A run of one
+    partition (the UI's Materialize on a day) carries its key, a backfill's run a range."""
+    if not (context.has_partition_key or context.has_partition_key_range):
         return None, None
     keys = context.partition_key_range
     return dt.date.fromisoformat(keys.start), dt.date.fromisoformat(keys.end)

@@ -117,6 +117,18 @@ def test_event_datasets_are_materializable_and_backfill_in_one_run():
         dg.AssetKey("customer_ledger")]
 
 
+def test_materializing_one_day_or_a_range_works_on_those_days_only():
+    """The UI's Materialize on one day launches a run of that partition, without the range tags
+    of a backfill's run: the repair covers that day, not the whole dataset."""
+    from conflux.dagster.operations import _days
+
+    first, day = dt.date(1995, 1, 1), dt.date(1995, 1, 3)
+    assert _days(dg.build_asset_context(partition_key="1995-01-03")) == (day, day)
+    assert _days(dg.build_asset_context(partition_key_range=dg.PartitionKeyRange(
+        "1995-01-01", "1995-01-03"))) == (first, day)
+    assert _days(dg.build_asset_context()) == (None, None)  # unpartitioned: everything
+
+
 def test_the_check_says_it_is_read_only():
     check, job, schedule = build_fallback(ORDERS)
     [spec] = check.check_specs
