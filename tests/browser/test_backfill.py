@@ -31,16 +31,23 @@ def field(page, label: str, count: int = 1):
     return values if count > 1 else values[0]
 
 
-def launch_backfill(page, first: str, last: str) -> str:
-    """Materialize… → all partitions → the range typed in Dagster's partition syntax →
-    Launch backfill; returns the backfill id of the toast."""
-    page.goto(f"/assets/{ASSET}")
+def materialize_dialog(page, asset: str, selection: str):
+    """Materialize… on ``asset``'s page, all partitions shown, ``selection`` typed in Dagster's
+    partition syntax (``[first...last]``, or a key); returns the dialog."""
+    page.goto(f"/assets/{asset}")
     page.get_by_role("button", name="Materialize…").click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text("Show all partitions").click()  # the dialog opens on the last 90 days
-    selection = dialog.locator("input").first
-    selection.fill(f"[{first}...{last}]")
-    selection.press("Enter")
+    box = dialog.locator("input").first
+    box.fill(selection)
+    box.press("Enter")
+    return dialog
+
+
+def launch_backfill(page, first: str, last: str) -> str:
+    """Materialize… → all partitions → the range → Launch backfill; returns the backfill id of
+    the toast."""
+    dialog = materialize_dialog(page, ASSET, f"[{first}...{last}]")
     dialog.get_by_text(f"{len(days(first, last))} partitions", exact=True).first.wait_for()
     assert dialog.get_by_text("in a single run").first.is_visible()  # BackfillPolicy.single_run
     dialog.get_by_role("button", name="Launch backfill").click()

@@ -11,6 +11,7 @@ dev`` exactly as ``make dev`` runs it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ URL = f"http://127.0.0.1:{STACK['CONFLUX_DAGSTER_PORT']}"
 JOINS = ("revenue_by_nation", "customer_balance")
 ALL_MATERIALIZED_WITHIN = 180  # seconds after the UI is up (measured: docs/architecture.md)
 FROM_AUTOMATION = "dagster/from_automation_condition"
+STATUS = re.compile(r"Materialized|Never materialized|partitions")  # a catalog row's status
 
 ASSETS = """
 { assetsOrError { ... on AssetConnection { nodes {
@@ -100,7 +102,7 @@ def partition_materialization(asset: str, day: str) -> dict | None:
 
 
 @pytest.mark.timeout(900)  # the stack's start and stop included; ~4-6 min on 2 busy cores
-def test_the_whole_demo_graph_is_materialized_by_the_daemons_automation(dev):
+def test_the_whole_demo_graph_is_materialized_by_the_daemons_automation(dev, request):
     proc, log, up_after = dev
     up = time.monotonic()
     while True:
@@ -118,6 +120,8 @@ def test_the_whole_demo_graph_is_materialized_by_the_daemons_automation(dev):
 
     assert {"orders", "lineitem", "customer_ledger", "customer", "supplier", "nation", "region",
             "part", "partsupp", *JOINS} <= set(latest)
+    # ... and so the UI's catalog says, asset by asset (headless Chromium; screenshot kept)
+    catalog_shows_materialized(sorted(latest), request.node.name)
     # the event datasets by their Kafka sensors (runless micro-batches or ingest runs), the rest
     # by runs the daemon's automation launched — nothing was launched by hand
     by_automation = automation_runs()
@@ -159,6 +163,49 @@ def test_the_whole_demo_graph_is_materialized_by_the_daemons_automation(dev):
     assert after["runId"] in automation_runs()
     print(f"late event for {LATE_DAY}: its revenue_by_nation partition refreshed "
           f"{float(after['timestamp']) / 1000 - published:.0f}s after it was published")
+
+
+def catalog_shows_materialized(assets: list[str], test: str) -> None:
+    """The UI's catalog (``/assets``) in headless Chromium: the status of each asset's row says
+    materialized — a partitioned asset's count of materialized partitions above 0. The page's
+    screenshot is kept as ``screenshots/<test>-catalog-<outcome>.png`` in the stack's home."""
+    from playwright.sync_api import sync_playwright
+
+    from conflux.stack.browser import ensure_chromium, launch_args
+
+    api.graphql(URL, "mutation SetNuxSeen { setNuxSeen }")  # no "Join the community" dialog
+    shown: dict[str, str] = {}
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(ensure_chromium()), headless=True,
+                                     args=launch_args())
+        page = chromium.new_page(viewport={"width": 1600, "height": 1400}, base_url=URL)
+        page.set_default_timeout(30_000)
+        outcome = "failed"
+        try:
+            page.goto("/assets")
+            deadline = time.monotonic() + 60  # the statuses load after the rows
+            while len(shown) < len(assets):
+                for name in assets:
+                    # the innermost block holding the asset's checkbox and a status is its row:
+                    # cells checkbox, name, location / group, status, actions
+                    row = (page.locator("div").filter(has=page.get_by_test_id(f"checkbox-{name}"))
+                           .filter(has_text=STATUS).last)
+                    if row.count():
+                        shown[name] = row.locator(":scope > div").nth(3).inner_text()
+                assert time.monotonic() < deadline, f"the catalog shows {sorted(shown)} only"
+                time.sleep(0.5)
+            for name, status in shown.items():
+                assert "Never materialized" not in status, (name, status)
+                # partitioned: counts of materialized / missing / failed / in progress partitions
+                counts = [int(n.replace(",", "")) for n in re.findall(r"^[\d,]+$", status, re.M)]
+                assert (counts[0] > 0 if "partitions" in status else "Materialized" in status), \
+                    (name, status)
+            outcome = "passed"
+        finally:
+            folder = Path(STACK["CONFLUX_HOME"]) / "screenshots"
+            folder.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(folder / f"{test}-catalog-{outcome}.png"), full_page=True)
+            chromium.close()
 
 
 def publish_late_order(day: str) -> None:
