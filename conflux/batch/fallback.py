@@ -78,12 +78,14 @@ def repair_materialization(ds: EventDataset, result: Reconciliation, partition: 
                            run_id: str) -> dg.AssetMaterialization:
     """The materialization of one repaired partition."""
     counts = result.diff.counts()
+    commit = result.commits.get(partition)
     return dg.AssetMaterialization(
         asset_key=ds.name, partition=partition or None,
         metadata={**materialization_metadata(
-            ds, rows=0, with_schema=False, repaired_from=ds.fallback.source_table,
-            repaired_by=run_id, **{f"{k}_repaired": v for k, v in counts.items()}),
-            **(c.metadata() if (c := result.commits.get(partition)) else {})})
+            ds, rows=result.written.get(partition, 0), with_schema=False,
+            repaired_from=ds.fallback.source_table, repaired_by=run_id,
+            **{f"{k}_repaired": v for k, v in counts.items()}),
+            **(commit.metadata() if commit else {})})
 
 
 def _check_range(context: dg.AssetCheckExecutionContext,

@@ -134,6 +134,7 @@ class Reconciliation:
     source_rows: int
     stored_rows: int
     commits: dict = field(default_factory=dict)  # repaired partition → its lake Commit
+    written: dict = field(default_factory=dict)  # repaired partition → rows inserted or updated
 
 
 def reconcile(ds: EventDataset, *, postgres: PostgresResource, lake: LakeResource,
@@ -151,6 +152,7 @@ def reconcile(ds: EventDataset, *, postgres: PostgresResource, lake: LakeResourc
     diff = diff_frames(source, stored, key, fields)  # one vectorised comparison for the range
     repaired: list[str] = []
     commits: dict = {}
+    written: dict = {}
     if repair and not diff.clean:
         by_part = lambda df: (df[ds.event_time].map(_partition_of) if ds.partitioned and len(df)
                               else pd.Series([None] * len(df), index=df.index, dtype=object))
@@ -172,7 +174,9 @@ def reconcile(ds: EventDataset, *, postgres: PostgresResource, lake: LakeResourc
             ORIGIN_KEY: f"repair from {ds.fallback.source_table}"})
         repaired = [p or "" for p in touched]
         commits = {p: commit for p in repaired} if commit is not None else {}
-    return Reconciliation(diff, len(partitions), repaired, len(source), len(stored), commits)
+        written = {p or "": len(rows_by.get(p, ())) for p in touched}
+    return Reconciliation(diff, len(partitions), repaired, len(source), len(stored), commits,
+                          written)
 
 
 def _repair(ds: EventDataset, fix: pd.DataFrame | None, drop: pd.DataFrame | None):

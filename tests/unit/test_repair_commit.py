@@ -7,6 +7,7 @@ import datetime as dt
 import pandas as pd
 
 from conflux.batch import reconcile as rec
+from conflux.batch.fallback import repair_materialization
 from conflux.io.lake import LakeResource
 from pipelines.catalog import ORDERS
 
@@ -41,6 +42,10 @@ def test_a_repair_is_one_commit_and_moves_a_re_dated_row_out_of_its_old_day(tmp_
     assert lake.version("orders") == before + 1  # one commit for every repaired day
     assert sorted(result.partitions_repaired) == ["1995-01-01", "1995-01-02"]
     assert {c.version for c in result.commits.values()} == {before + 1}
+    # each day's materialization counts the rows written into it (Dagster's row count)
+    assert result.written == {"1995-01-01": 1, "1995-01-02": 2}
+    meta = repair_materialization(ORDERS, result, "1995-01-02", "run-1").metadata
+    assert meta["dagster/row_count"].value == 2
     days = {d: sorted(lake.read("orders", d).o_orderkey) for d in lake.partitions("orders")}
     assert days == {"1995-01-01": [2, 5], "1995-01-02": [1, 3]}
     assert lake.read("orders", "1995-01-02").set_index("o_orderkey").o_totalprice[3] == 9.0
