@@ -99,3 +99,24 @@ def test_balances_must_move_by_exactly_the_fold_of_the_runs_events():
     # a customer new to the projection starts from nothing
     assert oracle.judge_balances(before.iloc[0:0], after.iloc[[1]], folded.loc[[2]],
                                  "c_custkey")["wrong"] == 0
+
+
+def test_the_chaos_workload_exercises_the_ordering_rule_and_re_dating():
+    """Published in chunk order, some keys' last version is not their winner (an older producer
+    timestamp), and some winners moved to another day than their first version's."""
+    from pipelines.demo.tpch import TpchGenerator
+    from reliability.chaos import build_workload
+
+    customers = TpchGenerator(0.001, seed=3).customer()[["c_custkey"]]
+    work = build_workload(3000, 5, 7, set(), "abc", base_ms=10**12, customers=customers)
+    orders = pd.concat([c.orders for c in work.chunks], ignore_index=True)
+    orders["__offset"] = range(len(orders))  # publish order, as one partition would have it
+    assert work.updates["out_of_order"] > 0 and work.updates["redated"] > 0
+    assert orders.groupby("o_orderkey")["__ts"].nunique().eq(
+        orders.groupby("o_orderkey").size()).all()  # no ties between versions of a key
+    won = oracle.winners(orders, ["o_orderkey"]).set_index("o_orderkey")
+    last = orders.drop_duplicates("o_orderkey", keep="last").set_index("o_orderkey")
+    first = orders.drop_duplicates("o_orderkey", keep="first").set_index("o_orderkey")
+    assert (last.loc[won.index, "o_comment"] != won["o_comment"]).sum() > 0
+    assert (first.loc[won.index, "o_orderdate"] != won["o_orderdate"]).sum() > 0
+    assert set(work.chunks[0].ledger["c_custkey"]) <= set(customers["c_custkey"])
