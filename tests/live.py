@@ -23,6 +23,18 @@ def stop_sensor(url: str, name: str) -> None:
     pytest.fail(f"the sensor {name} did not stay stopped")
 
 
+def tick(sensor, instance, resources: dict, cursor: str | None):
+    """One in-process evaluation of ``sensor`` with ``cursor``, its asset events stored as the
+    daemon stores them."""
+    import dagster as dg
+
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
+        result = sensor(ctx)
+    for event in getattr(result, "asset_events", None) or []:
+        instance.report_runless_asset_event(event)
+    return result
+
+
 def lag_of(capsys, name: str) -> dict:
     """``conflux lag NAME --json``: records waiting behind the sensor's cursor, its status."""
     assert main(["lag", name, "--json"]) == 0

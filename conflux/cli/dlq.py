@@ -2,13 +2,17 @@
 
     conflux dlq list TOPIC [--since T] [--reason CODE] [--limit N] [--json]
     conflux dlq replay TOPIC [--since T] [--reason CODE] [--dry-run] [--again] [--limit N] [--json]
+    conflux dlq gaps TOPIC [--all] [--json]
+    conflux dlq ack-gaps TOPIC ID... --note TEXT
 
 TOPIC is a source topic (``tpch.orders``) or its dead-letter topic (``tpch.orders.dlq``).
 ``list`` prints the reason histogram (how many of each were replayed already) and the newest
 samples; ``replay`` re-publishes the selected dead letters to their source topic — each at most
 once, unless ``--again`` — and reports what it did per reason (see ``conflux/observe/dlq_replay.py``).
 It launches ``<dataset>__dlq_replay_job`` through the Dagster webserver, so the replay shows in
-the UI; ``--local`` (implied by ``--catalog``) replays in this process.
+the UI; ``--local`` (implied by ``--catalog``) replays in this process. ``gaps`` lists the
+dataset's offset gaps (offsets never applied that no longer exist, see
+``conflux/observe/offset_gaps.py``); ``ack-gaps`` acknowledges them once repaired or accepted.
 """
 
 from __future__ import annotations
@@ -218,6 +222,73 @@ def _launch_replay(ds, args) -> int:
     return 0 if ok else 1
 
 
+# --- offset gaps ---------------------------------------------------------------------------
+def _gap_ledger(args):
+    """(dataset, source topic or None, the gap ledger) of ``args.topic``."""
+    from conflux.cli.contracts import load_catalog
+    from conflux.core.settings import Settings
+    from conflux.observe.dlq import resolve_topic
+    from conflux.observe.offset_gaps import GapLedger
+
+    ds, source_topic = resolve_topic(args.topic, load_catalog(args.catalog))
+    return ds, source_topic, GapLedger(Settings.from_env().postgres_url)
+
+
+def cmd_dlq_gaps(args) -> int:
+    ds, source_topic, ledger = _gap_ledger(args)
+    found = [r for r in ledger.gaps([ds.name], open_only=not args.all)
+             if source_topic is None or r.gap.topic == source_topic]
+    if args.json:
+        print(json.dumps([r.as_json() for r in found], indent=2))
+        return 0
+    still = [r for r in found if r.acknowledged_at is None]
+    print(f"{ds.name}: {len(still)} offset gap(s) not acknowledged"
+          + (f", {len(found) - len(still)} acknowledged" if args.all else "")
+          + f" ({', '.join([source_topic] if source_topic else ds.topics)})")
+    for r in found:
+        print(f"  #{r.id}  {r.gap.reason}  found {r.detected_at:%Y-%m-%dT%H:%M:%S%z} by "
+              f"{r.detected_by}")
+        print(f"      {r.gap.describe()}")
+        if r.acknowledged_at is not None:
+            print(f"      acknowledged {r.acknowledged_at:%Y-%m-%dT%H:%M:%S%z} by "
+                  f"{r.acknowledged_by}: {r.note}")
+    if still:
+        print(f"repair what the ranges held (the batch source: `conflux backfill {ds.name} ...`; "
+              f"or have the producer send it again), then: conflux dlq ack-gaps {args.topic} "
+              f"{' '.join(str(r.id) for r in still)} --note TEXT")
+    return 0
+
+
+def cmd_dlq_ack_gaps(args) -> int:
+    from conflux.core.errors import UsageError
+
+    every = [i.lower() for i in args.ids] == ["all"]
+    if not every and not all(i.isdigit() for i in args.ids):
+        raise UsageError(f"gap ids are numbers (`conflux dlq gaps {args.topic}` lists them), "
+                         f"or `all`; got {' '.join(args.ids)}")
+    if not args.note.strip():
+        raise UsageError("--note is empty: say what was done (the repair, or why the loss is "
+                         "accepted)")
+    ds, _, ledger = _gap_ledger(args)
+    ids = None if every else [int(i) for i in args.ids]
+    open_ids = {r.id for r in ledger.gaps([ds.name])}
+    if unknown := sorted(set(ids or ()) - open_ids):
+        raise UsageError(f"no open offset gap of {ds.name} with id "
+                         f"{', '.join(map(str, unknown))} (open: "
+                         f"{', '.join(map(str, sorted(open_ids))) or 'none'})")
+    if not open_ids:
+        print(f"{ds.name}: no open offset gap")
+        return 0
+    done = ledger.acknowledge(ds.name, ids, note=args.note)
+    for r in done:
+        print(f"acknowledged #{r.id}: {r.gap.describe()}")
+    left = ledger.gaps([ds.name])
+    print(f"{ds.name}: {len(done)} gap(s) acknowledged, {len(left)} still open; the "
+          f"offset_gaps check follows at the {ds.name}__kafka sensor's next evaluation (within "
+          f"30 s; Execute in the UI evaluates it now)")
+    return 0
+
+
 def register(sub) -> None:
     """Add this module's subcommands to the `conflux` parser."""
     dlq = sub.add_parser("dlq", help="dead letters of an event dataset: reasons, samples, "
@@ -259,3 +330,21 @@ def register(sub) -> None:
     rp.add_argument("--timeout", type=float, default=1800,
                     help="seconds to wait for the run (default 1800)")
     rp.set_defaults(func=cmd_dlq_replay)
+
+    gp = dlq_sub.add_parser("gaps", help="offset gaps: offsets never applied that no longer "
+                                         "exist (retention, delete_records, recreated topic)")
+    gp.add_argument("topic", help=topic_help)
+    gp.add_argument("--all", action="store_true", help="also the acknowledged ones")
+    gp.add_argument("--json", action="store_true", help="print a JSON list")
+    gp.add_argument("--catalog", help=catalog_help)
+    gp.set_defaults(func=cmd_dlq_gaps)
+
+    ack = dlq_sub.add_parser("ack-gaps", help="acknowledge offset gaps once repaired or "
+                                              "accepted: the offset_gaps check passes again")
+    ack.add_argument("topic", help=topic_help)
+    ack.add_argument("ids", nargs="+", metavar="ID", help="gap ids (`dlq gaps` lists them), "
+                                                          "or `all`")
+    ack.add_argument("--note", required=True,
+                     help="what was done: the repair, or why the loss is accepted (recorded)")
+    ack.add_argument("--catalog", help=catalog_help)
+    ack.set_defaults(func=cmd_dlq_ack_gaps)

@@ -3,7 +3,10 @@ sensor's cursor (stored by Dagster, read through the webserver) is behind the en
 
 The same figures are recorded by the sensors themselves as ``conflux/lag_records`` observations
 on each event dataset (the asset's *Plots* in the UI); this command answers right now, and also
-when a sensor is stopped or stuck and records nothing.
+when a sensor is stopped or stuck and records nothing. It prints a line for each offset gap not
+acknowledged yet (``conflux.observe.offset_gaps``) and for each one the sensor will record at its
+next tick (its cursor is behind a log start, or the topic was recreated); the lag counts from
+past such gaps, as the sensor will read.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import asdict, dataclass
 from conflux.cli import dagster_api as api
 from conflux.core.errors import UsageError
 from conflux.core.declarations import EventDataset
-from conflux.event.offsets import lag_by_partition, parse_cursor
+from conflux.event.offsets import find_gaps, lag_by_partition, parse_state
 
 
 @dataclass
@@ -24,21 +27,47 @@ class DatasetLag:
     sensor_status: str
     lag: int
     partitions: list[dict]  # {topic, partition, cursor, end, lag}
+    gaps: list[dict]  # open offset gaps (``recorded`` false: the sensor records it next tick)
+    gaps_unknown: str = ""  # why the recorded gaps could not be read ("" when they were)
 
 
-def consumer_lag(datasets: list[EventDataset], *, kafka, url: str) -> list[DatasetLag]:
-    """Per dataset: the sensor's cursor against the end offsets of its topics."""
+def consumer_lag(datasets: list[EventDataset], *, kafka, url: str,
+                 ledger=None) -> list[DatasetLag]:
+    """Per dataset: the sensor's cursor against the log of its topics, and its open offset
+    gaps (recorded in ``ledger``, a :class:`~conflux.observe.offset_gaps.GapLedger`, and not
+    yet recorded)."""
+    from conflux.core.errors import OffsetGapError
+
     out = []
     for ds in datasets:
         state = api.sensor_state(url, f"{ds.name}__kafka")
-        cursor = parse_cursor(state.cursor)
-        ends = {t: found for t in ds.topics if (found := kafka.end_offsets(t)) is not None}
+        tick = parse_state(state.cursor)
+        bounds = {t: found for t in ds.topics if (found := kafka.log_bounds(t)) is not None}
+        found, cursor = find_gaps(tick.offsets, bounds, tick.topic_ids)
+        ends = {t: b.ends for t, b in bounds.items()}
         lag = lag_by_partition(cursor, ends)
-        parts = [{"topic": t, "partition": p, "cursor": cursor.get(t, {}).get(p, 0), "end": end,
-                  "lag": lag[f"{t}[{p}]"]}
+        parts = [{"topic": t, "partition": p, "cursor": tick.offsets.get(t, {}).get(p, 0),
+                  "end": end, "lag": lag[f"{t}[{p}]"]}
                  for t, found in sorted(ends.items()) for p, end in sorted(found.items())]
-        out.append(DatasetLag(ds.name, state.name, state.status, sum(lag.values()), parts))
+        gaps, unknown = [], ""
+        try:
+            gaps = [{"recorded": True, **r.as_json()} for r in
+                    (ledger.gaps([ds.name]) if ledger is not None else [])]
+        except OffsetGapError as exc:
+            unknown = str(exc)
+        gaps += [{"recorded": False, "dataset": ds.name, **g.as_json()} for g in found]
+        out.append(DatasetLag(ds.name, state.name, state.status, sum(lag.values()), parts,
+                              gaps, unknown))
     return out
+
+
+def gap_line(ds: EventDataset, gap: dict) -> str:
+    """How ``conflux lag`` shows an open offset gap."""
+    if not gap["recorded"]:
+        return (f"  offset gap, recorded at the sensor's next tick: {gap['message']}")
+    return (f"  offset gap #{gap['id']} (found by {gap['detected_by']} at "
+            f"{gap['detected_at']}): {gap['message']}; after repairing: conflux dlq ack-gaps "
+            f"{ds.topic} {gap['id']} --note TEXT")
 
 
 def cmd_lag(args) -> int:
@@ -46,6 +75,7 @@ def cmd_lag(args) -> int:
     from conflux.core.declarations import EventDataset
     from conflux.core.project import catalog_by_name
     from conflux.io.kafka import KafkaResource
+    from conflux.observe.offset_gaps import GapLedger
 
     known = {n: d for n, d in catalog_by_name().items() if isinstance(d, EventDataset)}
     unknown = [n for n in args.datasets if n not in known]
@@ -55,7 +85,7 @@ def cmd_lag(args) -> int:
     chosen = [known[n] for n in args.datasets] or list(known.values())
     settings = Settings.from_env()
     rows = consumer_lag(chosen, kafka=KafkaResource.from_env(settings),
-                        url=settings.dagster_url)
+                        url=settings.dagster_url, ledger=GapLedger(settings.postgres_url))
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
@@ -64,6 +94,10 @@ def cmd_lag(args) -> int:
         for p in r.partitions:
             print(f"  {p['topic']}[{p['partition']}]: cursor {p['cursor']:,} end {p['end']:,} "
                   f"lag {p['lag']:,}")
+        for gap in r.gaps:
+            print(gap_line(known[r.dataset], gap))
+        if r.gaps_unknown:
+            print(f"  offset gaps unknown: {r.gaps_unknown}")
     return 0
 
 

@@ -137,6 +137,7 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
     from conflux.observe.freshness_checks import build_freshness
     from conflux.dagster.resources import platform_resources
     from conflux.observe.dlq_monitor import build_dlq_monitor
+    from conflux.observe.offset_gaps import build_gap_check
     from conflux.observe.notify import notification_sensors
     from conflux.observe.run_workers import build_run_worker_monitor
     from conflux.event.sensor import build_kafka_sensor
@@ -158,6 +159,7 @@ def build_definitions(datasets: Iterable[Dataset], *, resources: dict | None = N
             assets.append(build_event_asset(ds, specs[name]))  # materialize = repair / replay
             jobs.append(ingest)
             sensors.append(build_kafka_sensor(ds, ingest))
+            checks.append(build_gap_check(dataset=ds))
             if ds.fallback is not None:
                 check, job, schedule = build_fallback(ds)
                 checks.append(check)

@@ -134,6 +134,8 @@ def build_event_asset(ds: EventDataset, spec: dg.AssetSpec) -> dg.AssetsDefiniti
                              resolver=resolver_for(ds, registry), origin=context.run_id,
                              keep_days=keep)
         rows = sum(r.rows_valid for r in reports)
+        for lost in plan.lost:
+            context.log.warning(f"{ds.name}: removed while replaying: {lost.describe()}")
         context.log.info(f"{ds.name}: replayed {plan.records} retained record(s), "
                          f"{rows} row(s) of {first or 'any day'} .. {last or ''} applied")
         return dg.MaterializeResult(metadata=materialization_metadata(
@@ -185,6 +187,8 @@ def build_replay_job(ds: EventDataset) -> dg.JobDefinition:
                                  on_batch=applied)
             report["rows_valid"] = sum(r.rows_valid for r in reports)
             report["dead_lettered"] = sum(r.dead_lettered for r in reports)
+            report["removed_while_replaying"] = [g.describe() for g in plan.lost]
+            lines += [f"{ds.name}: removed while replaying: {g.describe()}" for g in plan.lost]
             lines.append(f"{ds.name}: applied {plan.records} record(s): {report['rows_valid']} "
                          f"valid, {report['dead_lettered']} dead-lettered")
         log_report(context, lines, report)

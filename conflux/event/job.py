@@ -4,14 +4,18 @@ A run reads exactly its ``[start, end)`` ranges and applies them with the same c
 sensor's inline micro-batches (``conflux.event.ingest``): decode and validate in batches against the
 contract version each record declares, dead-letter bad records with their reason, upsert good
 rows by key into the event-time partitions they belong to, one materialization per partition.
+Offsets of its ranges that no longer exist when it reads them (removed by retention or
+``delete_records`` after the range was planned, or a recreated topic) are recorded as offset
+gaps (``conflux.observe.offset_gaps``) before the run succeeds, and logged as a warning.
 """
 
 
 import dagster as dg
 
-from conflux.observe import openlineage
+from conflux.observe import offset_gaps, openlineage
 from conflux.core.declarations import EventDataset
 from conflux.event.ingest import apply_records, range_lag, resolver_for, summarize
+from conflux.event.offsets import Gap, gap_at
 from conflux.io.kafka import KafkaResource
 from conflux.io.lake import LakeResource
 from conflux.io.registry import SchemaRegistryResource
@@ -78,13 +82,23 @@ def build_ingest_job(ds: EventDataset, *, executor: dg.ExecutorDefinition = dg.i
                                               bootstrap_servers=kafka.bootstrap_servers,
                                               job_name=f"{ds.name}__ingest"),
                 parent=openlineage.dagster_parent(context)) as run:
+            gaps: list[Gap] = []
             records = kafka.read_ranges([(r.topic, r.partition, r.start, r.end)
-                                         for r in config.ranges])
+                                         for r in config.ranges],
+                                        on_gap=lambda jump, end: gaps.append(gap_at(jump, end)))
             report = apply_records(ds, records, kafka=kafka, lake=lake,
                                    resolver=resolver_for(ds, registry), origin=context.run_id,
                                    sources=sources, lag=range_lag(kafka, sources))
             run.add_rows(openlineage.DATA, report.rows_valid)
             run.add_rows(openlineage.DLQ, report.dead_lettered)
+        if gaps:  # recorded before the run succeeds (the sensor then settles its ranges)
+            for g in gaps:
+                context.log.warning(f"{ds.name}: offset gap: {g.describe()}")
+            # the ledger is in the platform database, the registry's
+            events, _ = offset_gaps.track(ds, offset_gaps.GapLedger(registry.url), gaps,
+                                          detected_by=context.run_id)
+            for event in events:
+                context.instance.report_runless_asset_event(event)
         for materialization in report.materializations:
             context.log_event(materialization)
         if report.correlation_ids or report.traceparents:

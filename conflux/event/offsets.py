@@ -1,9 +1,16 @@
-"""Kafka offsets as the event path's commit: cursors, ``[start, end)`` ranges, run keys and lag.
+"""Kafka offsets as the event path's commit: cursors, ``[start, end)`` ranges, run keys, lag
+and offset gaps.
 
 Pure functions with no Kafka, Dagster or lake: the sensor plans with them and the CLI (``conflux
 lag``, ``conflux replay``) reads cursors with them. A cursor is the next offset to apply per
 topic and partition; a :class:`TickState` is what a sensor keeps in its Dagster cursor between
 ticks (the offsets plus what must survive a code-server restart).
+
+An **offset gap** is a range of offsets that was never applied and never can be: the cursor is
+below the partition's log start (retention or ``delete_records`` removed records first), or the
+topic was deleted and recreated (another topic id, fewer partitions, or an end offset below the
+cursor). Offsets without a record — transaction markers, compacted keys — are no gap: the
+records before and after them are still read.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import json
 from dataclasses import dataclass, field, replace
 
 from conflux.core.declarations import EventDataset
-from conflux.io.kafka import Record
+from conflux.io.kafka import OutOfRange, Record, TopicBounds
 
 Cursor = dict[str, dict[int, int]]  # topic -> partition -> next offset to apply
 
@@ -95,6 +102,106 @@ def lag_by_partition(cursor: Cursor, ends: Cursor) -> dict[str, int]:
             for t, parts in sorted(ends.items()) for p, end in sorted(parts.items())}
 
 
+OFFSET_GAP = "OFFSET_GAP"            # records removed before they were read
+TOPIC_RECREATED = "TOPIC_RECREATED"  # the topic was deleted and recreated (or its log truncated)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Offsets ``first..last`` of a partition that were never applied and no longer exist.
+
+    ``last`` None: unknown (the deleted topic's end); ``resume_at``: where reading goes on
+    (None: the partition is gone); ``why``: how a recreation was told.
+    """
+
+    reason: str
+    topic: str
+    partition: int
+    first: int
+    last: int | None
+    resume_at: int | None
+    why: str = ""
+
+    @property
+    def records(self) -> int | None:
+        """How many offsets are missing (None: unknown)."""
+        return None if self.last is None else self.last - self.first + 1
+
+    def as_json(self) -> dict:
+        return {"reason": self.reason, "topic": self.topic, "partition": self.partition,
+                "first": self.first, "last": self.last, "records": self.records,
+                "resume_at": self.resume_at, "message": self.describe()}
+
+    def describe(self) -> str:
+        """One line naming the topic, partition and missing offsets."""
+        where = f"{self.topic} partition {self.partition}"
+        if self.reason == OFFSET_GAP:
+            return (f"{where}: offsets {self.first}–{self.last} ({self.records} record(s)) "
+                    f"removed before they were read (retention or delete_records)")
+        lost = (f"offsets {self.first}–{self.last} of the old topic"
+                if self.last is not None else
+                f"records of the old topic from offset {self.first} on that had not been read")
+        then = ("the partition no longer exists" if self.resume_at is None
+                else f"reading resumed at offset {self.resume_at} of the new topic")
+        return f"{where}: topic deleted and recreated ({self.why}): {lost} are lost; {then}"
+
+
+def find_gaps(cursor: Cursor, bounds: dict[str, TopicBounds],
+              topic_ids: dict[str, str]) -> tuple[list[Gap], Cursor]:
+    """Gaps between the cursor and the topics' logs, and the cursor that goes on past them (pure).
+
+    Args:
+        cursor: the next offset to apply per topic and partition.
+        bounds: each existing topic's id, log start and end offsets now.
+        topic_ids: the ids the topics had when the cursor was last saved.
+
+    A topic the cursor does not know yet starts at its log start: no gap. Of a known topic,
+    a partition (new ones too, from 0) whose log starts past its cursor lost the offsets in
+    between; a topic whose id changed, that lost partitions or whose end offset is below the
+    cursor was recreated: its cursor restarts at the new log's start.
+    """
+    gaps: list[Gap] = []
+    out = {t: dict(parts) for t, parts in cursor.items()}
+    for topic, found in sorted(bounds.items()):
+        done = cursor.get(topic)
+        if done is None:
+            out[topic] = dict(found.begins)
+            continue
+        known = topic_ids.get(topic)
+        gone = sorted(set(done) - set(found.ends))
+        behind = sorted(p for p, o in done.items() if p in found.ends and o > found.ends[p])
+        why = (f"topic id {known} is now {found.topic_id}"
+               if known and found.topic_id and known != found.topic_id
+               else f"partition(s) {', '.join(map(str, gone))} no longer exist" if gone
+               else "end offset below the cursor: " + ", ".join(
+                   f"partition {p} at {found.ends[p]} < {done[p]}" for p in behind) if behind
+               else "")
+        if why:
+            gaps += [Gap(TOPIC_RECREATED, topic, p, o, None, found.begins.get(p), why)
+                     for p, o in sorted(done.items())]
+            out[topic] = dict(found.begins)
+            continue
+        for p, begin in sorted(found.begins.items()):
+            start = done.get(p, 0)
+            if start < begin:
+                gaps.append(Gap(OFFSET_GAP, topic, p, start, begin - 1, begin))
+                out[topic][p] = begin
+    return gaps, out
+
+
+def gap_at(jump: OutOfRange, end: int | None = None) -> Gap:
+    """The gap a read ran into (pure): ``jump.offset`` below the log start (the records up to
+    it, or to the range's ``end``, are gone) or above the log end (a recreated topic: the rest
+    of the range, up to ``end`` when known, is lost)."""
+    if jump.offset < jump.log_start:
+        last = jump.log_start if end is None else min(jump.log_start, end)
+        return Gap(OFFSET_GAP, jump.topic, jump.partition, jump.offset, last - 1,
+                   jump.log_start)
+    return Gap(TOPIC_RECREATED, jump.topic, jump.partition, jump.offset,
+               None if end is None else end - 1, jump.log_start,
+               f"offset {jump.offset} is past the log end {jump.log_end}")
+
+
 GAP_NOTE_S = 12.0  # the daemon ticks every 5 s: a longer silence was an outage
 
 
@@ -156,6 +263,9 @@ class TickState:
     ``observed_at``: epoch seconds of the last lag observation reported to Dagster.
     ``pending``: ranges requested from ingest runs that no run has applied yet (runs mode): the
     offsets moved past them, so they are kept here, without time limit, until applied.
+    ``topic_ids``: the id of each topic read (a recreated topic has another).
+    ``gaps_checked_at`` / ``gaps_open``: when the ``offset_gaps`` check was last evaluated, and
+    the ids of the unacknowledged gaps it found (None: never evaluated).
     """
 
     offsets: Cursor = field(default_factory=dict)
@@ -163,6 +273,9 @@ class TickState:
     caught_up_at: float = 0.0
     observed_at: float = 0.0
     pending: tuple[Pending, ...] = ()
+    topic_ids: dict[str, str] = field(default_factory=dict)
+    gaps_checked_at: float = 0.0
+    gaps_open: tuple[int, ...] | None = None
 
     def with_(self, **changes) -> "TickState":
         return replace(self, **changes)
@@ -175,16 +288,22 @@ def parse_state(raw: str | None) -> TickState:
     data = json.loads(raw)
     if "offsets" not in data:
         return TickState(offsets=_offsets(data))
+    gaps_open = data.get("gaps_open")
     return TickState(offsets=_offsets(data["offsets"]), capped=bool(data.get("capped", False)),
                      caught_up_at=float(data.get("caught_up_at", 0.0)),
                      observed_at=float(data.get("observed_at", 0.0)),
-                     pending=tuple(Pending.from_json(p) for p in data.get("pending", ())))
+                     pending=tuple(Pending.from_json(p) for p in data.get("pending", ())),
+                     topic_ids=dict(data.get("topic_ids", {})),
+                     gaps_checked_at=float(data.get("gaps_checked_at", 0.0)),
+                     gaps_open=None if gaps_open is None else tuple(gaps_open))
 
 
 def dump_state(state: TickState) -> str:
     return json.dumps({"offsets": json.loads(dump_cursor(state.offsets)), "capped": state.capped,
                        "caught_up_at": state.caught_up_at, "observed_at": state.observed_at,
-                       "pending": [p.as_json() for p in state.pending]})
+                       "pending": [p.as_json() for p in state.pending],
+                       "topic_ids": state.topic_ids, "gaps_checked_at": state.gaps_checked_at,
+                       "gaps_open": None if state.gaps_open is None else list(state.gaps_open)})
 
 
 def _offsets(data: dict) -> Cursor:

@@ -11,6 +11,10 @@ event dataset's materialization when it has no batch source).
 * **by event days** — every retained record of the topics, keeping only the rows whose event
   day is in the range (and writing no dead letters again: bad records were dead-lettered when
   they first arrived).
+
+Records removed while a replay reads them (retention racing it) are listed in ``plan.lost``;
+they are not recorded as offset gaps of the dataset: the Kafka sensor applied them when they
+arrived, or recorded the gap itself.
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ from dataclasses import dataclass, field
 from conflux.core.declarations import EventDataset
 from conflux.core.errors import ConfigError
 from conflux.event.ingest import IngestReport, apply_records
-from conflux.event.offsets import Range, next_batch, plan_ranges
+from conflux.event.offsets import Gap, Range, gap_at, next_batch, plan_ranges
 
 Offsets = dict[str, dict[int, tuple[int, int, int]]]  # topic -> partition -> (at, earliest, end)
 
 
 @dataclass
 class ReplayPlan:
-    """Micro-batches (one range per partition each) and the partitions with a retention gap."""
+    """Micro-batches (one range per partition each), the partitions with a retention gap, and
+    the offsets found removed while applying (``apply_plan``)."""
 
     runs: list[list[Range]] = field(default_factory=list)
     gaps: list[str] = field(default_factory=list)
+    lost: list[Gap] = field(default_factory=list)
 
     @property
     def records(self) -> int:
@@ -95,7 +101,8 @@ def apply_plan(ds: EventDataset, plan: ReplayPlan, *, kafka, lake, resolver, ori
     reports = []
     for batch in plan.runs:
         sources = [r.as_config() for r in batch]
-        records = kafka.read_ranges([(r.topic, r.partition, r.start, r.end) for r in batch])
+        records = kafka.read_ranges([(r.topic, r.partition, r.start, r.end) for r in batch],
+                                    on_gap=lambda jump, end: plan.lost.append(gap_at(jump, end)))
         report = apply_records(ds, records, kafka=kafka, lake=lake, resolver=resolver,
                                origin=origin, sources=sources, keep_days=keep_days)
         reports.append(report)

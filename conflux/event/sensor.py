@@ -20,6 +20,12 @@ to apply per partition, stored by Dagster in Postgres. Then, by the dataset's ``
   from the UI, deleted or never created is requested again by a later tick
   (``conflux.event.requeue``), and until then the dataset is not caught up (its freshness check
   cannot pass).
+
+Offsets that were never applied and no longer exist — removed by retention or
+``delete_records`` first, or a recreated topic — are never passed over silently: the tick
+compares the cursor with each partition's log start and end and the topic's id, and a read the
+broker refuses says where; each gap is recorded (``conflux.observe.offset_gaps``) before the
+cursor moves past it, and the dataset's ``offset_gaps`` check fails until it is acknowledged.
 """
 
 import time
@@ -27,34 +33,56 @@ from collections import Counter
 
 import dagster as dg
 
-from conflux.observe import openlineage
+from conflux.observe import offset_gaps, openlineage
 from conflux.core.declarations import EventDataset
+from conflux.core.errors import OffsetGapError
 from conflux.event.report import prepare_instance, report_materializations
 from conflux.event.ingest import apply_records, resolver_for
 from conflux.contracts.metadata import LAST_UPDATED
-from conflux.io.kafka import KafkaResource, Record
+from conflux.io.kafka import KafkaResource, OutOfRange, Record, TopicBounds
 from conflux.io.lake import LakeResource
 from conflux.io.registry import SchemaRegistryResource
 from conflux.event import requeue
-from conflux.event.offsets import (Cursor, Pending, TickState, advance, batch_ranges,
-                                   dump_state, lag_by_partition, next_batch, observe_every_s,
-                                   parse_state, plan_ranges, run_key, tick_gap)
+from conflux.event.offsets import (Cursor, Gap, Pending, Range, TickState, advance,
+                                   batch_ranges, dump_state, find_gaps, gap_at,
+                                   lag_by_partition, next_batch, observe_every_s, parse_state,
+                                   plan_ranges, run_key, tick_gap)
 
 INFLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
             dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
-def end_offsets(ds: EventDataset, kafka: KafkaResource) -> tuple[Cursor, list[str]]:
-    """End offsets of every topic of ``ds`` and the topics that do not exist (yet)."""
-    ends: Cursor = {}
+def topic_bounds(ds: EventDataset, kafka: KafkaResource
+                 ) -> tuple[dict[str, TopicBounds], list[str]]:
+    """Id, log start and end offsets of every topic of ``ds``; the topics that do not exist."""
+    bounds: dict[str, TopicBounds] = {}
     missing = []
     for topic in ds.topics:
-        found = kafka.end_offsets(topic)
+        found = kafka.log_bounds(topic)
         if found is None:
             missing.append(topic)
         else:
-            ends[topic] = found
-    return ends, missing
+            bounds[topic] = found
+    return bounds, missing
+
+
+def track_gaps(ds: EventDataset, registry: SchemaRegistryResource, state: TickState,
+               found: list[Gap], now: float) -> tuple[list, TickState, str]:
+    """Record ``found`` gaps and, after that or every ``CHECK_EVERY_S``, evaluate the
+    ``offset_gaps`` check from the ledger (in the platform database, the registry's); returns
+    the evaluation to report when it changed, the state, and a note for the tick."""
+    if not found and 0 <= now - state.gaps_checked_at < offset_gaps.CHECK_EVERY_S:
+        return [], state, ""
+    ledger = offset_gaps.GapLedger(registry.url)
+    try:
+        events, ids = offset_gaps.track(ds, ledger, found, detected_by=f"sensor:{ds.name}__kafka",
+                                        last_open=state.gaps_open)
+    except OffsetGapError as exc:
+        if found:  # the cursor must not pass a gap that is not recorded: retry next tick
+            raise
+        return [], state, f"offset gaps not evaluated: {exc}; "
+    note = "".join(f"offset gap recorded: {g.describe()}; " for g in found)
+    return events, state.with_(gaps_checked_at=now, gaps_open=ids), note
 
 
 def lag_observation(ds: EventDataset, lag: dict[str, int], caught_up_as_of: float | None,
@@ -86,7 +114,8 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
     prepare_instance(instance)  # pooled connections for the tick's event writes
     positions = {(t, p): cursor.get(t, {}).get(p, 0) for t, parts in ends.items() for p in parts}
     stats = {"records": 0, "batches": 0, "dead": 0, "partitions": set(), "seconds": Counter(),
-             "capped": 0, "dropped": 0}
+             "capped": 0, "dropped": 0, "gaps": []}
+    jumps: list[OutOfRange] = []  # reads the broker refused (records removed meanwhile)
     buffer: list[Record] = []
     first_at = 0.0
     linger = ds.linger_ms / 1000
@@ -133,7 +162,21 @@ def apply_inline(context: dg.SensorEvaluationContext, ds: EventDataset, cursor: 
         linger = max(ds.linger_ms / 1000, min(2 * last_flush, 1.5))
 
     try:
-        for polled in kafka.poll_from(positions, deadline=deadline, max_records=ds.flush_records):
+        for polled in kafka.poll_from(positions, deadline=deadline, max_records=ds.flush_records,
+                                      on_gap=jumps.append):
+            if jumps:  # apply what was read before the gap, then go on past it
+                while buffer and time.monotonic() + last_flush < deadline:
+                    flush()
+                if buffer:  # not applied: the cursor stays before the gap; the next tick
+                    stats["dropped"] += len(buffer)  # finds it when it plans
+                    buffer = []
+                    break
+                for jump in jumps:  # above the log end (recreated): left to the next plan
+                    if jump.offset < jump.log_start:
+                        stats["gaps"].append(gap_at(jump))
+                        cursor = advance(cursor, [Range(jump.topic, jump.partition, jump.offset,
+                                                        jump.log_start)])
+                jumps.clear()
             if buffer and time.monotonic() + last_flush >= deadline:
                 break  # the final flush must end within the budget, or the daemon skips a tick
             if polled and not buffer:
@@ -206,13 +249,20 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
         unsettled = requeue.describe(failures)  # empty when only runs in flight are unsettled
         gap += f"{unsettled}; " if unsettled else ""
         try:
-            ends, missing = end_offsets(ds, kafka)
+            bounds, missing = topic_bounds(ds, kafka)
         except Exception as exc:  # broker down: say so, keep the cursor, try next tick
             return dg.SkipReason(f"{gap}Kafka unavailable for {', '.join(ds.topics)}: {exc}")
+        if not bounds:
+            return dg.SkipReason(f"topic(s) {', '.join(missing)} do not exist yet")
+        # offsets removed before they were read, or a recreated topic: recorded, then passed
+        found, cursor = find_gaps(cursor, bounds, state.topic_ids)
+        state = state.with_(offsets=cursor, topic_ids={**state.topic_ids, **{
+            t: b.topic_id for t, b in bounds.items() if b.topic_id}})
+        checked, state, note = track_gaps(ds, registry, state, found, as_of)
+        gap += note
+        ends = {t: b.ends for t, b in bounds.items()}
         ranges = plan_ranges(ds, cursor, ends)
         pending = sum(r.end - r.start for r in ranges)
-        if not ends:
-            return dg.SkipReason(f"topic(s) {', '.join(missing)} do not exist yet")
         # a backlog whose event times spread over many partitions capped the last tick's
         # micro-batches: one run applies it far faster than capped micro-batches would
         wide = state.capped and pending > 4 * ds.inline_max_partitions
@@ -220,6 +270,9 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
             new_cursor, stats = apply_inline(context, ds, cursor, ends, kafka, lake, registry,
                                              deadline=started + ds.tick_budget_s,
                                              current_as_of=state.caught_up_at)
+            if stats["gaps"]:
+                more, state, note = track_gaps(ds, registry, state, stats["gaps"], as_of)
+                checked, gap = more or checked, gap + note
             text = (f"applied {stats['records']} records inline in {stats['batches']} "
                     f"micro-batch(es), {stats['dead']} dead-lettered, "
                     f"{len(stats['partitions'])} partition(s) materialized"
@@ -236,7 +289,7 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
                                 caught_up_at=as_of if caught_up else state.caught_up_at)
             observed, state = lag_observation(ds, lag, as_of if caught_up else None, state, as_of)
             return dg.SensorResult(cursor=dump_state(state), skip_reason=gap + text,
-                                   asset_events=observed)
+                                   asset_events=checked + observed)
         inflight = context.instance.get_runs_count(dg.RunsFilter(job_name=job.name,
                                                                  statuses=INFLIGHT))
         state = state.with_(capped=False)  # one run takes the wide backlog; then inline again
@@ -249,18 +302,19 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
             observed, state = lag_observation(ds, lag_by_partition(cursor, ends),
                                               as_of if caught_up else None, state, as_of)
             return dg.SensorResult(skip_reason=f"{gap}no new records on {', '.join(ds.topics)}",
-                                   cursor=dump_state(state), asset_events=observed)
+                                   cursor=dump_state(state), asset_events=checked + observed)
         if inflight >= ds.max_inflight_runs:
             observed, state = lag_observation(ds, lag_by_partition(cursor, ends), None, state,
                                               as_of)
             return dg.SensorResult(
                 skip_reason=f"{gap}{inflight} ingest runs in flight; {pending} records wait "
                             f"(backpressure, max_inflight_runs={ds.max_inflight_runs})",
-                cursor=dump_state(state), asset_events=observed)
+                cursor=dump_state(state), asset_events=checked + observed)
         batch = next_batch(ranges)
         owed = Pending(key=run_key(ds.name, batch), ranges=tuple(batch), requested_at=as_of)
         return dg.SensorResult(run_requests=[requeue.request(ds.name, owed)],
                                cursor=dump_state(state.with_(offsets=advance(cursor, batch),
-                                                             pending=state.pending + (owed,))))
+                                                             pending=state.pending + (owed,))),
+                               asset_events=checked)
 
     return _sensor

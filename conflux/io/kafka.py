@@ -24,7 +24,8 @@ import dagster as dg
 from pydantic import Field
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
-from kafka.errors import KafkaError, SaslAuthenticationFailedError, TopicAlreadyExistsError
+from kafka.errors import (KafkaError, OffsetOutOfRangeError, SaslAuthenticationFailedError,
+                          TopicAlreadyExistsError)
 
 from conflux.core.errors import ConfigError, KafkaAuthenticationError, TopicConfigError
 
@@ -48,6 +49,33 @@ class Record(NamedTuple):
             if key == name:
                 return value
         return None
+
+
+class TopicBounds(NamedTuple):
+    """A topic's log right now: its id (None when the broker does not say: before Kafka 2.8)
+    and, per partition, the earliest retained offset and the next offset to be written."""
+
+    topic_id: str | None
+    begins: dict[int, int]
+    ends: dict[int, int]
+
+
+class OutOfRange(NamedTuple):
+    """The broker refused to read ``offset`` of a partition: it is below the earliest retained
+    offset (``log_start``: removed by retention or ``delete_records``) or above the log end
+    (``log_end``: the topic was recreated, or its log truncated)."""
+
+    topic: str
+    partition: int
+    offset: int
+    log_start: int
+    log_end: int
+
+    @property
+    def in_range(self) -> bool:
+        """The offsets read back hold ``offset`` after all (the refusal came from a replica
+        that lagged behind): reading it again is right."""
+        return self.log_start <= self.offset <= self.log_end
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
@@ -353,6 +381,23 @@ class KafkaResource(dg.ConfigurableResource):
             ends = consumer.end_offsets(tps, timeout_ms=self.request_timeout_ms)
             return {tp.partition: off for tp, off in ends.items()}
 
+    def log_bounds(self, topic: str) -> TopicBounds | None:
+        """The topic's id, earliest retained and end offsets (one consumer, one metadata
+        request); None when the topic does not exist."""
+        with self._partitions_of(topic) as (consumer, tps):
+            if not tps:
+                return None
+            timeout = self.request_timeout_ms
+            ends = consumer.end_offsets(tps, timeout_ms=timeout)
+            begins = consumer.beginning_offsets(tps, timeout_ms=timeout)
+            # kafka-python keeps the id from the metadata response (KIP-516) but has no public
+            # accessor for it; without one, a recreated topic is told by its offsets alone
+            cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+            found = cluster.topic_id(topic) if hasattr(cluster, "topic_id") else None
+            return TopicBounds(str(found) if found else None,
+                               {tp.partition: o for tp, o in begins.items()},
+                               {tp.partition: o for tp, o in ends.items()})
+
     def offsets_at(self, topic: str, timestamp_ms: int) -> dict[int, tuple[int, int, int]] | None:
         """Per partition: (first offset whose record timestamp is >= ``timestamp_ms`` — the
         end offset when none is —, earliest retained offset, end offset). None when the topic
@@ -373,29 +418,57 @@ class KafkaResource(dg.ConfigurableResource):
         return self.read_ranges([(topic, partition, start, end)])
 
     def read_ranges(self, ranges: Iterable[tuple[str, int, int, int]],
-                    idle_timeout_s: float = 30.0) -> Iterator[Record]:
+                    idle_timeout_s: float = 30.0,
+                    on_gap: Callable[[OutOfRange, int], None] | None = None) -> Iterator[Record]:
         """Yield exactly the records of ``(topic, partition, start, end)`` ranges (``start <=
         offset < end``; one range per partition), read by one consumer assigned to all of them —
-        in per-partition order, interleaved across partitions as fetched.
+        in per-partition order, interleaved across partitions as fetched. Offsets without a
+        record (transaction markers, compaction) are passed over.
+
+        A range whose next offset the broker no longer holds is never read elsewhere: below the
+        log start it goes on from there, above the log end (recreated topic) it ends;
+        ``on_gap(out_of_range, range_end)`` is told first.
 
         Raises:
-            KafkaError: when a range stops yielding records for ``idle_timeout_s`` (the records
-                are gone, e.g. deleted by retention, or the broker is down).
+            KafkaError: when a range stops yielding records for ``idle_timeout_s`` (the broker
+                is down, or the records are gone and the broker does not say so).
         """
         todo = {TopicPartition(t, p): (s, e) for t, p, s, e in ranges if e > s}
         if not todo:
             return
-        consumer = self.consumer()
+        consumer = self.consumer(auto_offset_reset="none")  # out of range: raise, never jump
         try:
             consumer.assign(list(todo))
             for tp, (start, _) in todo.items():
                 consumer.seek(tp, start)
             position = {tp: start for tp, (start, _) in todo.items()}
+
+            def done(tp: TopicPartition) -> None:
+                del todo[tp]
+                consumer.pause(tp)
+
             idle_since = time.monotonic()
             while todo:
-                polled = consumer.poll(timeout_ms=1000, max_records=10_000)
+                try:
+                    polled = consumer.poll(timeout_ms=1000, max_records=10_000)
+                except OffsetOutOfRangeError as exc:
+                    for jump in self._out_of_range(consumer, exc):
+                        tp = TopicPartition(jump.topic, jump.partition)
+                        if tp not in todo or jump.in_range:
+                            continue  # in range after all (a lagging replica): read on
+                        if on_gap is not None:
+                            on_gap(jump, todo[tp][1])
+                        if jump.offset < jump.log_start < todo[tp][1]:
+                            consumer.seek(tp, jump.log_start)
+                            position[tp] = jump.log_start
+                        else:
+                            done(tp)
+                    idle_since = time.monotonic()
+                    continue
                 if not polled:
-                    if time.monotonic() - idle_since > idle_timeout_s:
+                    for tp in [tp for tp in todo if consumer.position(tp) >= todo[tp][1]]:
+                        done(tp)  # the range ends with offsets that hold no record
+                    if todo and time.monotonic() - idle_since > idle_timeout_s:
                         stuck = ", ".join(f"{tp.topic}[{tp.partition}] at offset {position[tp]} "
                                           f"of [{s}, {e})" for tp, (s, e) in todo.items())
                         raise KafkaError(f"no records for {idle_timeout_s:g}s from {stuck}")
@@ -410,26 +483,56 @@ class KafkaResource(dg.ConfigurableResource):
                             break
                         yield Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
                                      m.headers or ())
-                    position[tp] = msgs[-1].offset + 1
+                    position[tp] = max(msgs[-1].offset + 1, consumer.position(tp))
                     if position[tp] >= end:
-                        del todo[tp]
-                        consumer.pause(tp)
+                        done(tp)
         finally:
             consumer.close()
 
+    def _out_of_range(self, consumer: KafkaConsumer,
+                      exc: OffsetOutOfRangeError) -> list[OutOfRange]:
+        """What the broker holds of each partition an ``OffsetOutOfRangeError`` names."""
+        refused = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        tps = list(refused)
+        timeout = self.request_timeout_ms
+        begins = consumer.beginning_offsets(tps, timeout_ms=timeout)
+        ends = consumer.end_offsets(tps, timeout_ms=timeout)
+        return [OutOfRange(tp.topic, tp.partition, refused[tp], begins[tp], ends[tp])
+                for tp in tps]
+
     def poll_from(self, positions: dict[tuple[str, int], int], *, deadline: float,
-                  max_records: int = 5000) -> Iterator[list[Record]]:
+                  max_records: int = 5000,
+                  on_gap: Callable[[OutOfRange], None] | None = None) -> Iterator[list[Record]]:
         """Read forward from ``positions`` ({(topic, partition): next offset}) until the
         monotonic ``deadline``, yielding each poll's records (possibly an empty list, so the
-        caller can flush on time)."""
-        consumer = self.consumer()
+        caller can flush on time).
+
+        An offset the broker no longer holds is never passed over silently: ``on_gap`` is told,
+        then a partition below its log start goes on from there, and one above its log end
+        (recreated topic) is not read further."""
+        consumer = self.consumer(auto_offset_reset="none")  # out of range: raise, never jump
         try:
             tps = [TopicPartition(t, p) for t, p in positions]
             consumer.assign(tps)
             for tp in tps:
                 consumer.seek(tp, positions[(tp.topic, tp.partition)])
             while (left := deadline - time.monotonic()) > 0:
-                polled = consumer.poll(timeout_ms=int(min(left, 0.1) * 1000), max_records=max_records)
+                try:
+                    polled = consumer.poll(timeout_ms=int(min(left, 0.1) * 1000),
+                                           max_records=max_records)
+                except OffsetOutOfRangeError as exc:
+                    for jump in self._out_of_range(consumer, exc):
+                        tp = TopicPartition(jump.topic, jump.partition)
+                        if jump.in_range:
+                            continue  # in range after all (a lagging replica): read on
+                        if on_gap is not None:
+                            on_gap(jump)
+                        if jump.offset < jump.log_start:
+                            consumer.seek(tp, jump.log_start)
+                        else:
+                            consumer.pause(tp)
+                    yield []
+                    continue
                 yield [Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
                               tuple(m.headers or ())) for msgs in polled.values() for m in msgs]
         finally:

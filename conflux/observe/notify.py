@@ -8,8 +8,8 @@ default when configured:
 
 * ``conflux_notify_run_failures`` — Dagster's run-failure sensor: one message per failed run;
 * ``conflux_notify`` — every ``EVERY_S`` seconds: a watched check (``dead_letters``,
-  ``freshness_check``, ``matches_batch_source``) whose latest evaluation turned failing, or
-  passing again; an event dataset whose Kafka sensor has not caught up for
+  ``freshness_check``, ``matches_batch_source``, ``offset_gaps``) whose latest evaluation
+  turned failing, or passing again; an event dataset whose Kafka sensor has not caught up for
   ``CONFLUX_NOTIFY_STALL_SECONDS`` (or made no observation at all: stopped, failing, daemon
   down; never less than two of its observation intervals), and when it catches up again. Only changes are sent; a message the webhook refused is
   kept in the cursor and sent again at the next tick (at most ``MAX_KEPT``).
@@ -39,7 +39,7 @@ UI_ENV = "CONFLUX_UI_URL"
 STALL_ENV = "CONFLUX_NOTIFY_STALL_SECONDS"
 DEFAULT_STALL_S = 120
 MIN_STALL_S = 30
-WATCHED_CHECKS = ("dead_letters", "freshness_check", "matches_batch_source")
+WATCHED_CHECKS = ("dead_letters", "freshness_check", "matches_batch_source", "offset_gaps")
 SENSOR_NAME = "conflux_notify"
 RUN_SENSOR_NAME = "conflux_notify_run_failures"
 EVERY_S = 15

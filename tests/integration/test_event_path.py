@@ -215,11 +215,11 @@ _FAILED_READS: list[str] = []
 class KafkaDownOnce(KafkaResource):
     """The real broker, except that the first range read of a run fails as an outage does."""
 
-    def read_ranges(self, ranges, idle_timeout_s: float = 30.0):
+    def read_ranges(self, ranges, idle_timeout_s: float = 30.0, on_gap=None):
         if not _FAILED_READS:
             _FAILED_READS.append("outage")
             raise KafkaError("no records for 30s (injected outage)")
-        return super().read_ranges(ranges, idle_timeout_s)
+        return super().read_ranges(ranges, idle_timeout_s, on_gap)
 
 
 def test_a_step_failing_on_an_outage_is_retried_within_its_run(kafka, topic, instance, resources,

@@ -31,7 +31,7 @@ from conflux.observe.freshness_checks import evaluate, last_updated
 from pipelines.catalog import ORDERS
 from pipelines.demo.producer import event_headers, json_rows
 from pipelines.demo.tpch import TpchGenerator
-from tests.live import stop_sensor
+from tests.live import stop_sensor, tick
 
 pytestmark = pytest.mark.timeout(600)
 DAYS = 20
@@ -73,15 +73,6 @@ def setup(kafka, webserver, topic):
     resources = {"kafka": kafka, "lake": LakeResource.for_stack(webserver.settings),
                  "registry": SchemaRegistryResource(url=webserver.settings.postgres_url)}
     return ds, resources, rows, [f"{year}-03-{d:02d}" for d in range(1, DAYS + 1)]
-
-
-def tick(sensor, instance, resources, cursor):
-    """One evaluation, its asset events stored as the daemon stores them."""
-    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
-        result = sensor(ctx)
-    for event in getattr(result, "asset_events", None) or []:
-        instance.report_runless_asset_event(event)
-    return result
 
 
 def launch(url, request) -> str:

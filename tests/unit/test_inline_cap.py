@@ -40,7 +40,7 @@ class FakeKafka:
                                         order(key(p, o)), ()) for o in range(40)]
                     for p in range(3)}
 
-    def poll_from(self, positions, *, deadline, max_records=5000):
+    def poll_from(self, positions, *, deadline, max_records=5000, on_gap=None):
         for (t, p), start in sorted(positions.items()):
             yield self.log[(t, p)][start:start + 15]
             yield self.log[(t, p)][start + 15:]
