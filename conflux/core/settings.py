@@ -16,6 +16,7 @@ folder, or an existing Postgres server.
 | ``CONFLUX_PG_PORT`` | 15432 | local Postgres on 127.0.0.1 (not 5432, to leave a system server alone) |
 | ``CONFLUX_POSTGRES_URL`` | (local cluster) | use an existing server instead of starting one |
 | ``CONFLUX_DAGSTER_PORT`` | 3000 | Dagster webserver on 127.0.0.1 |
+| ``CONFLUX_METRICS_PORT`` | ``CONFLUX_DAGSTER_PORT`` + 100 (3100) | the Prometheus metrics endpoint (``conflux-metrics``) on 127.0.0.1; its URL, ``http://127.0.0.1:$CONFLUX_METRICS_PORT/metrics``, is ``CONFLUX_METRICS_URL`` in ``conflux stack env`` (``docs/metrics.md``) |
 | ``CONFLUX_BIND_HOST`` | ``127.0.0.1`` | address every local server binds to |
 | ``CONFLUX_WORKSPACE`` | ``<project>/workspace.yaml``, else one made from ``[tool.dagster] module_name`` in ``$CONFLUX_HOME`` | workspace the Dagster webserver and daemon load (they run from the project folder) |
 | ``CONFLUX_KAFKA_SECURITY`` | ``plaintext`` | the local broker's client listener: ``plaintext``, ``sasl_plaintext`` (SASL/SCRAM) or ``sasl_ssl`` (SASL/SCRAM over TLS, with a local CA under ``$CONFLUX_HOME/kafka/tls``); the controller listener stays PLAINTEXT on loopback |
@@ -69,6 +70,12 @@ def _int_env(env: dict[str, str], name: str, default: int) -> int:
 # CONFLUX_KAFKA_SECURITY → the client listener's security protocol
 KAFKA_SECURITY_MODES = {"plaintext": "PLAINTEXT", "sasl_plaintext": "SASL_PLAINTEXT",
                         "sasl_ssl": "SASL_SSL"}
+
+
+def _metrics_default(dagster_port: int) -> int:
+    """The metrics port of a stack without CONFLUX_METRICS_PORT: beside its Dagster port, so
+    stacks apart by their Dagster ports are apart by this one too."""
+    return dagster_port + 100 if dagster_port + 100 <= 65535 else dagster_port - 100
 
 
 def to_psycopg2_url(url: str) -> str:
@@ -170,6 +177,7 @@ class Settings:
     external_pg_url: str | None
     dagster_port: int
     workspace: Path
+    metrics_port: int = 3100  # CONFLUX_METRICS_PORT, else dagster_port + 100 (one per stack)
     kafka_security: str = "plaintext"  # CONFLUX_KAFKA_SECURITY: the local broker's listener
     # how clients reach Kafka (KAFKA_* variables, else derived from kafka_security); never the
     # password, which is read from the environment when a client is built
@@ -216,6 +224,8 @@ class Settings:
             pg_port=_int_env(env, "CONFLUX_PG_PORT", 15432),
             external_pg_url=env.get("CONFLUX_POSTGRES_URL") or None,
             dagster_port=_int_env(env, "CONFLUX_DAGSTER_PORT", 3000),
+            metrics_port=_int_env(env, "CONFLUX_METRICS_PORT",
+                                  _metrics_default(_int_env(env, "CONFLUX_DAGSTER_PORT", 3000))),
             workspace=Path(env.get("CONFLUX_WORKSPACE") or project.workspace_file
                            or home / "workspace.yaml").resolve(),
             kafka_security=security,
@@ -234,7 +244,7 @@ class Settings:
         if max(node_ports) > 65535:
             raise ConfigError(f"CONFLUX_KAFKA_BROKERS={brokers} needs ports up to "
                               f"{max(node_ports)}, beyond 65535")
-        ports = [*node_ports, settings.dagster_port]
+        ports = [*node_ports, settings.dagster_port, settings.metrics_port]
         if settings.external_pg_url is None:
             ports.append(settings.pg_port)
         if len(set(ports)) != len(ports):
@@ -314,6 +324,10 @@ class Settings:
         return f"http://{self.bind_host}:{self.dagster_port}"
 
     @property
+    def metrics_url(self) -> str:
+        return f"http://{self.bind_host}:{self.metrics_port}/metrics"
+
+    @property
     def dagster_pg_url(self) -> str:
         """The same database for dagster-postgres, through the psycopg2 driver.
 
@@ -345,4 +359,5 @@ class Settings:
             "DAGSTER_HOME": str(self.dagster_home),
             "CONFLUX_LAKE_PATH": self.lake_location,
             "CONFLUX_DAGSTER_URL": self.dagster_url,
+            "CONFLUX_METRICS_URL": self.metrics_url,
         }

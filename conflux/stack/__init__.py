@@ -1,4 +1,4 @@
-"""The local stack: Kafka, Postgres, Dagster webserver and daemon, started and stopped by PID.
+"""The local stack: Kafka, Postgres, Dagster webserver and daemon, the metrics endpoint, started and stopped by PID.
 
 With ``CONFLUX_KAFKA_BROKERS=N`` Kafka is N services, ``kafka`` (node 1) and ``kafka-2`` ..
 ``kafka-N``; selecting ``kafka`` means all of them, ``kafka-1`` node 1 alone. They are launched
@@ -15,17 +15,18 @@ from conflux.core.errors import ConfigError, UsageError
 from conflux.core.settings import Settings
 from conflux.stack.dagster import DagsterDaemon, DagsterWebserver
 from conflux.stack.kafka import Kafka, node_name
+from conflux.stack.metrics import MetricsExporter
 from conflux.stack.postgres import ExternalPostgres, Postgres
 from conflux.stack.service import Service, ServiceStatus
 
-SERVICE_NAMES = ("postgres", "kafka", "dagster-webserver", "dagster-daemon")
+SERVICE_NAMES = ("postgres", "kafka", "dagster-webserver", "dagster-daemon", "conflux-metrics")
 GROUPS = {"dagster": ("dagster-webserver", "dagster-daemon"), "all": SERVICE_NAMES}
 
 
 def service_names(brokers: int = 1) -> tuple[str, ...]:
     """The services of a stack with ``brokers`` Kafka nodes, in start order."""
     nodes = tuple(node_name(i) for i in range(1, brokers + 1))
-    return ("postgres", *nodes, "dagster-webserver", "dagster-daemon")
+    return ("postgres", *nodes, "dagster-webserver", "dagster-daemon", "conflux-metrics")
 
 
 def select(names: Iterable[str] | None, brokers: int = 1) -> list[str]:
@@ -61,6 +62,7 @@ class Stack:
             **{node_name(i): Kafka(self.settings, i) for i in self.settings.kafka_nodes},
             "dagster-webserver": DagsterWebserver(self.settings),
             "dagster-daemon": DagsterDaemon(self.settings),
+            "conflux-metrics": MetricsExporter(self.settings),
         }
 
     @property
