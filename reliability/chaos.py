@@ -80,6 +80,9 @@ STEP_MS = 10_000     # producer timestamps: chunk i's new records at base + i * 
 UPDATE_SHARE = 0.1   # updates of earlier keys, as a share of a chunk's new orders
 OUT_OF_ORDER = 0.4   # of the updates: a producer timestamp older than the key's winner (loses)
 REDATED = 0.3        # of the updates: the order moves to another day (its partition)
+# a code-server or daemon kill's chunk: ~4,000 events spread over 12 s; a trickle of a few
+# records per micro-batch writes too briefly to be caught (a 60 s wait found none at 20/s)
+STEADY_ORDERS = 700
 
 
 @dataclass
@@ -114,12 +117,14 @@ class Workload:
 
 
 def build_workload(events: int, chunks: int, seed: int, bursts: set[int], tag: str, *,
-                   base_ms: int, customers: pd.DataFrame) -> Workload:
+                   base_ms: int, customers: pd.DataFrame, steady: set[int] = frozenset()
+                   ) -> Workload:
     """``events`` demo events in ``chunks`` chunks (one business day each, from 2030-01-01):
     new orders with their lineitems, ledger events of ``customers``, and from the second chunk
     on updates of earlier orders — some with a producer timestamp older than the key's current
     winner (they must lose), some re-dated to another day. Chunks in ``bursts`` carry at least
-    ``BURST_LINEITEMS`` lineitems."""
+    ``BURST_LINEITEMS`` lineitems; chunks in ``steady`` at least ``STEADY_ORDERS`` orders (a
+    stream of micro-batches big enough to be caught writing while a kill waits)."""
     from pipelines.demo.producer import live_orders
     from pipelines.demo.tpch import TpchGenerator, ledger
 
@@ -137,6 +142,8 @@ def build_workload(events: int, chunks: int, seed: int, bursts: set[int], tag: s
         n_orders = max(1, int(per_chunk / 5.5))
         if i in bursts:
             n_orders = max(n_orders, int(BURST_LINEITEMS / 3.8))
+        if i in steady:
+            n_orders = max(n_orders, STEADY_ORDERS)
         day = pd.Timestamp("2030-01-01") + pd.Timedelta(days=i)
         orders = live_orders(day, n_orders, key, seed=seed * 1000 + i,
                              scale=max(0.001, n_orders * 1.2 / 1_500_000))
@@ -929,8 +936,10 @@ def run(*, events: int, kills: int, outages: list[tuple[str, float]], seed: int,
         # fresh keys on every run, replayed or not: keys and ledger ids derive from the start
         # time; producer timestamps start an hour back, so an update can be older than its key
         tag = f"{int(since):x}"
+        steady = {i for i, f in enumerate(faults) if f.target in ("code-server", "dagster-daemon")}
         workload = build_workload(events, len(faults) + 1, seed, bursts, tag,
-                                  base_ms=int(since * 1000) - 3_600_000, customers=customers)
+                                  base_ms=int(since * 1000) - 3_600_000, customers=customers,
+                                  steady=steady)
         publisher = Publisher(kafka, refs)
         progress(f"seed {seed}: {workload.events:,} events in {len(workload.chunks)} chunks "
                  f"({dict(workload.updates)}), {len(faults)} faults: "
@@ -947,7 +956,7 @@ def run(*, events: int, kills: int, outages: list[tuple[str, float]], seed: int,
                 pace = min(rate, chunk.events / (fault.delay_s + fault.seconds + 10))
             elif fault is not None and fault.target in ("code-server", "dagster-daemon"):
                 # events flow while the kill waits for an inline micro-batch to write
-                pace = min(rate, chunk.events / (fault.delay_s + 20))
+                pace = min(rate, chunk.events / (fault.delay_s + 12))
             errors: list[BaseException] = []
 
             def produce(recs=records, pace=pace) -> None:
