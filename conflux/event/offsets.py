@@ -308,3 +308,35 @@ def dump_state(state: TickState) -> str:
 
 def _offsets(data: dict) -> Cursor:
     return {t: {int(p): int(o) for p, o in parts.items()} for t, parts in data.items()}
+
+
+# -- the cursor mirrored into a consumer group (conflux.event.group_mirror) ---------------------
+
+GROUP_PREFIX = "conflux."
+
+
+def consumer_group(dataset: str) -> str:
+    """The Kafka consumer group an event dataset's cursor is mirrored into: ``conflux.<dataset>``."""
+    return f"{GROUP_PREFIX}{dataset}"
+
+
+def group_offsets(state: TickState) -> Cursor:
+    """What the consumer group shows of a saved tick state (pure): the cursor, each partition
+    held back to the start of its earliest range requested from a run and not yet applied (runs
+    mode), so the group never counts records as consumed before they are applied."""
+    out = {t: dict(parts) for t, parts in state.offsets.items()}
+    for p in state.pending:
+        for r in p.ranges:
+            parts = out.setdefault(r.topic, {})
+            parts[r.partition] = min(parts.get(r.partition, r.start), r.start)
+    return out
+
+
+def mirror_due(wanted: Cursor, last: Cursor | None, last_at: float, now: float,
+               refresh_s: float) -> bool:
+    """Whether to commit ``wanted`` (pure): something to commit, and it differs from ``last``
+    committed or that commit is ``refresh_s`` old (the broker may have dropped it since: a
+    deleted topic's, an expired empty group's)."""
+    if not any(wanted.values()):
+        return False
+    return wanted != last or not 0 <= now - last_at < refresh_s

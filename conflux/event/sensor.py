@@ -26,6 +26,9 @@ Offsets that were never applied and no longer exist — removed by retention or
 compares the cursor with each partition's log start and end and the topic's id, and a read the
 broker refuses says where; each gap is recorded (``conflux.observe.offset_gaps``) before the
 cursor moves past it, and the dataset's ``offset_gaps`` check fails until it is acknowledged.
+
+Each tick also mirrors the cursor it starts from (the saved one) into the consumer group
+``conflux.<dataset>``, for Kafka's own lag tools (``conflux.event.group_mirror``).
 """
 
 import time
@@ -43,6 +46,7 @@ from conflux.io.kafka import KafkaResource, OutOfRange, Record, TopicBounds
 from conflux.io.lake import LakeResource
 from conflux.io.registry import SchemaRegistryResource
 from conflux.event import requeue
+from conflux.event.group_mirror import mirror_cursor
 from conflux.event.offsets import (Cursor, Gap, Pending, Range, TickState, advance,
                                    batch_ranges, dump_state, find_gaps, gap_at,
                                    lag_by_partition, next_batch, observe_every_s, parse_state,
@@ -252,6 +256,7 @@ def build_kafka_sensor(ds: EventDataset, job: dg.JobDefinition) -> dg.SensorDefi
             bounds, missing = topic_bounds(ds, kafka)
         except Exception as exc:  # broker down: say so, keep the cursor, try next tick
             return dg.SkipReason(f"{gap}Kafka unavailable for {', '.join(ds.topics)}: {exc}")
+        mirror_cursor(ds.name, state, kafka, context.log)  # the saved cursor, for Kafka's tools
         if not bounds:
             return dg.SkipReason(f"topic(s) {', '.join(missing)} do not exist yet")
         # offsets removed before they were read, or a recreated topic: recorded, then passed

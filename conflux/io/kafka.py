@@ -2,7 +2,8 @@
 
 Every call here has a timeout: a sensor tick or a CLI command never hangs on a broker that is
 down. Consumers use manual partition assignment and never join a group (the sensor cursor is the
-commit, see ``sensors/``).
+commit, see ``conflux/event/sensor.py``); :meth:`KafkaResource.commit_group` only mirrors a cursor
+into a group, for Kafka's own lag tools.
 
 Security: every client gets the resource's ``security_protocol`` (PLAINTEXT, SASL_PLAINTEXT,
 SASL_SSL, SSL), SASL mechanism and credentials (SCRAM-SHA-256/512 or PLAIN) and CA file, from the
@@ -16,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
@@ -24,13 +26,16 @@ import dagster as dg
 from pydantic import Field
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
-from kafka.errors import (KafkaError, OffsetOutOfRangeError, SaslAuthenticationFailedError,
-                          TopicAlreadyExistsError)
+from kafka.structs import OffsetAndMetadata
+from kafka.errors import (KafkaError, NoError, OffsetOutOfRangeError,
+                          SaslAuthenticationFailedError, TopicAlreadyExistsError)
 
 from conflux.core.errors import ConfigError, KafkaAuthenticationError, TopicConfigError
 
 # short timeouts: these clients run inside sensor ticks and health checks
 _FAST = {"request_timeout_ms": 5000, "bootstrap_timeout_ms": 5000, "reconnect_backoff_max_ms": 1000}
+_GROUP_ADMINS: dict[str, KafkaAdminClient] = {}  # KafkaResource.commit_group's, per settings
+_GROUP_ADMINS_LOCK = threading.Lock()
 
 
 class Record(NamedTuple):
@@ -301,6 +306,52 @@ class KafkaResource(dg.ConfigurableResource):
         }
         config.update(overrides)
         return KafkaConsumer(**self._common(), **config)
+
+    def commit_group(self, group: str, offsets: Mapping[str, Mapping[int, int]],
+                     timeout_ms: int = 2000) -> None:
+        """Set ``group``'s committed offsets ({topic: {partition: next offset}}) without joining
+        it (OffsetCommit with no generation or member: brokers accept it while the group has no
+        active member). One admin client per process and settings is kept for it; it is
+        dropped after a failure, so the next call starts afresh.
+
+        Raises:
+            KafkaError: the broker refused a partition (an active member, an ACL) or did not
+                answer within ``timeout_ms`` (connecting a new client: ``request_timeout_ms``).
+        """
+        common = {**self._common(), "request_timeout_ms": timeout_ms}  # connecting: as usual
+        key = repr(sorted(common.items()))  # in memory only: holds the password
+        wanted = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                  for t, parts in offsets.items() for p, o in parts.items()}
+        try:
+            with _GROUP_ADMINS_LOCK:
+                admin = _GROUP_ADMINS.get(key)
+                if admin is None:
+                    admin = _GROUP_ADMINS[key] = KafkaAdminClient(**common)
+            deadline = time.monotonic() + timeout_ms / 1000
+            while True:  # retriable refusals (a coordinator still loading) until the deadline
+                try:
+                    refused = {tp: err for tp, err
+                               in admin.alter_group_offsets(group, wanted).items()
+                               if err is not NoError}
+                except KafkaError as exc:
+                    if not exc.retriable or time.monotonic() > deadline:
+                        raise
+                    refused = {None: type(exc)}
+                if not refused:
+                    return
+                if (not all(err.retriable for err in refused.values())
+                        or time.monotonic() > deadline):
+                    raise KafkaError(f"group {group}: commit refused: " + ", ".join(
+                        f"{tp.topic}[{tp.partition}] {err.__name__}" if tp else err.__name__
+                        for tp, err in refused.items()))
+                time.sleep(0.2)
+        except Exception:
+            with _GROUP_ADMINS_LOCK:
+                dropped = _GROUP_ADMINS.pop(key, None)
+            if dropped is not None:
+                with contextlib.suppress(Exception):
+                    dropped.close()
+            raise
 
     # --- topics ------------------------------------------------------------------------------
     def ensure_topic(self, topic: str, partitions: int = 1, replication: int | None = None,

@@ -51,6 +51,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -62,6 +63,14 @@ from conflux.stack.service import Service, run_checked
 SCRAM_MECHANISMS = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
 SCRAM_ITERATIONS = 8192
 ENV_PROVIDER = "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
+TOOLS_JAR = "kafka-tools-{version}.jar"  # Kafka's command-line tools, fetched with the broker
+CONSUMER_GROUPS = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+TOOLS_LOG4J = """Configuration:
+  Appenders:
+    Console: {name: err, target: SYSTEM_ERR, PatternLayout: {pattern: "%p %m (%c)%n"}}
+  Loggers:
+    Root: {level: WARN, AppenderRef: [{ref: err}]}
+"""
 _SCRAM_USER = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -277,33 +286,70 @@ class Kafka(Service):
                 f"{self.settings.kafka_node_ports(self.node)[1]})")
 
     def ensure_jars(self) -> Path:
-        """Resolve the broker jars into the cache (first use only); returns the libs folder."""
+        """Resolve the broker and tools jars into the cache (first use only; a cache fetched
+        before the tools were added gets the jars it lacks, none replaced); returns the libs
+        folder."""
         libs = self.settings.kafka_libs
         done = libs / ".complete"
         if done.exists():
+            if not (libs / TOOLS_JAR.format(version=KAFKA_VERSION)).exists():
+                self._add_missing_jars(libs)
             return libs
-        if shutil.which("mvn") is None:
-            raise StackError("kafka: `mvn` not found; install Maven (apt-get install maven) so the "
-                             "broker jars can be fetched from Maven Central")
         work = libs.parent
         work.mkdir(parents=True, exist_ok=True)
-        pom = resources.files("conflux.stack").joinpath("kafka-pom.xml").read_text()
-        pom = re.sub(r"<kafka.version>[^<]+</kafka.version>",
-                     f"<kafka.version>{KAFKA_VERSION}</kafka.version>", pom)
-        (work / "pom.xml").write_text(pom)
         staging = work / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        print(f"kafka: fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central into {work} "
-              "(first use only)...", file=sys.stderr, flush=True)
-        run_checked(["mvn", "-B", "-q", "-f", str(work / "pom.xml"),
-                     "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
-                     "-DincludeScope=runtime"],
-                    what="kafka: mvn dependency:copy-dependencies", log=work / "mvn.log",
-                    timeout=900)
+        self._fetch(work, staging, f"jars from Maven Central into {work} (first use only)")
         shutil.rmtree(libs, ignore_errors=True)
         staging.rename(libs)
         done.write_text(KAFKA_VERSION + "\n")
         return libs
+
+    def _add_missing_jars(self, libs: Path) -> None:
+        """Resolve the pom in a folder of this call's own and copy in the jars ``libs`` lacks
+        (a running broker's jars are left alone; a concurrent call copies the same files)."""
+        staging = Path(tempfile.mkdtemp(prefix="libs.add.", dir=libs.parent))
+        try:
+            self._fetch(staging, staging / "jars", f"tools jars into {libs} (once)")
+            for jar in sorted((staging / "jars").glob("*.jar")):
+                if not (libs / jar.name).exists():
+                    shutil.copy2(jar, staging / f"{jar.name}.part")
+                    os.replace(staging / f"{jar.name}.part", libs / jar.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @staticmethod
+    def _fetch(work: Path, out: Path, what: str) -> None:
+        """``mvn dependency:copy-dependencies`` of ``kafka-pom.xml`` (written into ``work``)
+        into ``out``."""
+        if shutil.which("mvn") is None:
+            raise StackError("kafka: `mvn` not found; install Maven (apt-get install maven) so the "
+                             "broker jars can be fetched from Maven Central")
+        pom = resources.files("conflux.stack").joinpath("kafka-pom.xml").read_text()
+        pom = re.sub(r"<kafka.version>[^<]+</kafka.version>",
+                     f"<kafka.version>{KAFKA_VERSION}</kafka.version>", pom)
+        (work / "pom.xml").write_text(pom)
+        print(f"kafka: fetching Apache Kafka {KAFKA_VERSION} {what}...", file=sys.stderr,
+              flush=True)
+        run_checked(["mvn", "-B", "-q", "-f", str(work / "pom.xml"),
+                     "dependency:copy-dependencies", f"-DoutputDirectory={out}",
+                     "-DincludeScope=runtime"],
+                    what="kafka: mvn dependency:copy-dependencies", log=work / "mvn.log",
+                    timeout=900)
+
+    def tool(self, main: str, *args: str) -> list[str]:
+        """The command running one of Kafka's own tools (``main``: its class, e.g.
+        :data:`CONSUMER_GROUPS`) from the cached jars, logging warnings only."""
+        return ["java", "-Xmx256m", f"-Dlog4j2.configurationFile={self._tools_log4j()}",
+                "-cp", str(self.ensure_jars() / "*"), main, *args]
+
+    def _tools_log4j(self) -> Path:
+        path = self.settings.kafka_libs.parent / "tools-log4j2.yaml"
+        if not path.exists():
+            part = path.with_name(f"{path.name}.{os.getpid()}")
+            part.write_text(TOOLS_LOG4J)
+            os.replace(part, path)
+        return path
 
     def classpath(self) -> str:
         return ":".join(str(p) for p in sorted(self.settings.kafka_libs.glob("*.jar")))

@@ -36,6 +36,7 @@ from conflux.contracts.lineage import contract_schema
 from conflux.io.schema_registry import SchemaRegistry
 from pipelines.catalog import ORDERS
 from conflux.event.job import build_ingest_job
+from conflux.event.offsets import consumer_group
 from conflux.dagster.resources import kafka_resource
 from conflux.io.kafka import KafkaResource
 from conflux.io.lake import LakeResource
@@ -165,6 +166,16 @@ def test_the_ingest_job_runs_through_the_secured_broker_with_envvar_secrets(
     assert stored == len(rows)
     assert sum(good.end_offsets("tpch.orders.dlq").values()) == 1  # dead-lettered through SASL_SSL
     assert instance.get_run_by_id(result.run_id) is not None
+    # the sensor's cursor mirrored into the dataset's consumer group, through SASL_SSL too
+    ends = good.end_offsets("tpch.orders")
+    # what mirror_cursor does (time for a new broker to create its offsets topic)
+    good.commit_group(consumer_group(ds.name), {"tpch.orders": ends}, timeout_ms=30_000)
+    admin = good.admin()
+    try:
+        committed = admin.list_group_offsets(consumer_group(ds.name))[consumer_group(ds.name)]
+    finally:
+        admin.close()
+    assert {tp.partition: o.offset for tp, o in committed.items()} == ends
 
 
 def test_every_server_of_the_stack_listens_on_loopback_only(webserver, secured):
