@@ -107,7 +107,12 @@ def test_the_sensor_cursor_survives_a_daemon_restart(stack, kafka, instance):
     stack.up(["dagster-daemon"], report=lambda line: None)
     wait_for_keys(lake, second["o_orderkey"])
 
-    # the restarted daemon went on from the stored cursor: no range was applied twice
-    for (topic, partition), ranges in applied_ranges(instance, "orders").items():
+    # the restarted daemon went on from the stored cursor: no range was applied twice (other
+    # tests' topics of orders may be deleted and recreated, restarting their offsets)
+    ranges_of = applied_ranges(instance, "orders")
+    assert any(topic == "tpch.orders" for topic, _ in ranges_of)
+    for (topic, partition), ranges in ranges_of.items():
+        if topic != "tpch.orders":
+            continue
         for (s1, e1), (s2, e2) in zip(ranges, ranges[1:]):
             assert s2 >= e1, f"{topic}[{partition}] applied [{s1},{e1}) and [{s2},{e2})"
