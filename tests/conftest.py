@@ -67,7 +67,8 @@ def stack():
     stack = Stack(settings)
     if not settings.external_pg_url:
         stack.reset(report=lambda line: None)
-    started = stack.up(["postgres", "kafka", "dagster-daemon", "conflux-metrics"])
+    started = stack.up(["postgres", "kafka", "dagster-daemon", "conflux-metrics",
+                        "conflux-schema-registry"])
     write_instance(settings)
     os.environ.update(settings.client_env())
     yield stack

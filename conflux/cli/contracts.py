@@ -26,13 +26,17 @@ def load_catalog(spec: str | None = None):
 
 
 def register_all(registry: SchemaRegistry, datasets, report: Callable[[str], None] = print) -> dict[str, str]:
-    """Register every declared contract (idempotent); returns subject → subject@version.
+    """Register every declared contract (idempotent); returns subject → subject@version. Each
+    event dataset's topics name it in the Schema Registry API too: ``<topic>-value``
+    (Confluent's TopicNameStrategy) is an alias of its subject (docs/schema-registry.md).
 
     Raises IncompatibleSchemaError listing every incompatibility of every rejected contract.
     """
     registry.ensure_schema()
     refs, failures = {}, []
     for ds in datasets:
+        for topic in getattr(ds, "topics", ()):
+            registry.set_alias(f"{topic}-value", ds.subject)
         try:
             reg = registry.register(ds.subject, contract_schema(ds.contract))
         except IncompatibleSchemaError as exc:

@@ -138,7 +138,8 @@ def cmd_dev(args) -> int:
         _watch(stack, watched, stop, gone)
         _start_relay(stack.settings, stop.is_set)
         print(f"\nConflux is up: Dagster UI at {stack.settings.dagster_url}, metrics at "
-              f"{stack.settings.metrics_url}  (Ctrl-C to stop)")
+              f"{stack.settings.metrics_url}, schema registry at "
+              f"{stack.settings.schema_registry_url}  (Ctrl-C to stop)")
         if producer is None:
             while not stop.wait(0.5):
                 pass

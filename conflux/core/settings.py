@@ -17,6 +17,9 @@ folder, or an existing Postgres server.
 | ``CONFLUX_POSTGRES_URL`` | (local cluster) | use an existing server instead of starting one |
 | ``CONFLUX_DAGSTER_PORT`` | 3000 | Dagster webserver on 127.0.0.1 |
 | ``CONFLUX_METRICS_PORT`` | ``CONFLUX_DAGSTER_PORT`` + 100 (3100) | the Prometheus metrics endpoint (``conflux-metrics``) on 127.0.0.1; its URL, ``http://127.0.0.1:$CONFLUX_METRICS_PORT/metrics``, is ``CONFLUX_METRICS_URL`` in ``conflux stack env`` (``docs/metrics.md``) |
+| ``CONFLUX_SCHEMA_REGISTRY_PORT`` | ``CONFLUX_DAGSTER_PORT`` + 200 (3200) | the Confluent-compatible Schema Registry API (``conflux-schema-registry``) on 127.0.0.1; its URL, ``http://127.0.0.1:$CONFLUX_SCHEMA_REGISTRY_PORT``, is ``CONFLUX_SCHEMA_REGISTRY_URL`` in ``conflux stack env`` (``docs/schema-registry.md``) |
+| ``CONFLUX_SCHEMA_REGISTRY_USER`` | (none: no authentication) | with ``CONFLUX_SCHEMA_REGISTRY_PASSWORD``, the HTTP basic credentials the Schema Registry API requires on every request; unset, the API is unauthenticated and reachable from this machine only (loopback) |
+| ``CONFLUX_SCHEMA_REGISTRY_PASSWORD`` | (none) | its password: a secret, read from the environment of the service only, never printed or put on a command line; required when ``CONFLUX_SCHEMA_REGISTRY_USER`` is set |
 | ``CONFLUX_BIND_HOST`` | ``127.0.0.1`` | address every local server binds to |
 | ``CONFLUX_WORKSPACE`` | ``<project>/workspace.yaml``, else one made from ``[tool.dagster] module_name`` in ``$CONFLUX_HOME`` | workspace the Dagster webserver and daemon load (they run from the project folder) |
 | ``CONFLUX_KAFKA_SECURITY`` | ``plaintext`` | the local broker's client listener: ``plaintext``, ``sasl_plaintext`` (SASL/SCRAM) or ``sasl_ssl`` (SASL/SCRAM over TLS, with a local CA under ``$CONFLUX_HOME/kafka/tls``); the controller listener stays PLAINTEXT on loopback |
@@ -76,6 +79,12 @@ def _metrics_default(dagster_port: int) -> int:
     """The metrics port of a stack without CONFLUX_METRICS_PORT: beside its Dagster port, so
     stacks apart by their Dagster ports are apart by this one too."""
     return dagster_port + 100 if dagster_port + 100 <= 65535 else dagster_port - 100
+
+
+def _schema_registry_default(dagster_port: int) -> int:
+    """The Schema Registry API's port without CONFLUX_SCHEMA_REGISTRY_PORT: the Dagster port
+    + 200 (one per stack, like the metrics port)."""
+    return dagster_port + 200 if dagster_port + 200 <= 65535 else dagster_port - 200
 
 
 def to_psycopg2_url(url: str) -> str:
@@ -178,6 +187,10 @@ class Settings:
     dagster_port: int
     workspace: Path
     metrics_port: int = 3100  # CONFLUX_METRICS_PORT, else dagster_port + 100 (one per stack)
+    # CONFLUX_SCHEMA_REGISTRY_PORT, else dagster_port + 200; CONFLUX_SCHEMA_REGISTRY_USER: basic
+    # auth on (its password is read from the environment by the service only)
+    schema_registry_port: int = 3200
+    schema_registry_user: str | None = None
     kafka_security: str = "plaintext"  # CONFLUX_KAFKA_SECURITY: the local broker's listener
     # how clients reach Kafka (KAFKA_* variables, else derived from kafka_security); never the
     # password, which is read from the environment when a client is built
@@ -226,6 +239,10 @@ class Settings:
             dagster_port=_int_env(env, "CONFLUX_DAGSTER_PORT", 3000),
             metrics_port=_int_env(env, "CONFLUX_METRICS_PORT",
                                   _metrics_default(_int_env(env, "CONFLUX_DAGSTER_PORT", 3000))),
+            schema_registry_port=_int_env(
+                env, "CONFLUX_SCHEMA_REGISTRY_PORT",
+                _schema_registry_default(_int_env(env, "CONFLUX_DAGSTER_PORT", 3000))),
+            schema_registry_user=(env.get("CONFLUX_SCHEMA_REGISTRY_USER") or "").strip() or None,
             workspace=Path(env.get("CONFLUX_WORKSPACE") or project.workspace_file
                            or home / "workspace.yaml").resolve(),
             kafka_security=security,
@@ -244,7 +261,8 @@ class Settings:
         if max(node_ports) > 65535:
             raise ConfigError(f"CONFLUX_KAFKA_BROKERS={brokers} needs ports up to "
                               f"{max(node_ports)}, beyond 65535")
-        ports = [*node_ports, settings.dagster_port, settings.metrics_port]
+        ports = [*node_ports, settings.dagster_port, settings.metrics_port,
+                 settings.schema_registry_port]
         if settings.external_pg_url is None:
             ports.append(settings.pg_port)
         if len(set(ports)) != len(ports):
@@ -328,6 +346,11 @@ class Settings:
         return f"http://{self.bind_host}:{self.metrics_port}/metrics"
 
     @property
+    def schema_registry_url(self) -> str:
+        """Base URL of the Confluent-compatible Schema Registry API (``conflux-schema-registry``)."""
+        return f"http://{self.bind_host}:{self.schema_registry_port}"
+
+    @property
     def dagster_pg_url(self) -> str:
         """The same database for dagster-postgres, through the psycopg2 driver.
 
@@ -360,4 +383,5 @@ class Settings:
             "CONFLUX_LAKE_PATH": self.lake_location,
             "CONFLUX_DAGSTER_URL": self.dagster_url,
             "CONFLUX_METRICS_URL": self.metrics_url,
+            "CONFLUX_SCHEMA_REGISTRY_URL": self.schema_registry_url,
         }

@@ -90,12 +90,18 @@ insert into registry.schemas (fingerprint, schema)
     select fingerprint, schema from (
         select distinct on (fingerprint) fingerprint, schema, created_at, subject, version
         from registry.versions where schema_id is null
-        order by fingerprint, created_at, subject, version) first
+        order by fingerprint, created_at, subject, version) firsts
     order by created_at, subject, version
 on conflict (fingerprint) do nothing;
 update registry.versions v set schema_id = s.id
     from registry.schemas s where v.schema_id is null and s.fingerprint = v.fingerprint;
-alter table registry.versions alter column schema_id set not null;
+do $$ begin
+    if exists (select 1 from information_schema.columns where table_schema = 'registry'
+               and table_name = 'versions' and column_name = 'schema_id'
+               and is_nullable = 'YES') then
+        alter table registry.versions alter column schema_id set not null;
+    end if;
+end $$;
 
 -- before the global mode a subject's mode was never NULL (default BACKWARD, the global default)
 do $$ begin

@@ -1,4 +1,5 @@
-"""The local stack: Kafka, Postgres, Dagster webserver and daemon, the metrics endpoint, started and stopped by PID.
+"""The local stack: Kafka, Postgres, Dagster webserver and daemon, the metrics endpoint, the
+Schema Registry API, started and stopped by PID.
 
 With ``CONFLUX_KAFKA_BROKERS=N`` Kafka is N services, ``kafka`` (node 1) and ``kafka-2`` ..
 ``kafka-N``; selecting ``kafka`` means all of them, ``kafka-1`` node 1 alone. They are launched
@@ -17,16 +18,19 @@ from conflux.stack.dagster import DagsterDaemon, DagsterWebserver
 from conflux.stack.kafka import Kafka, node_name
 from conflux.stack.metrics import MetricsExporter
 from conflux.stack.postgres import ExternalPostgres, Postgres
+from conflux.stack.schema_registry import SchemaRegistryApi
 from conflux.stack.service import Service, ServiceStatus
 
-SERVICE_NAMES = ("postgres", "kafka", "dagster-webserver", "dagster-daemon", "conflux-metrics")
+SERVICE_NAMES = ("postgres", "kafka", "dagster-webserver", "dagster-daemon", "conflux-metrics",
+                 "conflux-schema-registry")
 GROUPS = {"dagster": ("dagster-webserver", "dagster-daemon"), "all": SERVICE_NAMES}
 
 
 def service_names(brokers: int = 1) -> tuple[str, ...]:
     """The services of a stack with ``brokers`` Kafka nodes, in start order."""
     nodes = tuple(node_name(i) for i in range(1, brokers + 1))
-    return ("postgres", *nodes, "dagster-webserver", "dagster-daemon", "conflux-metrics")
+    return ("postgres", *nodes, "dagster-webserver", "dagster-daemon", "conflux-metrics",
+            "conflux-schema-registry")
 
 
 def select(names: Iterable[str] | None, brokers: int = 1) -> list[str]:
@@ -63,6 +67,7 @@ class Stack:
             "dagster-webserver": DagsterWebserver(self.settings),
             "dagster-daemon": DagsterDaemon(self.settings),
             "conflux-metrics": MetricsExporter(self.settings),
+            "conflux-schema-registry": SchemaRegistryApi(self.settings),
         }
 
     @property

@@ -24,7 +24,8 @@ STACK = {"CONFLUX_HOME": str(REPO / ".conflux" / "test-h2"),
          "CONFLUX_PG_PORT": "17432", "CONFLUX_DAGSTER_PORT": "17300",
          "CONFLUX_NOTIFY_WEBHOOK_URL": "http://127.0.0.1:17098/hook",
          "CONFLUX_AUTOMATION": "off", "CONFLUX_LAKE_MAINTENANCE": "off"}
-SERVICES = ("postgres", "kafka", "dagster-webserver", "dagster-daemon", "conflux-metrics")
+SERVICES = ("postgres", "kafka", "dagster-webserver", "dagster-daemon", "conflux-metrics",
+            "conflux-schema-registry")
 
 
 def conflux(env: dict, *args: str) -> subprocess.CompletedProcess:

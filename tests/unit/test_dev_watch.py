@@ -65,7 +65,7 @@ def test_a_start_that_fails_half_way_stops_what_this_start_started(stack):
     assert "start failed: stopping what it had started (kafka)" in lines
     assert {n: s.running for n, s in stack.services.items()} == {
         "postgres": True, "kafka": False, "dagster-webserver": False, "dagster-daemon": False,
-        "conflux-metrics": False}
+        "conflux-metrics": False, "conflux-schema-registry": False}
 
 
 def test_a_start_stopped_by_ctrl_c_stops_what_it_started(stack, monkeypatch):

@@ -98,7 +98,7 @@ def test_kafka_selects_every_node_and_kafka_n_one(tmp_path):
     assert select(["kafka-2"], 3) == ["kafka-2"]
     assert select(["kafka-1"], 3) == ["kafka"]
     assert select(None, 3) == ["postgres", "kafka", "kafka-2", "kafka-3", "dagster-webserver",
-                               "dagster-daemon", "conflux-metrics"]
+                               "dagster-daemon", "conflux-metrics", "conflux-schema-registry"]
     assert select(["kafka"]) == ["kafka"]
     with pytest.raises(ConfigError, match="unknown service 'kafka-2'"):
         select(["kafka-2"])
