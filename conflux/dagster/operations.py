@@ -46,7 +46,8 @@ from conflux.io.registry import SchemaRegistryResource
 REPORT_PREFIX = "report: "
 REASON_CODES = (decode.NULL_VALUE, decode.OVERSIZE, decode.UNDECODABLE, decode.INVALID_JSON,
                 decode.CONTRACT_VIOLATION, decode.UNKNOWN_SCHEMA, decode.UNSUPPORTED_VERSION,
-                decode.MISSING_KEY)
+                decode.MISSING_KEY, decode.BAD_FRAMING, decode.UNKNOWN_SCHEMA_ID,
+                decode.CONTRACT_CONFLICT)
 
 
 def replay_job_name(ds: EventDataset) -> str:

@@ -1,5 +1,10 @@
 """Decode → resolve contract version → validate, for one batch of records (no Dagster).
 
+A record names its contract version with a ``contract: subject@version`` header, with Confluent's
+wire format (magic byte 0, a 4-byte big-endian schema id, then the JSON payload), with both (they
+must agree), or not at all (read as the latest version). JSON never starts with byte 0, so
+framing is told apart from plain JSON by its first byte alone.
+
 Bad records are never fatal: each becomes a :class:`DeadLetter` with a stable reason code, and
 the good records of the same batch are kept. Validation runs on the whole batch at once
 (``TypeAdapter(list[Model]).validate_json`` on a JSON array) and only falls back to one record
@@ -14,7 +19,7 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -40,6 +45,9 @@ CONTRACT_VIOLATION = "CONTRACT_VIOLATION"
 UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"
 UNSUPPORTED_VERSION = "UNSUPPORTED_SCHEMA_VERSION"
 MISSING_KEY = "MISSING_KEY"
+BAD_FRAMING = "BAD_FRAMING"              # magic byte 0, but no 4-byte schema id and payload
+UNKNOWN_SCHEMA_ID = "UNKNOWN_SCHEMA_ID"  # the framed id is no version of the dataset's subject
+CONTRACT_CONFLICT = "CONTRACT_CONFLICT"  # the contract header and the framed id disagree
 VALIDATION_FAILED = "VALIDATION_FAILED"  # the validator itself raised: a bug, never a crash
 
 
@@ -59,21 +67,37 @@ class Decoded:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
+MAGIC_BYTE = 0
+FRAME_BYTES = 5  # magic byte + 4-byte schema id
+MAX_ID_LOOKUPS = 16  # registry look-ups per resolver of ids that are not the subject's
+
+
 class ContractResolver:
-    """Maps a record's ``contract`` header to the subject@version it is read with.
+    """Maps a record's ``contract`` header, or its Confluent schema id, to the subject@version it
+    is read with.
 
     Args:
         subject: the dataset's subject.
         current_version: registry version of the contract this code validates with.
         known_versions: every registered version of the subject.
+        ids: global schema id → version of the subject, for every version of it.
+        registered_as: the ``subject@version`` refs a schema id is registered as (other
+            subjects'), asked only to say so in a dead letter's message, at most
+            ``MAX_ID_LOOKUPS`` times per resolver.
     A missing header reads as the latest registered version (plain-JSON producers are valid).
     """
 
-    def __init__(self, subject: str, current_version: int | None, known_versions: Sequence[int]):
+    def __init__(self, subject: str, current_version: int | None, known_versions: Sequence[int],
+                 ids: Mapping[int, int] | None = None,
+                 registered_as: Callable[[int], Sequence[str]] | None = None):
         self.subject = subject
         self.current = current_version
         self.known = set(known_versions)
+        self.ids = dict(ids or {})
+        self._registered_as = registered_as
+        self._lookups = 0
         self._memo: dict[bytes | None, tuple[str | None, str | None, str]] = {}
+        self._id_memo: dict[int, tuple[str | None, str | None, str]] = {}
 
     def resolve(self, header: bytes | None) -> tuple[str | None, str | None, str]:
         """``(error_code, message, ref)``; error_code is None when readable (memoised: a
@@ -111,11 +135,64 @@ class ContractResolver:
         if len(version) > 18 or int(version) not in self.known:  # (int() of 5,000 digits raises)
             return (UNKNOWN_SCHEMA, f"subject {subject!r} has no registered version "
                     f"{_shown(version)}", shown)
-        v = int(version)
-        if self.current is not None and v > self.current:
-            return (UNSUPPORTED_VERSION, f"{text} is newer than the contract this code reads "
-                    f"({self.subject}@{self.current}); deploy the new contract first", text)
-        return None, None, text
+        return self._readable(int(version), text)
+
+    def _readable(self, version: int, ref: str) -> tuple[str | None, str | None, str]:
+        if self.current is not None and version > self.current:
+            return (UNSUPPORTED_VERSION, f"{ref} is newer than the contract this code reads "
+                    f"({self.subject}@{self.current}); deploy the new contract first", ref)
+        return None, None, ref
+
+    def resolve_framed(self, value: bytes,
+                       header: bytes | None) -> tuple[str | None, str | None, str | None]:
+        """``(error_code, message, ref)`` of a value starting with the magic byte; a
+        ``contract`` header beside the framing must name the same version."""
+        if len(value) <= FRAME_BYTES:
+            return (BAD_FRAMING, f"value starts with the Confluent magic byte 0 but is "
+                    f"{len(value)} byte(s) long: a framed record is the magic byte, a 4-byte "
+                    "schema id and a JSON payload", None)
+        code, msg, ref = self.resolve_id(int.from_bytes(value[1:FRAME_BYTES], "big"))
+        if code is not None or header is None:
+            return code, msg, ref
+        code, msg, declared = self.resolve(header)
+        if code is not None:
+            return code, msg, declared
+        if declared != ref:
+            return (CONTRACT_CONFLICT, f"contract header says {declared} but the framed schema "
+                    f"id {value[1:FRAME_BYTES].hex()} is {ref}", f"{declared} / {ref}")
+        return None, None, ref
+
+    def resolve_id(self, schema_id: int) -> tuple[str | None, str | None, str]:
+        """``(error_code, message, ref)`` of a Confluent schema id (memoised)."""
+        found = self._id_memo.get(schema_id)
+        if found is None:
+            found = self._resolve_id(schema_id)
+            if len(self._id_memo) < 1024:
+                self._id_memo[schema_id] = found
+        return found
+
+    def _resolve_id(self, schema_id: int) -> tuple[str | None, str | None, str]:
+        version = self.ids.get(schema_id)
+        if version is not None:
+            return self._readable(version, f"{self.subject}@{version}")
+        shown = f"schema id {schema_id}"
+        where = None
+        if self._registered_as is not None and self._lookups < MAX_ID_LOOKUPS:
+            self._lookups += 1
+            try:
+                where = list(self._registered_as(schema_id))
+            except Exception:  # noqa: BLE001 - only the message depends on it
+                where = None
+        if where is None:
+            why = (f"is no version of subject {self.subject!r} (not registered, or another "
+                   "subject's)")
+        elif where:
+            why = (f"is registered as {', '.join(where[:5])}, not as a version of subject "
+                   f"{self.subject!r} (the dataset's): register the same schema under it, "
+                   "then replay")
+        else:
+            why = "is not registered in this registry"
+        return UNKNOWN_SCHEMA_ID, f"{shown} {why}", shown
 
 
 def _shown(text: str) -> str:
@@ -138,28 +215,32 @@ def decode_batch(records: Sequence[Record], contract: type[BaseModel], key: Sequ
     dead letter; none escapes.
     """
     out = Decoded()
-    candidates: list[tuple[int, Record, str]] = []
+    candidates: list[tuple[int, Record, str, bytes]] = []  # (index, record, ref, JSON payload)
     for i, rec in enumerate(records):
         header, declared = None, 0  # (inlined: this loop runs for every record)
-        for name, value in rec.headers:
-            if name == CONTRACT_HEADER and value is not None and value != header:
-                header, declared = value, declared + 1
+        for name, hvalue in rec.headers:
+            if name == CONTRACT_HEADER and hvalue is not None and hvalue != header:
+                header, declared = hvalue, declared + 1
+        value = rec.value
+        framed = bool(value) and value[0] == MAGIC_BYTE  # Confluent wire format
         if declared > 1:
             code, msg, ref = (UNKNOWN_SCHEMA, f"record carries different "
                               f"{CONTRACT_HEADER!r} headers; which contract applies is "
                               "ambiguous", None)
+        elif framed:
+            code, msg, ref = resolver.resolve_framed(value, header)
         else:
             code, msg, ref = resolver.resolve(header)
         if code is None:
-            if rec.value is None:
+            if value is None:
                 code, msg = NULL_VALUE, "record has no value (tombstone or null)"
-            elif len(rec.value) > max_bytes:
-                code, msg = OVERSIZE, f"value is {len(rec.value)} bytes; the limit is {max_bytes}"
+            elif len(value) > max_bytes:
+                code, msg = OVERSIZE, f"value is {len(value)} bytes; the limit is {max_bytes}"
             # (bytes that are not UTF-8 fail the batch validation and are classified below)
         if code is not None:
             out.dead.append(DeadLetter(rec, code, msg, ref))
         else:
-            candidates.append((i, rec, ref))
+            candidates.append((i, rec, ref, value[FRAME_BYTES:] if framed else value))
     if not candidates:
         return out
     adapter = _list_adapter(contract)
@@ -172,15 +253,15 @@ def decode_batch(records: Sequence[Record], contract: type[BaseModel], key: Sequ
     batchable, singles = [], []
     if _adapters(contract)[3]:
         for c in candidates:
-            value = c[1].value
+            value = c[3]
             (batchable if value[:1] == b"{" and value[-1:] == b"}" else singles).append(c)
     else:
         singles = candidates
-    good: list[tuple[tuple[int, Record, str], object]] = []
+    good: list[tuple[tuple[int, Record, str, bytes], object]] = []
     if batchable:
         try:
             models = adapter.validate_json(
-                b"[" + b",\n".join([c[1].value for c in batchable]) + b"]", strict=True)
+                b"[" + b",\n".join([c[3] for c in batchable]) + b"]", strict=True)
         except Exception:  # noqa: BLE001 - any failure: one record at a time, below
             models = ()
         if len(models) == len(batchable):
@@ -190,18 +271,18 @@ def decode_batch(records: Sequence[Record], contract: type[BaseModel], key: Sequ
     if singles:
         single = _single_adapter(contract)
         for cand in singles:
-            _, rec, ref = cand
+            _, rec, ref, value = cand
             try:
-                rec.value.decode("utf-8")
+                value.decode("utf-8")
             except UnicodeDecodeError as exc:
                 out.dead.append(DeadLetter(rec, UNDECODABLE, f"value is not UTF-8: {exc.reason} "
                                                              f"at byte {exc.start}", ref))
                 continue
             try:
-                good.append((cand, single.validate_json(rec.value, strict=True)))
+                good.append((cand, single.validate_json(value, strict=True)))
             except ValidationError as exc:
                 errors = exc.errors(include_url=False)
-                code = _classify(errors, rec.value)
+                code = _classify(errors, value)
                 text = "; ".join(_message(e) for e in errors[:5])
                 out.dead.append(DeadLetter(rec, code, text, ref))
             except Exception as exc:  # noqa: BLE001 - e.g. RecursionError in a validator
@@ -222,10 +303,10 @@ def decode_batch(records: Sequence[Record], contract: type[BaseModel], key: Sequ
     nullable = [k for k in key if _nullable(contract, k)]
     if not nullable:  # the contract itself guarantees every key field: no per-row check
         out.rows = rows
-        out.records = [rec for (_, rec, _), _ in good]
-        out.contracts = [ref for (_, _, ref), _ in good]
+        out.records = [c[1] for c, _ in good]
+        out.contracts = [c[2] for c, _ in good]
         return out
-    for ((_, rec, ref), _), row in zip(good, rows):
+    for ((_, rec, ref, _), _), row in zip(good, rows):
         missing = [k for k in nullable if row.get(k) is None]
         if missing:
             out.dead.append(DeadLetter(rec, MISSING_KEY, f"key field(s) {missing} are null", ref))

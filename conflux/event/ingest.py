@@ -61,11 +61,16 @@ class IngestReport:
 
 
 def resolver_for(ds: EventDataset, registry: SchemaRegistryResource) -> ContractResolver:
-    """What this code can read: the registered versions of the subject, and its own version."""
+    """What this code can read: the registered versions of the subject, their global schema ids
+    (Confluent-framed records), and its own version. Loaded once per tick or run: an id
+    registered later is read from the next one on."""
     client = registry.client
     versions = [v.version for v in client.versions(ds.subject)]
     mine = client.lookup(ds.subject, contract_schema(ds.contract))
-    return ContractResolver(ds.subject, mine.version if mine else None, versions)
+    return ContractResolver(
+        ds.subject, mine.version if mine else None, versions, ids=client.ids(ds.subject),
+        registered_as=lambda schema_id: [f"{s}@{v}" for s, v in
+                                         client.usages(schema_id, deleted=True)])
 
 
 def newest_ref(refs: Iterable[str]) -> str:

@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     tpch.add_argument("--via-outbox", action="store_true",
                       help="write orders and lineitems with their events through the "
                            "transactional outbox (published by the relay) instead of directly")
+    tpch.add_argument("--confluent", action="store_true",
+                      help="publish with confluent-kafka's Producer and JSONSerializer (Confluent "
+                           "wire format; schemas under <topic>-value through the Schema Registry "
+                           "API at CONFLUX_SCHEMA_REGISTRY_URL) instead of kafka-python with "
+                           "contract headers")
     return parser
 
 
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         produce_tpch(scale=args.scale, rate=args.rate, duplicates=args.duplicates,
                      shuffle=args.shuffle, invalid=args.invalid, seed=args.seed,
-                     via_outbox=args.via_outbox)
+                     via_outbox=args.via_outbox, confluent=args.confluent)
     except ConfluxError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,10 @@
 
 It loads the TPC-H-shaped tables into the ``ops`` schema (orders and lineitem included, like the
 order service's own database) and publishes the same orders and lineitems, plus customer ledger
-events, to Kafka — JSON values, ``correlation_id`` / ``traceparent`` / ``contract`` headers.
+events, to Kafka — JSON values, ``correlation_id`` / ``traceparent`` / ``contract`` headers;
+or, with ``confluent``, as a Confluent client would: confluent-kafka's ``JSONSerializer``
+(Confluent wire format, schema id from the Schema Registry API) instead of the ``contract``
+header (``pipelines/demo/confluent.py``).
 On request it adds what real streams bring: duplicates, shuffled (late, out-of-order) events and
 invalid records, and says how many of each it sent.
 """
@@ -121,8 +124,12 @@ def tpch_tables(scale: float, seed: int) -> dict[str, pd.DataFrame]:
 
 def produce_tpch(scale: float, rate: float = 0.0, *, duplicates: float = 0.0, shuffle: bool = False,
                  invalid: float = 0.0, seed: int = 42, ledger_per_customer: float = 3.0,
-                 via_outbox: bool = False) -> SendReport:
+                 via_outbox: bool = False, confluent: bool = False) -> SendReport:
     """Load ops tables and publish orders, lineitems and ledger events; prints the counts.
+
+    With ``confluent``, events are published with confluent-kafka's ``Producer`` and
+    ``JSONSerializer`` (each contract's JSON schema under ``<topic>-value``, through the Schema
+    Registry API at ``CONFLUX_SCHEMA_REGISTRY_URL``); kafka-python without framing otherwise.
 
     With ``via_outbox``, orders and lineitems are written like the order service would with a
     transactional outbox: rows and outbox events in one transaction, published by the relay
@@ -150,7 +157,13 @@ def produce_tpch(scale: float, rate: float = 0.0, *, duplicates: float = 0.0, sh
     records = mix(streams, duplicates=duplicates, invalid=invalid, shuffle=shuffle, seed=seed)
     kafka = KafkaResource.from_env(settings, bootstrap_servers=os.environ.get(
         "KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap))
-    producer = kafka.producer(linger_ms=20, batch_size=256 * 1024)
+    if confluent:
+        from pipelines.demo import confluent as cf
+
+        records = cf.frame(records, stream_schemas(), cf.registry_client())
+        producer = cf.ConfluentProducer(cf.producer_config(kafka))
+    else:
+        producer = kafka.producer(linger_ms=20, batch_size=256 * 1024)
     try:
         report = publish_all(producer, records, rate=rate)
     finally:
@@ -158,6 +171,15 @@ def produce_tpch(scale: float, rate: float = 0.0, *, duplicates: float = 0.0, sh
     for line in report.lines():
         print(line)
     return report
+
+
+def stream_schemas() -> dict[str, dict]:
+    """Each stream topic's contract JSON schema (what the registry holds for its dataset)."""
+    from conflux.contracts.lineage import contract_schema
+    from pipelines.catalog import CATALOG
+
+    contracts = {ds.name: ds.contract for ds in CATALOG.values()}
+    return {topic: contract_schema(contracts[name]) for topic, (name, _) in STREAMS.items()}
 
 
 def _through_outbox(url: str, tables: dict[str, pd.DataFrame]) -> dict[str, int]:

@@ -50,7 +50,8 @@ class FakeKafka:
 
 
 class FakeRegistry:
-    client = SimpleNamespace(versions=lambda subject: [], lookup=lambda subject, schema: None)
+    client = SimpleNamespace(versions=lambda subject: [], lookup=lambda subject, schema: None,
+                             ids=lambda subject: {})
 
 
 def tick(kafka, lake, instance, cursor, budget):

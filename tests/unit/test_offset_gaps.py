@@ -146,7 +146,8 @@ class RetentionMidRead:
 def test_an_inline_read_goes_past_a_gap_met_mid_tick_without_claiming_it(tmp_path):
     lake = LakeResource(path=str(tmp_path))
     registry = SimpleNamespace(client=SimpleNamespace(versions=lambda s: [],
-                                                      lookup=lambda s, schema: None))
+                                                      lookup=lambda s, schema: None,
+                                                      ids=lambda s: {}))
     ds = dataclasses.replace(DS, linger_ms=0)
     with dg.DagsterInstance.ephemeral() as instance:
         cursor, stats = apply_inline(dg.build_sensor_context(instance=instance), ds, {},
