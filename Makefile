@@ -59,26 +59,34 @@ dev: install
 # this one runs the integration tests of the shared test stack; the second one the tests that
 # start stacks of their own (3-broker cluster, ...) and then the browser tests on a second shared
 # stack (TEST_STACK_B; ports apart), and its report is printed after (tests/conftest.py marks
-# them). The unit tests run alone: their process-stop timings failed under the load of a stack
-# starting beside them. PARALLEL=0: everything in one process.
+# them). The unit tests run alone, on both cores (pytest-xdist): their process-stop timings
+# failed under the load of a stack starting beside them. PARALLEL=0: everything in one process.
 PARALLEL ?= 1
 TEST_STACK_B := CONFLUX_HOME=$(CURDIR)/.conflux/test-b CONFLUX_KAFKA_PORT=22092 \
 	CONFLUX_KAFKA_CONTROLLER_PORT=22093 CONFLUX_PG_PORT=22432 CONFLUX_DAGSTER_PORT=22300 \
 	CONFLUX_NOTIFY_WEBHOOK_URL=http://127.0.0.1:22098/hook
+# each phase's wall time and CPU use, and the slowest test files, are printed at the end
+MARKS := .conflux/suite-marks
+REPORT := $(BIN)/python scripts/suite_report.py
 test: install
 ifeq ($(PARALLEL),0)
 	$(BIN)/python -m pytest -ra --durations=15
 else
-	@mkdir -p .conflux; rc=0; \
-	$(BIN)/python -m pytest -ra --durations=5 -p no:cacheprovider tests/unit || rc=1; \
+	@mkdir -p .conflux; rc=0; rm -f $(MARKS); $(REPORT) mark $(MARKS) unit; \
+	$(BIN)/python -m pytest -ra --durations=5 -p no:cacheprovider --junitxml=.conflux/junit-unit.xml \
+		-n 2 tests/unit || rc=1; \
+	$(REPORT) mark $(MARKS) both; \
 	$(TEST_STACK_B) $(BIN)/python -m pytest -ra --durations=10 -p no:cacheprovider \
-		-m "not shared_stack or browser" tests/integration tests/browser \
-		> .conflux/standalone-tests.log 2>&1 & pid=$$!; \
-	$(BIN)/python -m pytest -ra --durations=15 -p no:cacheprovider \
+		--junitxml=.conflux/junit-standalone.xml -m "not shared_stack or browser" \
+		tests/integration tests/browser > .conflux/standalone-tests.log 2>&1 & pid=$$!; \
+	$(BIN)/python -m pytest -ra --durations=15 -p no:cacheprovider --junitxml=.conflux/junit-shared.xml \
 		-m "shared_stack and not browser" tests/integration || rc=1; \
+	$(REPORT) mark $(MARKS) second-only; \
 	wait $$pid || rc=1; \
+	$(REPORT) mark $(MARKS) end; \
 	echo "==== own-stack and browser tests (the second pytest, run meanwhile; .conflux/standalone-tests.log) ===="; \
-	cat .conflux/standalone-tests.log; exit $$rc
+	cat .conflux/standalone-tests.log; \
+	$(REPORT) report $(MARKS) .conflux/junit-*.xml; exit $$rc
 endif
 
 test-unit: install

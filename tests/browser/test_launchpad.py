@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from conflux.batch.fallback import CHECK_NAME
-from conflux.cli import main
+from conflux.cli import dagster_api as api, main
 from conflux.cli.jobs import JobRun, follow
 from conflux.io.kafka import KafkaResource
 from pipelines.catalog import ORDERS
@@ -185,9 +185,11 @@ def test_dead_letters_replayed_from_the_launchpad_land_once_their_contract_is_kn
         conn.execute("delete from registry.versions where subject = %s", (ORDERS.subject,))
     try:
         keys = send_orders(data, day, 95_000_001, 3, contract=f"{ORDERS.subject}@1")
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 150
         while len(letters := _dead_letters(kafka, since_ms)) < len(keys):
-            assert time.monotonic() < deadline, "the sensor did not dead-letter the records"
+            assert time.monotonic() < deadline, (
+                f"the sensor did not dead-letter the records in 150 s; {len(letters)} dead "
+                f"letters, {keys_on(lake, day)} landed, {sensor_story(url)}")
             time.sleep(1)
         assert {x.code for x in letters} == {"UNKNOWN_SCHEMA"}, letters
         assert keys_on(lake, day) == []
@@ -203,6 +205,27 @@ def test_dead_letters_replayed_from_the_launchpad_land_once_their_contract_is_kn
     assert (run.report["selected"], run.report["published"]) == (3, 3), run.report
     wait_for_keys(lake, day, keys, "the replayed dead letters")
     assert keys_on(lake, day) == keys
+
+
+TICKS = """
+query($sel: SensorSelector!) {
+  sensorOrError(sensorSelector: $sel) {
+    ... on Sensor { sensorState { status ticks(limit: 3) { status timestamp cursor
+                                                            error { message } } } }
+  }
+}"""
+
+
+def sensor_story(url: str, name: str = "orders__kafka") -> str:
+    """The sensor's status and last ticks, for a failure message."""
+    try:
+        sel = api._selector("sensor", name, api.LOCATION, url)
+        state = api.graphql(url, TICKS, sel)["sensorOrError"]["sensorState"]
+    except Exception as exc:  # a diagnostic must not hide the failure it explains
+        return f"sensor state unavailable ({exc})"
+    ticks = [(t["status"], time.strftime("%H:%M:%S", time.gmtime(t["timestamp"])),
+              (t["error"] or {}).get("message", "")[:300]) for t in state["ticks"]]
+    return f"sensor {name} {state['status']}, last ticks {ticks}"
 
 
 def test_materializing_a_partition_from_the_asset_page_repairs_it(data, page):
