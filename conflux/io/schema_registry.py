@@ -70,12 +70,20 @@ create unique index if not exists versions_live_fingerprint
     on registry.versions (subject, fingerprint) where not deleted;
 create index if not exists versions_schema_id on registry.versions (schema_id);
 
+-- the id of a content, a new one for new content (looked up first: an insert that conflicts
+-- would still use up a number of the identity)
 create or replace function registry.schema_id(fp text, body jsonb) returns integer
-language sql as $$
-    insert into registry.schemas (fingerprint, schema) values (fp, body)
-    on conflict (fingerprint) do update set fingerprint = excluded.fingerprint
-    returning id
-$$;
+language plpgsql as $$
+declare found integer;
+begin
+    select id into found from registry.schemas where fingerprint = fp;
+    if found is null then
+        insert into registry.schemas (fingerprint, schema) values (fp, body)
+        on conflict (fingerprint) do update set fingerprint = excluded.fingerprint
+        returning id into found;
+    end if;
+    return found;
+end $$;
 create or replace function registry.assign_schema_id() returns trigger
 language plpgsql as $$
 begin

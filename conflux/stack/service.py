@@ -32,7 +32,7 @@ class ServiceStatus:
     def line(self) -> str:
         state = f"running (pid {self.pid})" if self.running and self.pid else (
             "running" if self.running else "stopped")
-        return f"{self.name:<18} {state:<22} {self.detail}"
+        return f"{self.name:<23} {state:<22} {self.detail}"
 
 
 @dataclass
