@@ -22,11 +22,14 @@ folder, or an existing Postgres server.
 | ``CONFLUX_SCHEMA_REGISTRY_PASSWORD`` | (none) | its password: a secret, read from the environment of the service only, never printed or put on a command line; required when ``CONFLUX_SCHEMA_REGISTRY_USER`` is set |
 | ``CONFLUX_BIND_HOST`` | ``127.0.0.1`` | address every local server binds to |
 | ``CONFLUX_WORKSPACE`` | ``<project>/workspace.yaml``, else one made from ``[tool.dagster] module_name`` in ``$CONFLUX_HOME`` | workspace the Dagster webserver and daemon load (they run from the project folder) |
-| ``CONFLUX_KAFKA_SECURITY`` | ``plaintext`` | the local broker's client listener: ``plaintext``, ``sasl_plaintext`` (SASL/SCRAM) or ``sasl_ssl`` (SASL/SCRAM over TLS, with a local CA under ``$CONFLUX_HOME/kafka/tls``); the controller listener stays PLAINTEXT on loopback |
+| ``CONFLUX_KAFKA_SECURITY`` | ``plaintext`` | the local broker's client listener: ``plaintext``, ``sasl_plaintext`` (SASL/SCRAM) or ``sasl_ssl`` (SASL/SCRAM over TLS, with a local CA under ``$CONFLUX_HOME/kafka/tls``), and then ACLs on and the controller listener on SASL/PLAIN (``docs/security.md``); the controller listener stays on loopback |
 | ``KAFKA_SECURITY_PROTOCOL`` | from ``CONFLUX_KAFKA_SECURITY`` | how clients reach Kafka: ``PLAINTEXT``, ``SASL_PLAINTEXT``, ``SASL_SSL`` or ``SSL`` |
 | ``KAFKA_SASL_MECHANISM`` | ``SCRAM-SHA-512`` | ``SCRAM-SHA-256``, ``SCRAM-SHA-512`` or ``PLAIN`` (SASL protocols only) |
-| ``KAFKA_SASL_USERNAME`` | (none) | SASL user of the clients; with a secured local broker, also the SCRAM user it is formatted with (a super user) |
+| ``KAFKA_SASL_USERNAME`` | (none) | SASL user of the clients: the platform's principal (sensors, runs, the CLI); with a secured local broker, the stack creates its SCRAM credential and least-privilege ACLs at every start (``docs/security.md``) |
 | ``KAFKA_SASL_PASSWORD`` | (none) | its password: a secret, read from the environment only (Dagster resources get it through ``dg.EnvVar``), never printed, logged, written to disk or put on a command line by Conflux |
+| ``CONFLUX_KAFKA_ADMIN_USERNAME`` | ``conflux-admin`` | a secured local broker's admin principal: its only super user, the broker's own login (inter-broker and controller listeners), used by the stack alone to create topics, SCRAM users and ACLs (never by sensors, runs or the CLI); fixed when the storage is formatted |
+| ``CONFLUX_KAFKA_ADMIN_PASSWORD`` | (none; required with ``CONFLUX_KAFKA_SECURITY`` other than ``plaintext``) | its password: a secret, read from the environment of ``conflux stack up`` only (the broker reads it through Kafka's ``EnvVarConfigProvider``), never written to disk or put on a command line |
+| ``CONFLUX_KAFKA_PRODUCERS`` | (none) | producer teams' principals the secured local broker grants ``WRITE`` and ``DESCRIBE`` on their topics at every start: ``user=topic[,topic...]`` entries separated by ``;`` (e.g. ``team-orders=tpch.orders``); their SCRAM users are created by whoever holds the admin password (``docs/security.md``) |
 | ``KAFKA_SSL_CAFILE`` | the local CA with ``sasl_ssl``, else the system's trust store | PEM file of the CA(s) that signed the brokers' certificates (``SSL``/``SASL_SSL``) |
 | ``CONFLUX_LAKE_PATH`` | ``$CONFLUX_HOME/lake`` | an ``s3://bucket/prefix`` URL puts the stack's lake on S3 or an S3-compatible store (a local path here is ignored: the local lake is always the state folder's); concurrent writers are serialized by Delta's commit protocol (conditional PUT on S3), no lock service |
 | ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` | (AWS defaults) | how an ``s3://`` lake is reached (``conflux/io/lake.py``); not read here, passed unchanged to every Dagster process the stack starts |
@@ -46,6 +49,7 @@ folder, or an existing Postgres server.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +138,26 @@ def seconds_env(env: Mapping[str, str], name: str, default: int, minimum: int,
     return int(raw)
 
 
+_PRINCIPAL = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # SCRAM user names the stack accepts
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
+
+
+def producer_principals(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``CONFLUX_KAFKA_PRODUCERS`` (``user=topic[,topic];...``) as ``((user, topics), ...)``,
+    refused with the variable named when an entry is malformed."""
+    found: dict[str, list[str]] = {}
+    for entry in (e.strip() for e in raw.split(";")):
+        if not entry:
+            continue
+        user, sep, topics = (part.strip() for part in entry.partition("="))
+        names = [t.strip() for t in topics.split(",") if t.strip()]
+        if not sep or not _PRINCIPAL.match(user) or not names or not all(map(_TOPIC.match, names)):
+            raise ConfigError(f"CONFLUX_KAFKA_PRODUCERS: {entry!r} is not user=topic[,topic...] "
+                              "(user: 1-128 of A-Z a-z 0-9 . _ -; entries separated by ;)")
+        found.setdefault(user, []).extend(n for n in names if n not in found.get(user, []))
+    return tuple((user, tuple(topics)) for user, topics in found.items())
+
+
 DEFAULT_AUTOMATION_INTERVAL_SECONDS = 30
 MIN_AUTOMATION_INTERVAL_SECONDS = 5  # the daemon's asset loop runs every 5 s at best
 
@@ -199,6 +223,9 @@ class Settings:
     kafka_sasl_username: str | None = None
     kafka_ssl_cafile: str | None = None
     kafka_brokers: int = 1  # CONFLUX_KAFKA_BROKERS: local KRaft nodes (broker + controller each)
+    kafka_admin_username: str = "conflux-admin"  # CONFLUX_KAFKA_ADMIN_USERNAME (secured broker)
+    # CONFLUX_KAFKA_PRODUCERS: (user, topics) granted WRITE on those topics by a secured broker
+    kafka_producers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     lake_url: str | None = None  # CONFLUX_LAKE_PATH when it is an object-store URL (s3://...)
     project_root: Path = Path(".")  # the user project (CONFLUX_PROJECT, else found from cwd)
     lake_maintenance: LakeMaintenance = LakeMaintenance()  # CONFLUX_LAKE_MAINTENANCE, ..._HOURS
@@ -252,6 +279,8 @@ class Settings:
             kafka_sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
             kafka_ssl_cafile=cafile,
             kafka_brokers=brokers,
+            kafka_admin_username=(env.get("CONFLUX_KAFKA_ADMIN_USERNAME") or "conflux-admin").strip(),
+            kafka_producers=producer_principals(env.get("CONFLUX_KAFKA_PRODUCERS") or ""),
             lake_url=lake if lake.startswith("s3://") else None,
             project_root=project.root,
             lake_maintenance=LakeMaintenance.from_env(env),

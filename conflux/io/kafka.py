@@ -25,7 +25,10 @@ from typing import NamedTuple
 import dagster as dg
 from pydantic import Field
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType,
+                         ConfigResource, ConfigResourceType, NewPartitions, NewTopic,
+                         ResourcePattern, ResourcePatternFilter, ResourceType,
+                         UserScramCredentialUpsertion)
 from kafka.structs import OffsetAndMetadata
 from kafka.errors import (KafkaError, NoError, OffsetOutOfRangeError,
                           SaslAuthenticationFailedError, TopicAlreadyExistsError)
@@ -81,6 +84,17 @@ class OutOfRange(NamedTuple):
         """The offsets read back hold ``offset`` after all (the refusal came from a replica
         that lagged behind): reading it again is right."""
         return self.log_start <= self.offset <= self.log_end
+
+
+class AclGrant(NamedTuple):
+    """One ALLOW ACL of a principal, from any host, in kafka-python's enum names: ``resource``
+    TOPIC, GROUP, CLUSTER or TRANSACTIONAL_ID; ``pattern`` LITERAL or PREFIXED; ``operation``
+    READ, WRITE, DESCRIBE, ..."""
+
+    resource: str
+    name: str
+    pattern: str
+    operation: str
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
@@ -352,6 +366,66 @@ class KafkaResource(dg.ConfigurableResource):
                 with contextlib.suppress(Exception):
                     dropped.close()
             raise
+
+    # --- users and ACLs (a secured broker's admin principal only) -----------------------------
+    def upsert_scram_user(self, user: str, password: str,
+                          mechanisms: Sequence[str] = ("SCRAM-SHA-256", "SCRAM-SHA-512")) -> None:
+        """Create or replace ``user``'s SCRAM credentials (salted here: the password itself is
+        never sent).
+
+        Raises:
+            KafkaError: the broker refused (naming the user and its message, never the password).
+        """
+        admin = self.admin()
+        try:
+            for mechanism in mechanisms:  # one request each: a user is altered once per request
+                refused = admin.alter_user_scram_credentials(
+                    [UserScramCredentialUpsertion(user, mechanism, password, iterations=8192)])
+                if refused.get(user):
+                    raise KafkaError(f"{mechanism} credentials of {user!r} refused: "
+                                     f"{refused[user]}")
+        finally:
+            admin.close()
+
+    def sync_acls(self, principal: str, grants: Iterable[AclGrant]) -> tuple[list[AclGrant],
+                                                                             list[AclGrant]]:
+        """Make ``principal``'s ACLs exactly ``grants`` (ALLOW, any host): create the missing,
+        delete the others (DENY and host-bound ones included); returns (created, deleted).
+        Idempotent.
+
+        Raises:
+            KafkaError: the broker refused a creation or deletion.
+        """
+        wanted = set(grants)
+        admin = self.admin()
+        try:
+            current, _ = admin.describe_acls(ACLFilter(
+                principal, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY)))
+            def grant(a: ACL) -> AclGrant:
+                pattern = a.resource_pattern
+                return AclGrant(pattern.resource_type.name, pattern.resource_name,
+                                pattern.pattern_type.name, a.operation.name)
+
+            kept = [a for a in current if grant(a) in wanted and a.host == "*"
+                    and a.permission_type == ACLPermissionType.ALLOW]
+            extra = [a for a in current if a not in kept]
+            missing = sorted(wanted - {grant(a) for a in kept})
+            if missing:
+                made = admin.create_acls([ACL(principal, "*", ACLOperation[g.operation],
+                                              ACLPermissionType.ALLOW, ResourcePattern(
+                                                  ResourceType[g.resource], g.name,
+                                                  ACLResourcePatternType[g.pattern]))
+                                          for g in missing])
+                if made["failed"]:
+                    raise KafkaError(f"ACLs of {principal} refused: {made['failed']}")
+            if extra:
+                for _, _, error in admin.delete_acls(extra):
+                    if error is not NoError:
+                        raise KafkaError(f"deleting ACLs of {principal} refused: {error}")
+        finally:
+            admin.close()
+        return missing, sorted(map(grant, extra))
 
     # --- topics ------------------------------------------------------------------------------
     def ensure_topic(self, topic: str, partitions: int = 1, replication: int | None = None,

@@ -66,6 +66,7 @@ telemetry:
 def dagster_env(settings: Settings) -> dict[str, str]:
     """The environment every Dagster process of the stack runs with."""
     env = dict(os.environ)  # OPENLINEAGE_* settings reach sensors and runs this way
+    env.pop("CONFLUX_KAFKA_ADMIN_PASSWORD", None)  # the stack's own: sensors and runs never use it
     env.update(settings.client_env())
     env["DAGSTER_HOME"] = str(settings.dagster_home)
     env["CONFLUX_RUN_WORKERS"] = "local"  # run workers are this machine's processes

@@ -17,27 +17,33 @@ formatted again). Automatic topic creation is off: the platform creates its topi
 
 Security (``CONFLUX_KAFKA_SECURITY``): ``plaintext`` (default), ``sasl_plaintext`` or
 ``sasl_ssl``. Secured, the client listener takes SASL/SCRAM (SHA-256 and SHA-512) — over TLS with
-``sasl_ssl``, from a local CA (``conflux/stack/tls.py``) — and the controller listener stays
-PLAINTEXT on loopback. The SCRAM user is the clients' own (``KAFKA_SASL_USERNAME`` /
-``KAFKA_SASL_PASSWORD``):
+``sasl_ssl``, from a local CA (``conflux/stack/tls.py``) — and the controller listener takes
+SASL_PLAINTEXT (PLAIN: KRaft controllers take no SCRAM) on loopback. ACLs are on (KRaft's
+``StandardAuthorizer``, no access where no ACL is found) with two principals
+(``conflux/stack/acls.py``): the admin (``CONFLUX_KAFKA_ADMIN_USERNAME`` /
+``CONFLUX_KAFKA_ADMIN_PASSWORD``), the only super user and the only user of the controller
+listener (the broker registers and fetches metadata through it as the admin, authorized before
+any ACL is loaded), and the platform (``KAFKA_SASL_USERNAME`` / ``KAFKA_SASL_PASSWORD``), with
+the ACLs the stack gives it.
 
-- its credential is written into the metadata log when the storage is formatted
+- the admin's credential is written into the metadata log when the storage is formatted
   (``kafka-storage format --add-scram``): KRaft needs it before the broker can authenticate its
   own inter-broker listener, and no unauthenticated listener exists to add it later. Conflux
   passes the *salted* form (salt, iterations, PBKDF2 output), never the password, in a java
   ``@argfile`` (mode 0600, deleted right after), so it is in no command line or log; the
-  metadata log keeps only SCRAM's stored and server keys;
-- the broker's own JAAS login reads both values from its environment through Kafka's
-  ``EnvVarConfigProvider`` (``${env:KAFKA_SASL_PASSWORD}``; provider restricted to those two
-  variables): ``server.properties`` holds no secret. The broker names its providers in its own
+  metadata log keeps only SCRAM's stored and server keys. The platform's credential is
+  written by the admin at every start (``AlterUserScramCredentials``, salted too): changing
+  ``KAFKA_SASL_PASSWORD`` takes effect at the next ``conflux stack up``;
+- the broker's own JAAS login reads the admin password from its environment through Kafka's
+  ``EnvVarConfigProvider`` (``${env:CONFLUX_KAFKA_ADMIN_PASSWORD}``; provider restricted to that
+  variable): ``server.properties`` holds no secret. The broker names its providers in its own
   configuration, so the ``org.apache.kafka.automatic.config.providers`` allowlist (which limits
   providers instantiated *automatically*, from client configs) does not apply; checked on Kafka
   4.1.1 by resolving the file with that property set to ``none``.
 
-Changing the password of a formatted broker needs ``kafka-configs --alter --add-config
-'SCRAM-SHA-512=[password=...]'`` as that user, or ``conflux stack reset``; a start whose
-credentials the broker refuses fails within seconds with ``[STACK_SERVICE_FAILED]`` saying so
-(not after the 90 s start timeout).
+The admin user is fixed when the storage is formatted (another one needs ``conflux stack reset``);
+a start whose admin credentials the broker refuses fails within seconds with
+``[STACK_SERVICE_FAILED]`` saying so (not after the 90 s start timeout).
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ SCRAM_ITERATIONS = 8192
 ENV_PROVIDER = "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
 TOOLS_JAR = "kafka-tools-{version}.jar"  # Kafka's command-line tools, fetched with the broker
 CONSUMER_GROUPS = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+_ADMIN_USER = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,127}$")  # also a JAAS option name (user_<admin>)
 TOOLS_LOG4J = """Configuration:
   Appenders:
     Console: {name: err, target: SYSTEM_ERR, PatternLayout: {pattern: "%p %m (%c)%n"}}
@@ -76,21 +84,35 @@ _SCRAM_USER = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 def security_properties(settings: Settings, listener: str) -> list[str]:
     """The secured client listener's lines of ``server.properties`` (none for plaintext): SCRAM
-    for clients and for the broker's own inter-broker login, whose credentials come from the
-    environment through Kafka's ``EnvVarConfigProvider``; TLS from the local CA's PEM files."""
+    for clients and for the broker's own inter-broker login as the admin principal, whose
+    password comes from the environment through Kafka's ``EnvVarConfigProvider``; ACLs on, the
+    admin and the controller listener's principal the only super users; TLS from the local CA's
+    PEM files."""
     if settings.kafka_security == "plaintext":
         return []
     name = listener.lower()
+    admin = admin_username(settings)
     jaas = ('org.apache.kafka.common.security.scram.ScramLoginModule required '
-            'username="${env:KAFKA_SASL_USERNAME}" password="${env:KAFKA_SASL_PASSWORD}";')
+            f'username="{admin}" password="${{env:{ADMIN_PASSWORD_ENV}}}";')
     lines = [
         # secrets are resolved from the broker's environment, never written here
         "config.providers=env",
         f"config.providers.env.class={ENV_PROVIDER}",
-        "config.providers.env.param.allowlist.pattern=^KAFKA_SASL_(USERNAME|PASSWORD)$",
+        f"config.providers.env.param.allowlist.pattern=^{ADMIN_PASSWORD_ENV}$",
         f"sasl.enabled.mechanisms={','.join(SCRAM_MECHANISMS)}",
         "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
         *(f"listener.name.{name}.{m.lower()}.sasl.jaas.config={jaas}" for m in SCRAM_MECHANISMS),
+        # the controller listener: SASL/PLAIN (KRaft has no SCRAM there), the admin its only
+        # user (server side: user_<admin>; the broker's own login: username/password)
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config="
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{admin}" password="${{env:{ADMIN_PASSWORD_ENV}}}" '
+        f'user_{admin}="${{env:{ADMIN_PASSWORD_ENV}}}";',
+        f"authorizer.class.name={AUTHORIZER}",
+        "allow.everyone.if.no.acl.found=false",
+        f"super.users=User:{admin}",
     ]
     if settings.kafka_security == "sasl_ssl":
         tls = settings.kafka_tls_dir
@@ -120,6 +142,7 @@ def render_server_properties(settings: Settings, data_dir: Path, node: int = 1) 
     host = settings.bind_host
     port, cport = settings.kafka_node_ports(node)
     listener = KAFKA_SECURITY_MODES[settings.kafka_security]
+    controller = "PLAINTEXT" if settings.kafka_security == "plaintext" else "SASL_PLAINTEXT"
     factor, min_isr = replication(settings.kafka_brokers)
     if settings.kafka_brokers == 1:  # a dynamic quorum of itself (formatted --standalone)
         quorum = f"controller.quorum.bootstrap.servers={host}:{cport}"
@@ -135,7 +158,7 @@ def render_server_properties(settings: Settings, data_dir: Path, node: int = 1) 
         f"advertised.listeners={listener}://{host}:{port}",
         "controller.listener.names=CONTROLLER",
         f"inter.broker.listener.name={listener}",
-        f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{listener}:{listener}",
+        f"listener.security.protocol.map=CONTROLLER:{controller},{listener}:{listener}",
         *security_properties(settings, listener),
         f"log.dirs={data_dir}",
         "auto.create.topics.enable=false",
@@ -189,8 +212,8 @@ def scram_credential(mechanism: str, user: str, password: str, *,
 
 
 def scram_user_from_env(env: dict[str, str] | None = None) -> tuple[str, str]:
-    """The secured local broker's SCRAM user and password (``KAFKA_SASL_USERNAME``,
-    ``KAFKA_SASL_PASSWORD``).
+    """The platform's SCRAM user and password (``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``),
+    which a secured local broker's admin provisions at every start.
 
     Raises:
         ConfigError: either is missing, the name is not ``[A-Za-z0-9._-]``, or the password holds
@@ -202,8 +225,8 @@ def scram_user_from_env(env: dict[str, str] | None = None) -> tuple[str, str]:
                if not v]
     if missing:
         raise ConfigError(f"kafka: CONFLUX_KAFKA_SECURITY={env.get('CONFLUX_KAFKA_SECURITY')} "
-                          f"needs {' and '.join(missing)} in the environment (the broker's SCRAM "
-                          "user, the same the clients use)")
+                          f"needs {' and '.join(missing)} in the environment (the platform's SCRAM "
+                          "user, which the clients use)")
     if not _SCRAM_USER.match(user):
         raise ConfigError(f"kafka: KAFKA_SASL_USERNAME={user!r} must be 1-128 characters of "
                           "A-Z a-z 0-9 . _ -")
@@ -211,6 +234,60 @@ def scram_user_from_env(env: dict[str, str] | None = None) -> tuple[str, str]:
         raise ConfigError("kafka: KAFKA_SASL_PASSWORD must not contain a double quote, a "
                           "backslash or a line break (it is a JAAS option value)")
     return user, password
+
+
+ADMIN_USERNAME_ENV = "CONFLUX_KAFKA_ADMIN_USERNAME"
+ADMIN_PASSWORD_ENV = "CONFLUX_KAFKA_ADMIN_PASSWORD"
+
+
+def admin_username(settings: Settings) -> str:
+    """The secured broker's admin user (``CONFLUX_KAFKA_ADMIN_USERNAME``), validated."""
+    user = settings.kafka_admin_username
+    if not _ADMIN_USER.match(user):
+        raise ConfigError(f"kafka: {ADMIN_USERNAME_ENV}={user!r} must be a letter then up to 127 "
+                          "characters of A-Z a-z 0-9 . _ -")
+    return user
+
+
+def admin_from_env(settings: Settings, env: dict[str, str] | None = None) -> tuple[str, str]:
+    """The secured broker's admin user and password (``CONFLUX_KAFKA_ADMIN_PASSWORD``).
+
+    Raises:
+        ConfigError: no password, a bad name, a password a JAAS option cannot carry, or the
+            platform's user (``KAFKA_SASL_USERNAME``) being the admin (it would be a super user).
+    """
+    env = os.environ if env is None else env
+    user, password = admin_username(settings), env.get(ADMIN_PASSWORD_ENV) or ""
+    if not password:
+        raise ConfigError(f"kafka: CONFLUX_KAFKA_SECURITY={settings.kafka_security} needs "
+                          f"{ADMIN_PASSWORD_ENV} in the environment (the password of the admin "
+                          f"principal {user!r}, which the stack alone uses)")
+    if any(c in password for c in '"\\\r\n'):
+        raise ConfigError(f"kafka: {ADMIN_PASSWORD_ENV} must not contain a double quote, a "
+                          "backslash or a line break (it is a JAAS option value)")
+    if (env.get("KAFKA_SASL_USERNAME") or "") == user:
+        raise ConfigError(f"kafka: KAFKA_SASL_USERNAME must not be the admin user {user!r} "
+                          f"({ADMIN_USERNAME_ENV}): the platform's principal gets only its ACLs")
+    return user, password
+
+
+def client_properties(settings: Settings) -> str:
+    """A Kafka tool's ``--command-config`` as the platform principal (pure): its credentials are
+    ``${env:KAFKA_SASL_USERNAME}`` / ``${env:KAFKA_SASL_PASSWORD}`` references, resolved from the
+    tool's environment, so the file holds no secret."""
+    lines = [f"security.protocol={settings.kafka_protocol}"]
+    if settings.kafka_protocol.startswith("SASL_"):
+        module = ("org.apache.kafka.common.security.plain.PlainLoginModule"
+                  if settings.kafka_sasl_mechanism == "PLAIN"
+                  else "org.apache.kafka.common.security.scram.ScramLoginModule")
+        lines += ["config.providers=env", f"config.providers.env.class={ENV_PROVIDER}",
+                  "config.providers.env.param.allowlist.pattern=^KAFKA_SASL_(USERNAME|PASSWORD)$",
+                  f"sasl.mechanism={settings.kafka_sasl_mechanism}",
+                  f'sasl.jaas.config={module} required username="${{env:KAFKA_SASL_USERNAME}}" '
+                  'password="${env:KAFKA_SASL_PASSWORD}";']
+    if settings.kafka_protocol.endswith("SSL") and settings.kafka_ssl_cafile:
+        lines += ["ssl.truststore.type=PEM", f"ssl.truststore.location={settings.kafka_ssl_cafile}"]
+    return "\n".join(lines) + "\n"
 
 
 def java_argfile(args: list[str]) -> str:
@@ -339,9 +416,19 @@ class Kafka(Service):
 
     def tool(self, main: str, *args: str) -> list[str]:
         """The command running one of Kafka's own tools (``main``: its class, e.g.
-        :data:`CONSUMER_GROUPS`) from the cached jars, logging warnings only."""
+        :data:`CONSUMER_GROUPS`) from the cached jars, logging warnings only; a ``--command-config``
+        of :meth:`tool_config` may resolve ``${env:...}`` through the ``EnvVarConfigProvider``."""
         return ["java", "-Xmx256m", f"-Dlog4j2.configurationFile={self._tools_log4j()}",
+                f"-Dorg.apache.kafka.automatic.config.providers={ENV_PROVIDER}",
                 "-cp", str(self.ensure_jars() / "*"), main, *args]
+
+    def tool_config(self) -> Path:
+        """``$CONFLUX_HOME/kafka/client.properties``: Kafka's tools as the platform principal
+        (:func:`client_properties`; no secret in it), written afresh."""
+        path = self.settings.kafka_dir / "client.properties"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(client_properties(self.settings))
+        return path
 
     def _tools_log4j(self) -> Path:
         path = self.settings.kafka_libs.parent / "tools-log4j2.yaml"
@@ -394,7 +481,7 @@ class Kafka(Service):
         major = java_major()
         if major < 17:
             raise StackError(f"kafka: Kafka {KAFKA_VERSION} needs java 17+, found java {major}")
-        user = scram_user_from_env()[0] if self.secured else None
+        user = admin_from_env(self.settings)[0] if self.secured else None
         # never formatted, or a format that died half-way (no meta.properties): format below
         formatted = (self.data_dir / "meta.properties").exists()
         if formatted:
@@ -412,7 +499,7 @@ class Kafka(Service):
         if not formatted:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self._format(props)
-            record = {"security": self.settings.kafka_security, "scram_user": user}
+            record = {"security": self.settings.kafka_security, "admin_user": user}
             if self.settings.kafka_brokers > 1:
                 record["brokers"] = self.settings.kafka_brokers
             self.format_record.write_text(json.dumps(record) + "\n")
@@ -420,7 +507,7 @@ class Kafka(Service):
     def check_format(self, user: str | None) -> None:
         """Refuse a formatted storage that does not fit the settings: formatted for another
         number of nodes (a KRaft quorum's voters are fixed then), or, secured, for another
-        SCRAM user.
+        admin user (or before the broker had one).
 
         Raises:
             StackError: naming the data dir, what it was formatted for and the way out.
@@ -428,19 +515,20 @@ class Kafka(Service):
         try:
             before = json.loads(self.format_record.read_text())
         except (OSError, ValueError):
-            before = {"security": "plaintext", "scram_user": None}
+            before = {"security": "plaintext"}
         if before.get("brokers", 1) != self.settings.kafka_brokers:
             raise StackError(
                 f"{self.name}: the storage in {self.data_dir} was formatted for "
                 f"{before.get('brokers', 1)} Kafka node(s), not CONFLUX_KAFKA_BROKERS="
                 f"{self.settings.kafka_brokers}: a KRaft quorum's voters are fixed when it is "
                 "formatted. Set it back, or wipe the brokers' data (`conflux stack reset --yes`)")
-        if self.secured and before.get("scram_user") != user:
+        if self.secured and before.get("admin_user") != user:
+            was = before.get("admin_user")
             raise StackError(
                 f"kafka: the broker's storage in {self.data_dir} was formatted "
-                f"{'for SCRAM user ' + repr(before['scram_user']) if before.get('scram_user') else 'without SCRAM users'}"
-                f", not for KAFKA_SASL_USERNAME={user!r}: SCRAM credentials are written when "
-                "the storage is formatted. Use that user, or wipe the broker's data "
+                f"{'for admin user ' + repr(was) if was else 'without an admin user (before ACLs)'}"
+                f", not for {ADMIN_USERNAME_ENV}={user!r}: the admin's SCRAM credentials are "
+                "written when the storage is formatted. Use that user, or wipe the broker's data "
                 "(`conflux stack reset --yes`)")
 
     def _format(self, props: Path) -> None:
@@ -455,7 +543,7 @@ class Kafka(Service):
             return
         # the SCRAM credentials (salted: no password) go in a java @argfile only we can read,
         # so they are in no command line (/proc/<pid>/cmdline is world-readable) and no log
-        user, password = scram_user_from_env()
+        user, password = admin_from_env(self.settings)
         for mechanism in SCRAM_MECHANISMS:
             args += ["--add-scram", scram_credential(mechanism, user, password)]
         argfile = self.node_dir / "format.args"
@@ -475,18 +563,29 @@ class Kafka(Service):
     def env(self) -> dict[str, str] | None:
         if not self.secured:
             return None
-        scram_user_from_env()  # the broker's JAAS login reads both through ${env:...}
-        return dict(os.environ)
+        admin_from_env(self.settings)  # the broker's JAAS login reads it through ${env:...}
+        env = dict(os.environ)
+        env.pop("KAFKA_SASL_PASSWORD", None)  # the platform's: the broker has no use for it
+        return env
+
+    def health_login(self) -> tuple[str, str, str]:
+        """(user, password, their variables) the health check of a secured node logs in with:
+        the admin (the broker's own login) when ``CONFLUX_KAFKA_ADMIN_PASSWORD`` is set, else
+        the platform user (``conflux stack status`` from a shell of the platform's; asking
+        for the cluster's brokers needs no ACL)."""
+        if os.environ.get(ADMIN_PASSWORD_ENV):
+            return (*admin_from_env(self.settings), f"{ADMIN_USERNAME_ENV} / {ADMIN_PASSWORD_ENV}")
+        return (*scram_user_from_env(), "KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD")
 
     def client(self):
         """A client of this node as the health check uses it: the stack's own security
-        mode, the SCRAM user from the environment, the local CA."""
+        mode, :meth:`health_login`'s user, the local CA."""
         from conflux.io.kafka import KafkaResource
 
         address = f"{self.settings.bind_host}:{self.port}"
         if not self.secured:
             return KafkaResource(bootstrap_servers=address)
-        user, password = scram_user_from_env()
+        user, password, _ = self.health_login()
         ca = (str(self.settings.kafka_tls_dir / "ca.pem")
               if self.settings.kafka_security == "sasl_ssl" else None)
         return KafkaResource(bootstrap_servers=address,
@@ -532,9 +631,9 @@ class Kafka(Service):
             found = re.search(r"\((Authentication failed[^)]*)\)", lines[-1])
             refused = found.group(1) if found else lines[-1]
         raise StackError(
-            f"kafka: the broker refused KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD ({refused}); its "
-            "SCRAM credentials were set when its storage was formatted: use those, change them "
-            "with kafka-configs, or wipe the broker's data (`conflux stack reset --yes`)")
+            f"kafka: the broker refused {self.health_login()[2]} ({refused}); the admin's SCRAM "
+            "credentials were set when its storage was formatted, the platform's at the last "
+            "`conflux stack up`: use those, or wipe the broker's data (`conflux stack reset --yes`)")
 
     def wipe(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -27,15 +27,21 @@ def ensure_platform_topics(settings: Settings, report: Callable[[str], None] = p
     replicated on the local cluster (:func:`conflux.stack.kafka.replication`: 3 replicas and
     ``min.insync.replicas=2`` from 3 nodes on; 1 on a single broker). An event-sourced
     (append-only) dataset's topics keep every record (``retention.ms=-1``): its projection must
-    stay rebuildable from offset zero."""
+    stay rebuildable from offset zero.
+
+    A secured local broker's topics are created by its admin principal, which then gives the
+    platform's principal (and producer teams) their ACLs (:func:`conflux.stack.acls.provision`)."""
+    from conflux.stack.acls import admin_resource, provision
     from conflux.stack.kafka import replication
     from conflux.core.declarations import EventDataset
     from conflux.io.kafka import KafkaResource
 
-    kafka = KafkaResource.from_env(settings)
+    secured = settings.kafka_security != "plaintext"
+    kafka = admin_resource(settings) if secured else KafkaResource.from_env(settings)
     factor, min_isr = replication(settings.kafka_brokers)
     isr = {"min.insync.replicas": str(min_isr)} if settings.kafka_brokers > 1 else {}
-    for ds in (d for d in project_catalog(report) if isinstance(d, EventDataset)):
+    datasets = [d for d in project_catalog(report) if isinstance(d, EventDataset)]
+    for ds in datasets:
         kept = {**isr, "retention.ms": "-1"} if ds.append_only else isr
         for topic, partitions, configs in [*((t, ds.partitions, kept) for t in ds.topics),
                                            (ds.dlq_topic, 1, isr)]:
@@ -43,6 +49,8 @@ def ensure_platform_topics(settings: Settings, report: Callable[[str], None] = p
                 report(f"kafka: created topic {topic} ({partitions} partitions"
                        + (f", {factor} replicas, min.insync.replicas {min_isr})"
                           if factor > 1 else ")"))
+    if secured:
+        provision(settings, datasets, report)
 
 
 def register_contracts(settings: Settings, report: Callable[[str], None] = print) -> dict[str, str]:

@@ -1,8 +1,11 @@
-"""Security on real services: a second Kafka broker with SASL/SCRAM over TLS, started by the
-project's own ``Kafka`` service class beside the test stack (own ports and CONFLUX_HOME
-subfolder, a random password in the environment), refuses clients without credentials or with a
-wrong password and serves the right ones; the platform's topics and its ingest job work through
-it with the password given as ``dg.EnvVar``; afterwards the password is nowhere in the test
+"""Security on real services: a second Kafka broker with SASL/SCRAM over TLS and ACLs on, started
+by the project's own ``Kafka`` service class beside the test stack (own ports and CONFLUX_HOME
+subfolder, random admin and platform passwords in the environment), its topics, platform user
+and ACLs set up by the stack's own ``ensure_platform_topics``. It refuses clients without
+credentials or with a wrong password, and principals without an ACL for what they ask; the
+platform's ingest job and Kafka sensor work through it as the platform principal (password as
+``dg.EnvVar``), dead letters included, and ``kafka-consumer-groups --describe``, run as that
+principal, shows the sensor's group; afterwards neither password is anywhere in the test
 stack's Postgres database nor in any file under its CONFLUX_HOME (logs, broker config and data,
 Dagster home, lake); and every server the stack started listens on loopback only."""
 
@@ -20,15 +23,18 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from kafka.errors import KafkaError
+from kafka import TopicPartition
+from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from pipelines.demo.producer import event_headers
 from pipelines.demo.tpch import TpchGenerator
 from pipelines.demo.producer import json_rows
 from conflux.core.errors import KafkaAuthenticationError, StackError
-from conflux.stack.platform import ensure_platform_topics
+from conflux.stack.platform import ensure_platform_topics, project_catalog
+from conflux.core.declarations import EventDataset
 from conflux.core.settings import Settings
-from conflux.stack.kafka import Kafka
+from conflux.stack.acls import admin_resource, platform_grants, principal, provision
+from conflux.stack.kafka import CONSUMER_GROUPS, Kafka
 from conflux.stack.postgres import find_pg_bin
 from conflux.stack.procs import PidFile
 from conflux.stack.sockets import descendants, is_loopback, listeners
@@ -36,39 +42,49 @@ from conflux.contracts.lineage import contract_schema
 from conflux.io.schema_registry import SchemaRegistry
 from pipelines.catalog import ORDERS
 from conflux.event.job import build_ingest_job
-from conflux.event.offsets import consumer_group
+from conflux.event.offsets import consumer_group, parse_state
+from conflux.event.sensor import build_kafka_sensor
 from conflux.dagster.resources import kafka_resource
-from conflux.io.kafka import KafkaResource
+from conflux.io.kafka import KafkaResource, Outgoing
 from conflux.io.lake import LakeResource
 from conflux.io.registry import SchemaRegistryResource
+from tests.live import tick
 
 SECURE_PORT = os.environ.get("CONFLUX_TEST_SECURE_KAFKA_PORT", "19192")
 SECURE_CONTROLLER_PORT = os.environ.get("CONFLUX_TEST_SECURE_KAFKA_CONTROLLER_PORT", "19193")
 USER = "conflux-it"
+TEAM = "conflux-it-team"  # a producer team's principal (CONFLUX_KAFKA_PRODUCERS)
 
 
 @dataclasses.dataclass
 class Secured:
     settings: Settings
     password: str
+    admin_password: str
     lake: Path
+    provisioned: list[str]  # what ensure_platform_topics reported
 
     @property
     def bootstrap(self) -> str:
         return self.settings.kafka_bootstrap
 
     def client(self, **overrides) -> KafkaResource:
+        """The platform principal's client."""
         return KafkaResource.from_env(self.settings, **overrides)
+
+    def admin(self) -> KafkaResource:
+        return admin_resource(self.settings)
 
 
 @pytest.fixture(scope="module")
 def secured(stack, tmp_path_factory) -> Iterator[Secured]:
     """The secured broker (SASL_SSL, SCRAM), its credentials in this process's environment
     for the module's duration; stopped by its PID at the end."""
-    password = secrets.token_urlsafe(24)
+    password, admin_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     env = pytest.MonkeyPatch()
     env.setenv("KAFKA_SASL_USERNAME", USER)
     env.setenv("KAFKA_SASL_PASSWORD", password)
+    env.setenv("CONFLUX_KAFKA_ADMIN_PASSWORD", admin_password)
     home = stack.settings.home / "secure-kafka"
     shutil.rmtree(home, ignore_errors=True)
     settings = Settings.from_env({
@@ -77,12 +93,15 @@ def secured(stack, tmp_path_factory) -> Iterator[Secured]:
         "CONFLUX_PG_PORT": str(stack.settings.pg_port),
         "CONFLUX_DAGSTER_PORT": str(stack.settings.dagster_port),
         "CONFLUX_KAFKA_HEAP": "512m", "CONFLUX_KAFKA_SECURITY": "sasl_ssl",
-        "KAFKA_SASL_USERNAME": USER,
+        "KAFKA_SASL_USERNAME": USER, "CONFLUX_KAFKA_PRODUCERS": f"{TEAM}=tpch.lineitem",
     })
     broker = Kafka(settings)
     try:
         broker.up()
-        yield Secured(settings, password, tmp_path_factory.mktemp("secure-lake"))
+        lines: list[str] = []
+        ensure_platform_topics(settings, report=lines.append)  # topics, platform user, ACLs
+        yield Secured(settings, password, admin_password, tmp_path_factory.mktemp("secure-lake"),
+                      lines)
     finally:
         broker.down()
         env.undo()
@@ -91,48 +110,113 @@ def secured(stack, tmp_path_factory) -> Iterator[Secured]:
 def test_the_secured_broker_refuses_missing_and_wrong_credentials(secured, monkeypatch):
     good = secured.client()
     assert good.security_protocol == "SASL_SSL" and good.ssl_cafile == secured.settings.kafka_ssl_cafile
-    topic = f"sec.{uuid.uuid4().hex[:12]}"
-    assert good.ensure_topic(topic, 1)
+    admin = secured.admin()
+    topic = f"sec.{uuid.uuid4().hex[:12]}"  # no ACL of the platform's names it
+    with pytest.raises(KafkaError):
+        good.ensure_topic(topic, 1)  # the platform principal creates no topic
+    assert admin.ensure_topic(topic, 1)
     broker = Kafka(secured.settings)
     fast = {"request_timeout_ms": 1500}
     anonymous = KafkaResource(bootstrap_servers=secured.bootstrap, **fast)
     tls_only = KafkaResource(bootstrap_servers=secured.bootstrap, security_protocol="SSL",
                              ssl_cafile=good.ssl_cafile, **fast)
     wrong_password = secured.password[::-1]
-    # time enough for the TLS and SCRAM exchanges to reach the refusal on a loaded machine (the
-    # refusal ends the wait at once; seen in CI: 1.5 s ran out first and ready() said False)
-    wrong = secured.client(sasl_password=wrong_password, request_timeout_ms=20_000)
+    # time enough for the TLS and SCRAM exchanges to reach the refusal on a loaded machine
+    wrong = secured.client(sasl_password=wrong_password, request_timeout_ms=8_000)
 
     assert not anonymous.ready()  # a PLAINTEXT client gets no answer
     assert not tls_only.ready()  # TLS without SASL: no answer either
     mark = broker.log.stat().st_size
-    with pytest.raises(KafkaAuthenticationError, match="refused the credentials") as refused:
-        wrong.ready()
-    assert wrong_password not in str(refused.value)
+    # refused either way; kafka-python names the refusal only when it reads the broker's SASL
+    # error before the connection closes (seen: a user the stack created through
+    # AlterUserScramCredentials got only closed connections for 20 s of retries)
+    try:
+        assert not wrong.ready()
+    except KafkaAuthenticationError as refused:
+        assert "refused the credentials" in str(refused) and wrong_password not in str(refused)
     refusals = broker.auth_refusals_since(mark)  # the broker's word: the password was wrong
     assert refusals and all("SCRAM-SHA-512" in line for line in refusals)
     for client in (anonymous, secured.client(sasl_password=wrong_password, **fast)):
         with pytest.raises(KafkaError):
             client.send_json(topic, [(b"k", {"from": "intruder"}, [])])
-    # the stack's health check says so instead of waiting out its start timeout
-    monkeypatch.setenv("KAFKA_SASL_PASSWORD", wrong_password)
-    with pytest.raises(StackError, match="refused KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD") as err:
+    # the stack's health check (as the admin, the broker's own login) says so instead of
+    # waiting out its start timeout
+    wrong_admin = secured.admin_password[::-1]
+    monkeypatch.setenv("CONFLUX_KAFKA_ADMIN_PASSWORD", wrong_admin)
+    with pytest.raises(StackError, match="refused CONFLUX_KAFKA_ADMIN_USERNAME / "
+                                         "CONFLUX_KAFKA_ADMIN_PASSWORD") as err:
         broker.healthy()
-    assert wrong_password not in str(err.value) and secured.password not in str(err.value)
-    monkeypatch.setenv("KAFKA_SASL_PASSWORD", secured.password)
+    assert wrong_admin not in str(err.value) and secured.admin_password not in str(err.value)
+    monkeypatch.setenv("CONFLUX_KAFKA_ADMIN_PASSWORD", secured.admin_password)
 
     mark = broker.log.stat().st_size
     assert good.ready() and broker.healthy()
     assert secured.client(sasl_mechanism="SCRAM-SHA-256").ready()  # both mechanisms provisioned
     assert broker.auth_refusals_since(mark) == []
-    assert good.send_json(topic, [(b"k%d" % i, {"n": i}, []) for i in range(3)]) == 3
-    assert good.end_offsets(topic) == {0: 3}  # nothing of the refused clients got in
-    assert [json.loads(r.value)["n"] for r in good.read_range(topic, 0, 0, 3)] == [0, 1, 2]
+    # authenticated, but no ACL on this topic: the platform principal is refused
+    refused_publish(good, topic)
+    refused_offsets(good, topic)
+    assert admin.send_json(topic, [(b"k%d" % i, {"n": i}, []) for i in range(3)]) == 3
+    assert admin.end_offsets(topic) == {0: 3}  # nothing of the refused clients got in
+    assert [json.loads(r.value)["n"] for r in admin.read_range(topic, 0, 0, 3)] == [0, 1, 2]
 
 
-def test_the_ingest_job_runs_through_the_secured_broker_with_envvar_secrets(
+def refused_publish(client: KafkaResource, topic: str) -> None:
+    """``client`` publishing one record to ``topic`` is refused for want of an ACL."""
+    with pytest.raises(KafkaError, match="TopicAuthorizationFailed"):
+        with client.publisher(topic) as publish:
+            publish([Outgoing(b"k", b'{"from": "intruder"}', [])])
+
+
+def refused_offsets(client: KafkaResource, topic: str) -> None:
+    """``client`` asking for ``topic``'s offsets is refused for want of an ACL (a consumer
+    without DESCRIBE on a topic gets no metadata for it, so it would poll nothing, not fail)."""
+    consumer = client.consumer()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            consumer.beginning_offsets([TopicPartition(topic, 0)], timeout_ms=5000)
+    finally:
+        consumer.close()
+
+
+def test_acls_are_the_platforms_and_a_principal_without_acls_is_refused(secured):
+    """The stack gave the platform principal exactly its ACLs (a second provision changes
+    nothing); a principal the broker authenticates but that has no ACL can neither write nor read
+    an event topic the platform can (with ACLs off it could: this fails then); a producer team
+    writes its topic, idempotently, and nothing else."""
+    admin = secured.admin()
+    catalog = [d for d in project_catalog(print) if isinstance(d, EventDataset)]
+    wanted = {g for g, _ in platform_grants(catalog)}
+    assert admin.sync_acls(principal(USER), wanted) == ([], [])  # exactly these, already
+    assert any(f"ACLs of User:{USER}: {len(wanted)} (" in line for line in secured.provisioned)
+    again: list[str] = []
+    provision(secured.settings, catalog, again.append)
+    assert again == [f"kafka: ACLs of User:{USER}: {len(wanted)} (unchanged)",
+                     f"kafka: ACLs of User:{TEAM}: 2 (unchanged)"]
+
+    stranger_password = secrets.token_urlsafe(16)
+    admin.upsert_scram_user("conflux-it-stranger", stranger_password)
+    stranger = secured.client(sasl_username="conflux-it-stranger",
+                              sasl_password=stranger_password)
+    assert stranger.ready()  # authenticated
+    refused_publish(stranger, "tpch.orders")
+    refused_offsets(stranger, "tpch.orders")
+    with pytest.raises(KafkaError):
+        stranger.commit_group("conflux.orders", {"tpch.orders": {0: 0}})
+    assert sum(admin.end_offsets("tpch.orders").values()) == 0  # nothing got in
+
+    team_password = secrets.token_urlsafe(16)
+    admin.upsert_scram_user(TEAM, team_password)
+    team = secured.client(sasl_username=TEAM, sasl_password=team_password)
+    assert team.send_json("tpch.lineitem", [(b"k", {"from": "team"}, [])]) == 1
+    [(part, _)] = [(p, e) for p, e in admin.end_offsets("tpch.lineitem").items() if e]
+    with pytest.raises(TopicAuthorizationFailedError):
+        list(team.read_range("tpch.lineitem", part, 0, 1))  # WRITE and DESCRIBE only
+    refused_publish(team, "tpch.orders")
+
+
+def test_the_ingest_job_and_sensor_run_through_the_secured_broker_with_envvar_secrets(
         secured, stack, instance, monkeypatch):
-    ensure_platform_topics(secured.settings, report=lambda line: None)
     good = secured.client()
     assert good.end_offsets("tpch.orders") == {0: 0, 1: 0, 2: 0}
     ds = dataclasses.replace(ORDERS, name=f"orders_sec_{uuid.uuid4().hex[:8]}",
@@ -141,6 +225,9 @@ def test_the_ingest_job_runs_through_the_secured_broker_with_envvar_secrets(
     registry = SchemaRegistry(stack.settings.postgres_url)
     registry.ensure_schema()
     registry.register(ds.subject, contract_schema(ds.contract))
+    inline = dataclasses.replace(ds, name=f"orders_seci_{uuid.uuid4().hex[:8]}", ingest="inline",
+                                 tick_budget_s=1.0)
+    registry.register(inline.subject, contract_schema(inline.contract))
     rows = list(json_rows(TpchGenerator(0.001, seed=21).orders().head(40)))
     good.send_json("tpch.orders", [(str(r["o_orderkey"]).encode(), r, event_headers())
                                    for r in rows])
@@ -166,16 +253,43 @@ def test_the_ingest_job_runs_through_the_secured_broker_with_envvar_secrets(
     assert stored == len(rows)
     assert sum(good.end_offsets("tpch.orders.dlq").values()) == 1  # dead-lettered through SASL_SSL
     assert instance.get_run_by_id(result.run_id) is not None
-    # the sensor's cursor mirrored into the dataset's consumer group, through SASL_SSL too
+
+    # the Kafka sensor (inline) lands the same records and mirrors its cursor into its group
     ends = good.end_offsets("tpch.orders")
-    # what mirror_cursor does (time for a new broker to create its offsets topic)
-    good.commit_group(consumer_group(ds.name), {"tpch.orders": ends}, timeout_ms=30_000)
-    admin = good.admin()
-    try:
-        committed = admin.list_group_offsets(consumer_group(ds.name))[consumer_group(ds.name)]
-    finally:
-        admin.close()
-    assert {tp.partition: o.offset for tp, o in committed.items()} == ends
+    # the broker's offsets topic is created by the first commit: give it time (the sensor's
+    # own commits have 2 s, and a failed one only waits for the next tick)
+    good.commit_group(consumer_group(inline.name), {"tpch.orders": {p: 0 for p in ends}},
+                      timeout_ms=30_000)
+    resources = {"kafka": kafka, "lake": LakeResource(path=str(secured.lake)),
+                 "registry": SchemaRegistryResource(url=stack.settings.postgres_url)}
+    sensor = build_kafka_sensor(inline, build_ingest_job(inline))
+    cursor = None
+    for _ in range(10):
+        cursor = tick(sensor, instance, resources, cursor).cursor
+        if parse_state(cursor).offsets.get("tpch.orders") == ends:
+            break
+    assert parse_state(cursor).offsets["tpch.orders"] == ends
+    assert sum(len(lake.read(inline.name, p)) for p in lake.partitions(inline.name)) == len(rows)
+    assert sum(good.end_offsets("tpch.orders.dlq").values()) == 2  # its own dead letter
+    tick(sensor, instance, resources, cursor)  # mirrors the saved cursor
+    assert group_as_platform(secured, consumer_group(inline.name)) == \
+        {("tpch.orders", p): (o, 0) for p, o in ends.items()}
+
+
+def group_as_platform(secured: Secured, group: str) -> dict[tuple[str, int], tuple[int, int]]:
+    """``kafka-consumer-groups --describe --group GROUP`` run as the platform principal (its
+    ``--command-config`` holds ``${env:...}`` references, no secret): (offset, lag) by
+    (topic, partition)."""
+    broker = Kafka(secured.settings)
+    done = subprocess.run(broker.tool(CONSUMER_GROUPS, "--bootstrap-server", secured.bootstrap,
+                                      "--command-config", str(broker.tool_config()),
+                                      "--describe", "--group", group),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = [line.split() for line in done.stdout.splitlines() if line.split()[:1] == [group]]
+    assert table, done.stdout + done.stderr
+    # GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
+    return {(row[1], int(row[2])): (int(row[3]), int(row[5])) for row in table}
 
 
 def test_every_server_of_the_stack_listens_on_loopback_only(webserver, secured):
@@ -252,8 +366,9 @@ def test_the_password_appears_in_no_database_row_log_config_or_file(secured, sta
     assert (home / "secure-kafka" / "kafka" / "server.properties").exists()
     assert stack.settings.dagster_home.exists()
     roots = [home, secured.lake]  # the test stack's state: both brokers, Postgres, Dagster, lakes
-    assert scan([("database dump", database_dump(stack.settings))], secured.password) == []
-    assert scan(files_under(*roots), secured.password) == []
+    for password in (secured.password, secured.admin_password):
+        assert scan([("database dump", database_dump(stack.settings))], password) == []
+        assert scan(files_under(*roots), password) == []
 
     # positive controls: the same scans find a planted copy, so they can fail (the file first:
     # the planted row below also reaches Postgres's own files)

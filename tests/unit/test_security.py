@@ -1,4 +1,6 @@
-"""Security without services: the secured broker's configuration holds no secret, client
+"""Security without services: the secured broker's configuration holds no secret and turns
+ACLs on with the admin as super user, the platform's and producer teams' ACLs are the ones the
+code paths need, client
 settings map onto kafka-python's and bad ones are refused with the variable named, the
 Dagster resource takes the password through dg.EnvVar (and works with none set), command
 lines are redacted before they are logged, the local CA signs a certificate for 127.0.0.1,
@@ -19,8 +21,11 @@ import pytest
 
 from conflux.core.errors import ConfigError
 from conflux.core.settings import Settings
-from conflux.stack.kafka import (java_argfile, render_server_properties, scram_credential,
-                                 scram_user_from_env)
+from conflux.core.settings import producer_principals
+from conflux.io.kafka import AclGrant
+from conflux.stack.acls import DLQ_TOPIC, EVENT_TOPIC, platform_grants, producer_grants
+from conflux.stack.kafka import (admin_from_env, client_properties, java_argfile,
+                                 render_server_properties, scram_credential, scram_user_from_env)
 from conflux.stack.service import redact_argv
 from conflux.stack.sockets import decode_address, is_loopback, listeners, parse_proc_net
 from conflux.stack.tls import ensure_server_tls
@@ -51,15 +56,29 @@ def test_secured_broker_listens_with_sasl_and_keeps_secrets_in_the_environment(t
     assert p["listeners"] == f"{listener}://127.0.0.1:19192,CONTROLLER://127.0.0.1:19193"
     assert p["advertised.listeners"] == f"{listener}://127.0.0.1:19192"
     assert p["inter.broker.listener.name"] == listener
-    assert p["listener.security.protocol.map"] == f"CONTROLLER:PLAINTEXT,{listener}:{listener}"
+    assert p["listener.security.protocol.map"] == \
+        f"CONTROLLER:SASL_PLAINTEXT,{listener}:{listener}"
     assert p["sasl.enabled.mechanisms"] == "SCRAM-SHA-256,SCRAM-SHA-512"
     assert p["config.providers.env.class"] == \
         "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
-    assert p["config.providers.env.param.allowlist.pattern"] == "^KAFKA_SASL_(USERNAME|PASSWORD)$"
+    assert p["config.providers.env.param.allowlist.pattern"] == "^CONFLUX_KAFKA_ADMIN_PASSWORD$"
     jaas = p[f"listener.name.{listener.lower()}.scram-sha-512.sasl.jaas.config"]
-    assert 'password="${env:KAFKA_SASL_PASSWORD}"' in jaas
-    assert 'username="${env:KAFKA_SASL_USERNAME}"' in jaas
+    # the broker logs in as the admin principal, its password from the environment
+    assert 'password="${env:CONFLUX_KAFKA_ADMIN_PASSWORD}"' in jaas
+    assert 'username="conflux-admin"' in jaas
     assert SECRET not in text and "conflux\"" not in text
+    # ACLs on: nothing without an ACL, the admin and the controller listener super users only
+    assert p["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert p["allow.everyone.if.no.acl.found"] == "false"
+    assert p["super.users"] == "User:conflux-admin"
+    # the controller listener authenticates too (PLAIN), the admin its only user: no anonymous
+    # super user on the machine's loopback
+    assert p["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert p["listener.name.controller.sasl.enabled.mechanisms"] == "PLAIN"
+    assert p["listener.name.controller.plain.sasl.jaas.config"] == (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        'username="conflux-admin" password="${env:CONFLUX_KAFKA_ADMIN_PASSWORD}" '
+        'user_conflux-admin="${env:CONFLUX_KAFKA_ADMIN_PASSWORD}";')
     if mode == "sasl_ssl":
         assert p["ssl.keystore.type"] == "PEM"
         assert p["ssl.keystore.location"] == str(tmp_path / "kafka" / "tls" / "server.pem")
@@ -71,7 +90,8 @@ def test_secured_broker_listens_with_sasl_and_keeps_secrets_in_the_environment(t
 def test_plaintext_stays_the_default_without_sasl(tmp_path):
     p = props(render_server_properties(settings(tmp_path), tmp_path / "d"))
     assert p["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
-    assert not any(k.startswith(("sasl.", "config.providers", "ssl.")) for k in p)
+    assert not any(k.startswith(("sasl.", "config.providers", "ssl.", "authorizer", "super."))
+                   for k in p)
 
 
 def test_scram_credential_is_salted_and_never_holds_the_password():
@@ -97,6 +117,78 @@ def test_scram_user_must_be_set_and_quotable():
     with pytest.raises(ConfigError, match="double quote") as err:
         scram_user_from_env({"KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": 'pa"ss'})
     assert 'pa"ss' not in str(err.value)
+
+
+def test_admin_password_is_required_and_the_platform_user_is_not_the_admin(tmp_path):
+    s = settings(tmp_path, CONFLUX_KAFKA_SECURITY="sasl_ssl", CONFLUX_KAFKA_ADMIN_USERNAME="root-1")
+    assert admin_from_env(s, {"CONFLUX_KAFKA_ADMIN_PASSWORD": SECRET,
+                              "KAFKA_SASL_USERNAME": "conflux"}) == ("root-1", SECRET)
+    with pytest.raises(ConfigError, match="CONFLUX_KAFKA_ADMIN_PASSWORD in the environment"):
+        admin_from_env(s, {"KAFKA_SASL_USERNAME": "conflux"})
+    with pytest.raises(ConfigError, match="must not be the admin user"):
+        admin_from_env(s, {"CONFLUX_KAFKA_ADMIN_PASSWORD": SECRET, "KAFKA_SASL_USERNAME": "root-1"})
+    with pytest.raises(ConfigError, match="double quote") as err:
+        admin_from_env(s, {"CONFLUX_KAFKA_ADMIN_PASSWORD": 'a"b'})
+    assert 'a"b' not in str(err.value)
+    for bad in ("a b", "1admin", 'a"b'):  # also a JAAS option name: user_<admin>
+        with pytest.raises(ConfigError, match="CONFLUX_KAFKA_ADMIN_USERNAME"):
+            admin_from_env(settings(tmp_path, CONFLUX_KAFKA_ADMIN_USERNAME=bad),
+                           {"CONFLUX_KAFKA_ADMIN_PASSWORD": SECRET})
+
+
+def test_the_platform_principal_gets_what_its_code_paths_need_and_no_more():
+    class Event:  # the fields platform_grants reads of an EventDataset
+        def __init__(self, topics, dlq):
+            self.topics, self.dlq_topic = topics, dlq
+
+    class Batch:  # no topics: no ACL
+        pass
+
+    grants = platform_grants([Event(("t.a", "t.b"), "t.a.dlq"), Event(("t.a",), "t.a.dlq2"),
+                              Batch()])
+    acls = [g for g, _ in grants]
+    assert len(acls) == len(set(acls)) and all(why for _, why in grants)
+    topic_ops = {}
+    for g in acls:
+        if g.resource == "TOPIC":
+            assert g.pattern == "LITERAL"
+            topic_ops.setdefault(g.name, set()).add(g.operation)
+    assert topic_ops == {"t.a": {"READ", "DESCRIBE", "WRITE"}, "t.b": {"READ", "DESCRIBE", "WRITE"},
+                         "t.a.dlq": {"READ", "DESCRIBE", "WRITE"},
+                         "t.a.dlq2": {"READ", "DESCRIBE", "WRITE"}}
+    assert set(EVENT_TOPIC) == set(DLQ_TOPIC) == {"READ", "DESCRIBE", "WRITE"}
+    # the groups the sensor mirrors into: conflux.<dataset>, by prefix, nothing else
+    assert {g for g in acls if g.resource != "TOPIC"} == {
+        AclGrant("GROUP", "conflux.", "PREFIXED", "READ"),
+        AclGrant("GROUP", "conflux.", "PREFIXED", "DESCRIBE")}
+    # no cluster-wide or creating rights: the admin creates topics, nothing is transactional
+    assert not {g.operation for g in acls} & {"CREATE", "DELETE", "ALTER", "ALTER_CONFIGS",
+                                               "DESCRIBE_CONFIGS", "IDEMPOTENT_WRITE", "ALL"}
+
+
+def test_producer_teams_write_and_describe_their_topics_only():
+    assert [g for g, _ in producer_grants(["b", "a", "a"])] == [
+        AclGrant("TOPIC", "a", "LITERAL", "WRITE"), AclGrant("TOPIC", "a", "LITERAL", "DESCRIBE"),
+        AclGrant("TOPIC", "b", "LITERAL", "WRITE"), AclGrant("TOPIC", "b", "LITERAL", "DESCRIBE")]
+    assert producer_principals(" team-a=tpch.orders, tpch.lineitem; team-b=ledger.customer;"
+                               "team-a=tpch.orders") == (
+        ("team-a", ("tpch.orders", "tpch.lineitem")), ("team-b", ("ledger.customer",)))
+    assert producer_principals("") == ()
+    for bad in ("team-a", "team a=t", "team=", "=t", "t=a b"):
+        with pytest.raises(ConfigError, match="CONFLUX_KAFKA_PRODUCERS"):
+            producer_principals(bad)
+
+
+def test_kafka_tools_config_holds_references_not_secrets(tmp_path):
+    s = settings(tmp_path, CONFLUX_KAFKA_SECURITY="sasl_ssl", KAFKA_SASL_USERNAME="conflux",
+                 KAFKA_SASL_PASSWORD=SECRET)
+    p = props(client_properties(s))
+    assert p["security.protocol"] == "SASL_SSL" and p["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert 'username="${env:KAFKA_SASL_USERNAME}" password="${env:KAFKA_SASL_PASSWORD}"' in \
+        p["sasl.jaas.config"]
+    assert p["ssl.truststore.location"] == str(tmp_path / "kafka" / "tls" / "ca.pem")
+    assert SECRET not in client_properties(s)
+    assert props(client_properties(settings(tmp_path))) == {"security.protocol": "PLAINTEXT"}
 
 
 def test_java_argfile_quotes_each_argument():
@@ -310,3 +402,78 @@ def test_listeners_of_a_live_process_are_found_by_socket_inode():
         found = [str(x) for x in listeners(os.getpid())]
         assert "127.0.0.1:62555" in found
     assert "127.0.0.1:62555" not in [str(x) for x in listeners(os.getpid())]
+
+
+def test_the_admin_password_never_reaches_dagster_processes(tmp_path, monkeypatch):
+    from conflux.stack.dagster import dagster_env
+
+    monkeypatch.setenv("CONFLUX_KAFKA_ADMIN_PASSWORD", "admin-" + SECRET)
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", SECRET)
+    env = dagster_env(settings(tmp_path, CONFLUX_KAFKA_SECURITY="sasl_ssl"))
+    assert "CONFLUX_KAFKA_ADMIN_PASSWORD" not in env and "admin-" + SECRET not in env.values()
+    assert env["KAFKA_SASL_PASSWORD"] == SECRET  # the platform's: sensors and runs use it
+
+
+def test_sync_acls_creates_the_missing_and_deletes_the_rest(monkeypatch):
+    from kafka.admin import (ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType,
+                             ResourcePattern, ResourceType)
+    from kafka.errors import NoError
+
+    def acl(op, name="t", perm=ACLPermissionType.ALLOW, host="*"):
+        return ACL("User:p", host, ACLOperation[op], perm,
+                   ResourcePattern(ResourceType.TOPIC, name, ACLResourcePatternType.LITERAL))
+
+    class FakeAdmin:  # the broker's side: what describe_acls finds, what was created/deleted
+        def __init__(self):
+            self.acls = [acl("READ"), acl("WRITE", "other"), acl("DESCRIBE", perm=ACLPermissionType.DENY),
+                         acl("DESCRIBE", host="10.0.0.1")]
+            self.created, self.deleted = [], []
+
+        def describe_acls(self, acl_filter):
+            assert acl_filter.principal == "User:p"
+            return list(self.acls), NoError
+
+        def create_acls(self, acls):
+            self.created += acls
+            return {"succeeded": acls, "failed": []}
+
+        def delete_acls(self, filters):
+            self.deleted += filters
+            return [(f, [f], NoError) for f in filters]
+
+        def close(self):
+            pass
+
+    fake = FakeAdmin()
+    monkeypatch.setattr(KafkaResource, "admin", lambda self: fake)
+    wanted = [AclGrant("TOPIC", "t", "LITERAL", "READ"), AclGrant("TOPIC", "t", "LITERAL", "DESCRIBE"),
+              AclGrant("GROUP", "conflux.", "PREFIXED", "READ")]
+    created, deleted = KafkaResource().sync_acls("User:p", wanted)
+    assert created == sorted([wanted[1], wanted[2]])  # READ on t was there already
+    assert {(a.resource_pattern.resource_type, a.resource_pattern.resource_name,
+             a.resource_pattern.pattern_type, a.operation, a.permission_type, a.host)
+            for a in fake.created} == {
+        (ResourceType.TOPIC, "t", ACLResourcePatternType.LITERAL, ACLOperation.DESCRIBE,
+         ACLPermissionType.ALLOW, "*"),
+        (ResourceType.GROUP, "conflux.", ACLResourcePatternType.PREFIXED, ACLOperation.READ,
+         ACLPermissionType.ALLOW, "*")}
+    # WRITE on another topic, a DENY and an ALLOW from one host only: not the stack's, removed
+    assert deleted == sorted([AclGrant("TOPIC", "other", "LITERAL", "WRITE"),
+                              AclGrant("TOPIC", "t", "LITERAL", "DESCRIBE"),
+                              AclGrant("TOPIC", "t", "LITERAL", "DESCRIBE")])
+    assert fake.deleted == fake.acls[1:]  # the READ wanted stays
+
+
+def test_the_health_check_logs_in_as_the_admin_or_else_the_platform(tmp_path, monkeypatch):
+    from conflux.stack.kafka import Kafka
+
+    broker = Kafka(settings(tmp_path, CONFLUX_KAFKA_SECURITY="sasl_ssl"))
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "conflux")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", SECRET)
+    monkeypatch.delenv("CONFLUX_KAFKA_ADMIN_PASSWORD", raising=False)
+    # `conflux stack status` from the platform's shell: no admin password there
+    assert broker.health_login() == ("conflux", SECRET, "KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD")
+    monkeypatch.setenv("CONFLUX_KAFKA_ADMIN_PASSWORD", "admin-" + SECRET)
+    assert broker.health_login() == ("conflux-admin", "admin-" + SECRET,
+                                     "CONFLUX_KAFKA_ADMIN_USERNAME / CONFLUX_KAFKA_ADMIN_PASSWORD")
+    assert broker.client().sasl_username == "conflux-admin"
