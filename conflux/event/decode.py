@@ -79,7 +79,10 @@ class ContractResolver:
     Args:
         subject: the dataset's subject.
         current_version: registry version of the contract this code validates with.
-        known_versions: every registered version of the subject.
+        known_versions: every registered version of the subject, soft-deleted ones included
+            (records written with them stay readable, by header as by id).
+        latest: the version untagged records read as (default: the highest known); the
+            latest live one, so a soft-deleted newest version is not applied to new records.
         ids: global schema id → version of the subject, for every version of it.
         registered_as: the ``subject@version`` refs a schema id is registered as (other
             subjects'), asked only to say so in a dead letter's message, at most
@@ -89,10 +92,12 @@ class ContractResolver:
 
     def __init__(self, subject: str, current_version: int | None, known_versions: Sequence[int],
                  ids: Mapping[int, int] | None = None,
-                 registered_as: Callable[[int], Sequence[str]] | None = None):
+                 registered_as: Callable[[int], Sequence[str]] | None = None,
+                 latest: int | None = None):
         self.subject = subject
         self.current = current_version
         self.known = set(known_versions)
+        self.latest = latest if latest is not None else max(self.known, default=None)
         self.ids = dict(ids or {})
         self._registered_as = registered_as
         self._lookups = 0
@@ -111,7 +116,7 @@ class ContractResolver:
 
     @property
     def default_ref(self) -> str:
-        latest = max(self.known) if self.known else None
+        latest = self.latest
         return f"{self.subject}@{latest}" if latest else f"{self.subject}@unregistered"
 
     def _resolve(self, header: bytes | None) -> tuple[str | None, str | None, str]:

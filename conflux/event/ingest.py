@@ -65,10 +65,12 @@ def resolver_for(ds: EventDataset, registry: SchemaRegistryResource) -> Contract
     (Confluent-framed records), and its own version. Loaded once per tick or run: an id
     registered later is read from the next one on."""
     client = registry.client
-    versions = [v.version for v in client.versions(ds.subject)]
+    versions = client.versions(ds.subject, deleted=True)  # soft-deleted: still readable
+    live = [v.version for v in versions if not v.deleted]
     mine = client.lookup(ds.subject, contract_schema(ds.contract))
     return ContractResolver(
-        ds.subject, mine.version if mine else None, versions, ids=client.ids(ds.subject),
+        ds.subject, mine.version if mine else None, [v.version for v in versions],
+        ids=client.ids(ds.subject), latest=max(live, default=None),
         registered_as=lambda schema_id: [f"{s}@{v}" for s, v in
                                          client.usages(schema_id, deleted=True)])
 

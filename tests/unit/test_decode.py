@@ -79,3 +79,24 @@ def test_rows_equal_what_the_contract_model_gives_and_defaults_are_filled():
     out = decode([rec(plain, 0)])
     assert out.rows == [Order.model_validate(plain).model_dump()]
     assert out.rows[0]["o_comment"] == ""
+
+
+def test_a_soft_deleted_version_stays_readable_but_untagged_records_read_the_latest_live_one():
+    from types import SimpleNamespace
+
+    from conflux.event.ingest import resolver_for
+    from conflux.io.schema_registry import SchemaVersion
+    from pipelines.catalog import ORDERS
+
+    def version(n, deleted):
+        return SchemaVersion("orders", n, {}, f"fp{n}", None, schema_id=10 + n, deleted=deleted)
+
+    history = [version(1, False), version(2, False), version(3, True)]  # 3 soft-deleted
+    client = SimpleNamespace(
+        versions=lambda subject, deleted=False: [v for v in history if deleted or not v.deleted],
+        lookup=lambda subject, schema: history[2], ids=lambda subject: {11: 1, 12: 2, 13: 3},
+        usages=lambda schema_id, deleted=True: [])
+    resolver = resolver_for(ORDERS, SimpleNamespace(client=client))
+    assert resolver.resolve(b"orders@3") == (None, None, "orders@3")
+    assert resolver.resolve_id(13) == (None, None, "orders@3")
+    assert resolver.resolve(None) == (None, None, "orders@2")

@@ -50,7 +50,7 @@ class FakeKafka:
 
 
 class FakeRegistry:
-    client = SimpleNamespace(versions=lambda subject: [], lookup=lambda subject, schema: None,
+    client = SimpleNamespace(versions=lambda subject, deleted=False: [], lookup=lambda subject, schema: None,
                              ids=lambda subject: {})
 
 
