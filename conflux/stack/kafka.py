@@ -496,6 +496,8 @@ class Kafka(Service):
         props = cfg / "server.properties"
         props.write_text(render_server_properties(self.settings, self.data_dir, self.node))
         (cfg / "log4j2.yaml").write_text(render_log4j2(self.log))
+        if self.secured:
+            self.tool_config()  # Kafka's own tools as the platform principal (docs/security.md)
         if not formatted:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self._format(props)

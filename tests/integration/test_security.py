@@ -281,8 +281,10 @@ def group_as_platform(secured: Secured, group: str) -> dict[tuple[str, int], tup
     ``--command-config`` holds ``${env:...}`` references, no secret): (offset, lag) by
     (topic, partition)."""
     broker = Kafka(secured.settings)
+    config = secured.settings.kafka_dir / "client.properties"  # written by the broker's start
+    assert config.exists(), "the secured stack did not write the tools' client.properties"
     done = subprocess.run(broker.tool(CONSUMER_GROUPS, "--bootstrap-server", secured.bootstrap,
-                                      "--command-config", str(broker.tool_config()),
+                                      "--command-config", str(config),
                                       "--describe", "--group", group),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
