@@ -90,7 +90,7 @@ else
 endif
 
 test-unit: install
-	$(BIN)/python -m pytest -ra tests/unit
+	$(BIN)/python -m pytest -ra -n 2 tests/unit
 
 # The full reliability run on its own stack (.conflux/reliability; ports 27092/27093/27432/27000, apart from the test stacks):
 # kills and outages while 100,000+ events stream, then 10,000 hostile records; SEED=N replays;
