@@ -184,6 +184,9 @@ def test_dead_letters_replayed_from_the_launchpad_land_once_their_contract_is_kn
     with psycopg.connect(settings.postgres_url) as conn:
         conn.execute("delete from registry.versions where subject = %s", (ORDERS.subject,))
     try:
+        # a tick reads the registry when it starts: one started before the delete would still
+        # apply the records; publish once a tick has started since
+        wait_for_tick_after(url, time.time())
         keys = send_orders(data, day, 95_000_001, 3, contract=f"{ORDERS.subject}@1")
         deadline = time.monotonic() + 150
         while len(letters := _dead_letters(kafka, since_ms)) < len(keys):
@@ -216,11 +219,24 @@ query($sel: SensorSelector!) {
 }"""
 
 
+def _ticks(url: str, name: str) -> dict:
+    sel = api._selector("sensor", name, api.LOCATION, url)
+    return api.graphql(url, TICKS, sel)["sensorOrError"]["sensorState"]
+
+
+def wait_for_tick_after(url: str, since: float, name: str = "orders__kafka",
+                        timeout: float = 60) -> None:
+    """Until a tick of sensor ``name`` has started after ``since`` (epoch seconds)."""
+    deadline = time.monotonic() + timeout
+    while not any(t["timestamp"] > since for t in _ticks(url, name)["ticks"]):
+        assert time.monotonic() < deadline, f"no tick of {name} within {timeout}s"
+        time.sleep(0.5)
+
+
 def sensor_story(url: str, name: str = "orders__kafka") -> str:
     """The sensor's status and last ticks, for a failure message."""
     try:
-        sel = api._selector("sensor", name, api.LOCATION, url)
-        state = api.graphql(url, TICKS, sel)["sensorOrError"]["sensorState"]
+        state = _ticks(url, name)
     except Exception as exc:  # a diagnostic must not hide the failure it explains
         return f"sensor state unavailable ({exc})"
     ticks = [(t["status"], time.strftime("%H:%M:%S", time.gmtime(t["timestamp"])),
