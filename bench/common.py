@@ -158,9 +158,11 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The checked-out commit, marked when tracked files differ from it."""
+    """The checked-out commit, marked when tracked files other than the results file (which
+    a run before this one in the same checkout may have written) differ from it."""
     head = _git("rev-parse", "--short=12", "HEAD") or "unknown"
-    if head != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
+    if head != "unknown" and _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  f":(exclude){RESULTS.relative_to(REPO)}"):
         head += " (with uncommitted changes)"
     return head
 
