@@ -59,10 +59,8 @@ dev: install
 # this one runs the integration tests of the shared test stack; the second one the tests that
 # start stacks of their own (3-broker cluster, ...) and then the browser tests on a second shared
 # stack (TEST_STACK_B; ports apart), and its report is printed after (tests/conftest.py marks
-# them). The unit tests run alone, on both cores (pytest-xdist), but for test_procs.py, after
-# them in one process: its process-stop outcomes failed under the load of a stack starting
-# beside them, and in a clean-clone run beside the other unit tests on the second core (all
-# three on one xdist worker: SIGTERM'd sleepers not gone within 5-20 s). PARALLEL=0: one process.
+# them). The unit tests run alone, on both cores (pytest-xdist): their process-stop timings
+# failed under the load of a stack starting beside them. PARALLEL=0: everything in one process.
 PARALLEL ?= 1
 TEST_STACK_B := CONFLUX_HOME=$(CURDIR)/.conflux/test-b CONFLUX_KAFKA_PORT=22092 \
 	CONFLUX_KAFKA_CONTROLLER_PORT=22093 CONFLUX_PG_PORT=22432 CONFLUX_DAGSTER_PORT=22300 \
@@ -76,9 +74,7 @@ ifeq ($(PARALLEL),0)
 else
 	@mkdir -p .conflux; rc=0; rm -f $(MARKS); $(REPORT) mark $(MARKS) unit; \
 	$(BIN)/python -m pytest -ra --durations=5 -p no:cacheprovider --junitxml=.conflux/junit-unit.xml \
-		-n 2 tests/unit --ignore=tests/unit/test_procs.py || rc=1; \
-	$(BIN)/python -m pytest -ra -q -p no:cacheprovider --junitxml=.conflux/junit-procs.xml \
-		tests/unit/test_procs.py || rc=1; \
+		-n 2 tests/unit || rc=1; \
 	$(REPORT) mark $(MARKS) both; \
 	$(TEST_STACK_B) $(BIN)/python -m pytest -ra --durations=10 -p no:cacheprovider \
 		--junitxml=.conflux/junit-standalone.xml -m "not shared_stack or browser" \
@@ -94,8 +90,7 @@ else
 endif
 
 test-unit: install
-	$(BIN)/python -m pytest -ra -n 2 tests/unit --ignore=tests/unit/test_procs.py
-	$(BIN)/python -m pytest -ra -q tests/unit/test_procs.py
+	$(BIN)/python -m pytest -ra -n 2 tests/unit
 
 # The full reliability run on its own stack (.conflux/reliability; ports 27092/27093/27432/27000, apart from the test stacks):
 # kills and outages while 100,000+ events stream, then 10,000 hostile records; SEED=N replays;

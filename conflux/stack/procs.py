@@ -159,6 +159,18 @@ def _ppid(pid: int) -> int:
     return int(fields[1]) if fields else 0
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _default_stop_signals() -> None:
+    """In the child before exec: the stop signals back to their default action. An ignored
+    signal stays ignored across exec, and the launcher may ignore SIGTERM — Dagster maps it to
+    SIGINT's handler, which is SIG_IGN in a process started in the background — so a service
+    (the JVM included) would then ignore ``stop``'s SIGTERM and be killed after the timeout."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -181,6 +193,7 @@ def spawn(
             cwd=cwd,
             user=user,
             start_new_session=True,
+            preexec_fn=_default_stop_signals,  # (only signal.signal: safe after fork)
         )
 
 

@@ -28,6 +28,19 @@ def test_pid_file_recognises_our_live_process_and_forgets_dead_ones(tmp_path):
     assert not pf.path.exists(), "a stale pid file is removed"
 
 
+def test_a_service_stops_on_sigterm_even_when_its_launcher_ignores_sigterm(tmp_path):
+    """Dagster maps SIGTERM to SIGINT's handler, SIG_IGN in a process started in the
+    background (``make test``'s second pytest, ``nohup conflux dev &``); an ignored signal stays
+    ignored across exec, so the services spawned then ignored ``stop``'s SIGTERM."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        proc = spawn(SLEEPER, log=tmp_path / "s.log")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    time.sleep(0.3)  # running the sleep, past the interpreter's start
+    assert stop_pid(proc.pid, timeout=5) == "stopped"
+
+
 def test_pid_file_does_not_claim_a_reused_pid(tmp_path):
     """After a crash the pid may belong to someone else: the marker must not match it."""
     proc = spawn(SLEEPER, log=tmp_path / "s.log")
