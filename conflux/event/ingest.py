@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from conflux.contracts.fingerprint import fingerprint
 from conflux.contracts.lineage import contract_schema
 from conflux.core.declarations import EventDataset
 from conflux.event import phases
@@ -65,12 +66,16 @@ def resolver_for(ds: EventDataset, registry: SchemaRegistryResource) -> Contract
     (Confluent-framed records), and its own version. Loaded once per tick or run: an id
     registered later is read from the next one on."""
     client = registry.client
-    versions = client.versions(ds.subject, deleted=True)  # soft-deleted: still readable
+    # one query per tick: soft-deleted versions stay readable; ids, this code's version and the
+    # latest live one follow from the list (newest live wins where content repeats, as ids())
+    versions = sorted(client.versions(ds.subject, deleted=True),
+                      key=lambda v: (not v.deleted, v.version))
+    mine_fp = fingerprint(contract_schema(ds.contract))
     live = [v.version for v in versions if not v.deleted]
-    mine = client.lookup(ds.subject, contract_schema(ds.contract))
+    mine = [v.version for v in versions if not v.deleted and v.fingerprint == mine_fp]
     return ContractResolver(
-        ds.subject, mine.version if mine else None, [v.version for v in versions],
-        ids=client.ids(ds.subject), latest=max(live, default=None),
+        ds.subject, mine[-1] if mine else None, [v.version for v in versions],
+        ids={v.schema_id: v.version for v in versions}, latest=max(live, default=None),
         registered_as=lambda schema_id: [f"{s}@{v}" for s, v in
                                          client.usages(schema_id, deleted=True)])
 

@@ -82,21 +82,29 @@ def test_rows_equal_what_the_contract_model_gives_and_defaults_are_filled():
 
 
 def test_a_soft_deleted_version_stays_readable_but_untagged_records_read_the_latest_live_one():
+    """One registry query per tick: the ids, this code's version and the latest live version
+    follow from the subject's version list (the fake client has nothing else)."""
     from types import SimpleNamespace
 
+    from conflux.contracts.fingerprint import fingerprint
+    from conflux.contracts.lineage import contract_schema
     from conflux.event.ingest import resolver_for
     from conflux.io.schema_registry import SchemaVersion
     from pipelines.catalog import ORDERS
 
-    def version(n, deleted):
-        return SchemaVersion("orders", n, {}, f"fp{n}", None, schema_id=10 + n, deleted=deleted)
+    mine = fingerprint(contract_schema(ORDERS.contract))
 
-    history = [version(1, False), version(2, False), version(3, True)]  # 3 soft-deleted
+    def version(n, fp, deleted):
+        return SchemaVersion("orders", n, {}, fp, None, schema_id=10 + n, deleted=deleted)
+
+    # 2 is this code's contract; 1 and 3 are soft-deleted
+    history = [version(1, "fp1", True), version(2, mine, False), version(3, "fp3", True)]
     client = SimpleNamespace(
         versions=lambda subject, deleted=False: [v for v in history if deleted or not v.deleted],
-        lookup=lambda subject, schema: history[2], ids=lambda subject: {11: 1, 12: 2, 13: 3},
         usages=lambda schema_id, deleted=True: [])
     resolver = resolver_for(ORDERS, SimpleNamespace(client=client))
-    assert resolver.resolve(b"orders@3") == (None, None, "orders@3")
-    assert resolver.resolve_id(13) == (None, None, "orders@3")
-    assert resolver.resolve(None) == (None, None, "orders@2")
+    assert resolver.current == 2
+    assert resolver.resolve(b"orders@1") == (None, None, "orders@1")
+    assert resolver.resolve_id(11) == (None, None, "orders@1")
+    assert resolver.resolve_id(13)[0] == d.UNSUPPORTED_VERSION  # known, newer than the code
+    assert resolver.resolve(None) == (None, None, "orders@2")  # not the soft-deleted 3

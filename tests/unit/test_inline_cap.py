@@ -50,8 +50,7 @@ class FakeKafka:
 
 
 class FakeRegistry:
-    client = SimpleNamespace(versions=lambda subject, deleted=False: [], lookup=lambda subject, schema: None,
-                             ids=lambda subject: {})
+    client = SimpleNamespace(versions=lambda subject, deleted=False: [])
 
 
 def tick(kafka, lake, instance, cursor, budget):

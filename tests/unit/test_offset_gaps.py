@@ -145,9 +145,7 @@ class RetentionMidRead:
 
 def test_an_inline_read_goes_past_a_gap_met_mid_tick_without_claiming_it(tmp_path):
     lake = LakeResource(path=str(tmp_path))
-    registry = SimpleNamespace(client=SimpleNamespace(versions=lambda s, deleted=False: [],
-                                                      lookup=lambda s, schema: None,
-                                                      ids=lambda s: {}))
+    registry = SimpleNamespace(client=SimpleNamespace(versions=lambda s, deleted=False: []))
     ds = dataclasses.replace(DS, linger_ms=0)
     with dg.DagsterInstance.ephemeral() as instance:
         cursor, stats = apply_inline(dg.build_sensor_context(instance=instance), ds, {},
