@@ -183,7 +183,7 @@ def catalog_shows_materialized(assets: list[str], test: str) -> None:
         outcome = "failed"
         try:
             page.goto("/assets")
-            deadline = time.monotonic() + 60  # the statuses load after the rows
+            deadline = time.monotonic() + 60  # the statuses load after the rows, counts last
             while len(shown) < len(assets):
                 for name in assets:
                     # the innermost block holding the asset's checkbox and a status is its row:
@@ -191,21 +191,32 @@ def catalog_shows_materialized(assets: list[str], test: str) -> None:
                     row = (page.locator("div").filter(has=page.get_by_test_id(f"checkbox-{name}"))
                            .filter(has_text=STATUS).last)
                     if row.count():
-                        shown[name] = row.locator(":scope > div").nth(3).inner_text()
+                        status = row.locator(":scope > div").nth(3).inner_text()
+                        if settled(status):
+                            shown[name] = status
                 assert time.monotonic() < deadline, f"the catalog shows {sorted(shown)} only"
                 time.sleep(0.5)
             for name, status in shown.items():
                 assert "Never materialized" not in status, (name, status)
-                # partitioned: counts of materialized / missing / failed / in progress partitions
-                counts = [int(n.replace(",", "")) for n in re.findall(r"^[\d,]+$", status, re.M)]
-                assert (counts[0] > 0 if "partitions" in status else "Materialized" in status), \
-                    (name, status)
+                assert (partition_counts(status)[0] > 0 if "partitions" in status
+                        else "Materialized" in status), (name, status)
             outcome = "passed"
         finally:
             folder = Path(STACK["CONFLUX_HOME"]) / "screenshots"
             folder.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(folder / f"{test}-catalog-{outcome}.png"), full_page=True)
             chromium.close()
+
+
+def partition_counts(status: str) -> list[int]:
+    """A partitioned row's counts of materialized / missing / failed / in-progress partitions."""
+    return [int(n.replace(",", "")) for n in re.findall(r"^[\d,]+$", status, re.M)]
+
+
+def settled(status: str) -> bool:
+    """Whether a catalog status has finished loading: a partitioned row shows ``partitions`` before
+    its counts render, so it is settled only once the counts are there."""
+    return bool(partition_counts(status)) if "partitions" in status else bool(STATUS.search(status))
 
 
 def publish_late_order(day: str) -> None:
