@@ -96,13 +96,22 @@ class SendReport:
 def publish_all(producer, records: list[Outgoing], *, rate: float = 0.0,
                 should_stop: Callable[[], bool] = lambda: False,
                 progress: bool = True, track_offsets: bool = False) -> SendReport:
-    """Send records (paced at ``rate``/s when > 0), showing progress; waits for every ack."""
+    """Send records (paced at ``rate``/s when > 0), showing progress; waits for every ack.
+
+    Raises:
+        KafkaError: when the broker refused or did not acknowledge a record (counted by reason).
+    """
+    from conflux.io.kafka import Deliveries  # here: the record builders import no Kafka client
+
     report = SendReport()
     started = time.monotonic()
     total = len(records)
     futures = []
+    deliveries = Deliveries()
     for i, rec in enumerate(records, 1):
         fut = producer.send(rec.topic, key=rec.key, value=rec.value, headers=rec.headers)
+        if fut is not None:  # kafka-python; confluent-kafka's wrapper checks in its flush
+            deliveries.track(fut)
         if track_offsets:
             futures.append((fut, time.time()))
         report.counts[(rec.topic, "invalid" if rec.kind.startswith("invalid") else rec.kind)] += 1
@@ -117,6 +126,7 @@ def publish_all(producer, records: list[Outgoing], *, rate: float = 0.0,
         if should_stop():
             break
     producer.flush()
+    deliveries.check("publish")  # a refused record (an ACL, too large) is never counted sent
     for fut, sent_at in futures:
         meta = fut.get(timeout=30)
         report.offsets.append((meta.topic, meta.partition, meta.offset, sent_at))

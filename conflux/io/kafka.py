@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -202,6 +203,55 @@ def _refusals() -> Iterator[list[KafkaError]]:
         yield seen
     finally:
         logger.removeHandler(handler)
+
+
+def unacknowledged(futures: Sequence) -> tuple[int, str] | None:
+    """After a producer's flush: the position of the first of ``futures`` (``send``'s results)
+    the broker did not acknowledge, and why; None when every one was. A kafka-python ``flush``
+    returns even when records were refused (an ACL, a record too large): only the futures say."""
+    for i, future in enumerate(futures):
+        if not future.succeeded():
+            return i, str(future.exception or "timed out")
+    return None
+
+
+class Deliveries:
+    """Records of a long stream of ``send`` calls the broker refused: the futures are kept
+    until answered, then only the refusals are counted (memory stays bounded by the records in
+    flight)."""
+
+    PRUNE_AT = 5_000  # answered futures dropped often: fewer live objects for the GC
+
+    def __init__(self):
+        self.sent = 0
+        self.refused: Counter = Counter()  # reason -> records
+        self._waiting: list = []
+
+    def track(self, future):
+        self.sent += 1
+        self._waiting.append(future)
+        if len(self._waiting) >= self.PRUNE_AT:
+            self._prune()
+        return future
+
+    def _prune(self) -> None:
+        waiting = []
+        for future in self._waiting:
+            if not future.is_done:
+                waiting.append(future)
+            elif future.exception is not None:
+                self.refused[type(future.exception).__name__] += 1
+        self._waiting = waiting
+
+    def check(self, what: str) -> None:
+        """After a flush: raises KafkaError if a record was refused or is still unanswered."""
+        self._prune()
+        if self._waiting:
+            self.refused["unanswered"] += len(self._waiting)
+            self._waiting = []
+        if n := sum(self.refused.values()):
+            why = ", ".join(f"{k:,} {r}" for r, k in self.refused.most_common(3))
+            raise KafkaError(f"{what}: {n:,} of {self.sent:,} records not acknowledged ({why})")
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -667,15 +717,16 @@ class KafkaResource(dg.ConfigurableResource):
                  rows: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> int:
         """Publish (key, value, headers) triples as they are and wait for every ack."""
         producer = self.producer()
-        count = 0
         try:
-            for key, value, headers in rows:
-                producer.send(topic, key=key, value=value, headers=list(headers))
-                count += 1
+            futures = [producer.send(topic, key=key, value=value, headers=list(headers))
+                       for key, value, headers in rows]
             producer.flush(timeout=self.request_timeout_ms / 1000 * 6)
         finally:
             producer.close(timeout=5)
-        return count
+        if bad := unacknowledged(futures):
+            raise KafkaError(f"{topic}: record {bad[0] + 1} of {len(futures)} not acknowledged: "
+                             f"{bad[1]}")
+        return len(futures)
 
     def send_json(
         self, topic: str, rows: Iterable[tuple[bytes | None, dict, list[tuple[str, bytes]]]]
@@ -702,15 +753,12 @@ class KafkaResource(dg.ConfigurableResource):
                                      partition=o.partition, timestamp_ms=o.timestamp_ms)
                        for o in batch]
             producer.flush(timeout=wait_s)
-            acks = []
-            for i, future in enumerate(futures):
-                if not future.succeeded():
-                    where = f"{topic}[{batch[i].partition}]" if batch[i].partition is not None \
-                        else topic
-                    raise KafkaError(f"{where}: record {i + 1} of {len(batch)} not acknowledged: "
-                                     f"{future.exception or 'timed out'}")
-                acks.append((future.value.partition, future.value.offset))
-            return acks
+            if bad := unacknowledged(futures):
+                i, why = bad
+                where = f"{topic}[{batch[i].partition}]" if batch[i].partition is not None \
+                    else topic
+                raise KafkaError(f"{where}: record {i + 1} of {len(batch)} not acknowledged: {why}")
+            return [(f.value.partition, f.value.offset) for f in futures]
 
         try:
             yield publish

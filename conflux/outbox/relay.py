@@ -20,10 +20,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import psycopg
+from kafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
 
 from conflux.core.errors import ConfluxError
 from conflux.core.declarations import BatchDataset, Dataset, EventDataset
+from conflux.io.kafka import unacknowledged
 
 OUTBOX_DDL = """
 create schema if not exists ops;
@@ -182,15 +184,20 @@ def relay_once(conn: psycopg.Connection, kafka, *, limit: int = 1000,
         if not rows:
             return 0
         producer = kafka.producer()
+        futures = []
         try:
             for _, event_id, topic, aggregate, payload, headers in rows:
                 hdrs = [(k, str(v).encode()) for k, v in headers.items()]
                 hdrs.append((EVENT_ID_HEADER, str(event_id).encode()))
-                producer.send(topic, key=aggregate.encode(), value=json.dumps(payload).encode(),
-                              headers=hdrs)
+                futures.append(producer.send(topic, key=aggregate.encode(),
+                                             value=json.dumps(payload).encode(), headers=hdrs))
             producer.flush(timeout=60)
         finally:
             producer.close(timeout=5)
+        if bad := unacknowledged(futures):  # none is marked sent: the batch is relayed again
+            i, why = bad
+            raise KafkaError(f"outbox relay: event {rows[i][1]} to {rows[i][2]} not "
+                             f"acknowledged: {why}; the {len(rows)} rows stay unsent")
         if before_mark:
             before_mark()
         conn.execute("update ops.outbox set sent_at = now() where id = any(%s)",
