@@ -5,7 +5,8 @@ and ACLs set up by the stack's own ``ensure_platform_topics``. It refuses client
 credentials or with a wrong password, and principals without an ACL for what they ask; the
 platform's ingest job and Kafka sensor work through it as the platform principal (password as
 ``dg.EnvVar``), dead letters included, and ``kafka-consumer-groups --describe``, run as that
-principal, shows the sensor's group; afterwards neither password is anywhere in the test
+principal, shows the sensor's group; the outbox relay, a dead-letter replay and the metrics
+exporter work as that principal too; afterwards neither password is anywhere in the test
 stack's Postgres database nor in any file under its CONFLUX_HOME (logs, broker config and data,
 Dagster home, lake); and every server the stack started listens on loopback only."""
 
@@ -18,10 +19,13 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import pandas as pd
+import psycopg
 import pytest
 from kafka import TopicPartition
 from kafka.errors import KafkaError, TopicAuthorizationFailedError
@@ -48,6 +52,15 @@ from conflux.dagster.resources import kafka_resource
 from conflux.io.kafka import KafkaResource, Outgoing
 from conflux.io.lake import LakeResource
 from conflux.io.registry import SchemaRegistryResource
+from conflux.event.decode import ContractResolver
+from conflux.event.ingest import apply_records
+from conflux.io.postgres import replace_table
+from conflux.observe.dlq import Selection, new_replay_id
+from conflux.observe.dlq_replay import ReplayLedger, replay
+from conflux.observe.metrics import ConfluxCollector
+from conflux.outbox.relay import Change, Target, apply_changes, pending, relay_all
+from conflux.event.publish import Outgoing as Publish, publish_all
+from pipelines import contracts as tpch
 from tests.live import tick
 
 SECURE_PORT = os.environ.get("CONFLUX_TEST_SECURE_KAFKA_PORT", "19192")
@@ -161,6 +174,13 @@ def test_the_secured_broker_refuses_missing_and_wrong_credentials(secured, monke
     assert [json.loads(r.value)["n"] for r in admin.read_range(topic, 0, 0, 3)] == [0, 1, 2]
 
 
+def stranger(secured: Secured) -> KafkaResource:
+    """A client of a principal the broker authenticates but that has no ACL."""
+    password = secrets.token_urlsafe(16)
+    secured.admin().upsert_scram_user("conflux-it-stranger", password)
+    return secured.client(sasl_username="conflux-it-stranger", sasl_password=password)
+
+
 def refused_publish(client: KafkaResource, topic: str) -> None:
     """``client`` publishing one record to ``topic`` is refused for want of an ACL."""
     with pytest.raises(KafkaError, match="TopicAuthorizationFailed"):
@@ -194,15 +214,17 @@ def test_acls_are_the_platforms_and_a_principal_without_acls_is_refused(secured)
     assert again == [f"kafka: ACLs of User:{USER}: {len(wanted)} (unchanged)",
                      f"kafka: ACLs of User:{TEAM}: 2 (unchanged)"]
 
-    stranger_password = secrets.token_urlsafe(16)
-    admin.upsert_scram_user("conflux-it-stranger", stranger_password)
-    stranger = secured.client(sasl_username="conflux-it-stranger",
-                              sasl_password=stranger_password)
-    assert stranger.ready()  # authenticated
-    refused_publish(stranger, "tpch.orders")
-    refused_offsets(stranger, "tpch.orders")
+    outsider = stranger(secured)
+    assert outsider.ready()  # authenticated
+    refused_publish(outsider, "tpch.orders")
+    refused_offsets(outsider, "tpch.orders")
     with pytest.raises(KafkaError):
-        stranger.commit_group("conflux.orders", {"tpch.orders": {0: 0}})
+        outsider.commit_group("conflux.orders", {"tpch.orders": {0: 0}})
+    with pytest.raises(KafkaError, match="TopicAuthorizationFailed"):  # never counted as sent
+        outsider.send_json("tpch.orders", [(b"k", {"from": "intruder"}, [])])
+    with pytest.raises(KafkaError, match="1 of 1 records not acknowledged"):
+        publish_all(outsider.producer(), [Publish("tpch.orders", b"k", b"{}", [])],
+                    progress=False)  # the demo producer's path
     assert sum(admin.end_offsets("tpch.orders").values()) == 0  # nothing got in
 
     team_password = secrets.token_urlsafe(16)
@@ -390,3 +412,78 @@ def test_the_password_appears_in_no_database_row_log_config_or_file(secured, sta
                 ["password in database dump"]
         finally:
             conn.execute(f"drop table {table}")
+
+
+def private_database(stack, prefix: str) -> str:
+    """A new database on the test stack's Postgres (its URL): outbox and replay ledger rows of
+    this module stay apart from the shared stack's, whose broker has the same topic names."""
+    database = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(stack.settings.postgres_url, autocommit=True) as conn:
+        conn.execute(f'create database "{database}"')
+    return stack.settings.postgres_url.rsplit("/", 1)[0] + f"/{database}"
+
+
+def scrape(collector: ConfluxCollector) -> dict[tuple[str, tuple], float]:
+    """One scrape: sample value by (name, sorted labels)."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in collector.collect() for s in family.samples}
+
+
+def test_the_outbox_relay_dead_letter_replay_and_metrics_work_as_the_platform_principal(
+        secured, stack, instance, tmp_path):
+    """The services `conflux stack up` runs beside the sensors, each with the platform
+    principal's client and only the documented ACLs: the outbox relay publishes ops changes
+    to the event topic, a dead-letter replay reads the DLQ topic and re-publishes to the event
+    topic, and the metrics exporter reads offsets and dead letters."""
+    good = secured.client()
+    ds = dataclasses.replace(ORDERS, name=f"orders_svc_{uuid.uuid4().hex[:8]}",
+                             topics=("tpch.orders",), dlq_topic="tpch.orders.dlq", fallback=None)
+    url = private_database(stack, "sec_services")
+
+    # the outbox relay: an ops change committed with its event, published as the platform
+    table = f"orders_{uuid.uuid4().hex[:8]}"
+    rows = list(json_rows(TpchGenerator(0.001, seed=22).orders().head(5)))
+    before = good.end_offsets("tpch.orders")
+    with psycopg.connect(url) as conn:
+        with conn.transaction():
+            replace_table(conn, "ops", table, pd.DataFrame(rows[:1]), ["o_orderkey"])
+        known = {table: Target(table, tpch.Order, ("o_orderkey",), "tpch.orders")}
+        assert relay_all(conn, good).published == 0  # ensures the outbox
+        apply_changes(conn, [Change(table, r, f"sec-{i}") for i, r in enumerate(rows)], known)
+        # refused by the broker (a principal without ACLs): nothing is marked sent
+        with pytest.raises(KafkaError, match="not acknowledged.*TopicAuthorizationFailed"):
+            relay_all(conn, stranger(secured))
+        assert pending(conn) == len(rows)
+        assert relay_all(conn, good).published == len(rows)
+        assert pending(conn) == 0
+    after = good.end_offsets("tpch.orders")
+    assert sum(after.values()) - sum(before.values()) == len(rows)
+
+    # a bad record dead-lettered as the platform, then replayed from the DLQ to the event topic
+    good.send_raw("tpch.orders", [(b"svc", b'{"o_orderkey": ', event_headers())])
+    ends = good.end_offsets("tpch.orders")
+    records = [r for r in good.read_ranges([("tpch.orders", p, after[p], e)
+                                            for p, e in ends.items() if e > after[p]])]
+    assert [r.value for r in records] == [b'{"o_orderkey": ']
+    started_ms = int(time.time() * 1000)  # the module's earlier dead letters are older
+    report = apply_records(ds, records, kafka=good, lake=LakeResource(path=str(tmp_path)),
+                           resolver=ContractResolver(ds.subject, None, []), origin="sec",
+                           sources=[])
+    assert report.dead == {"INVALID_JSON": 1}
+    replayed = replay(ds, kafka=good, ledger=ReplayLedger(url), replay_id=new_replay_id(),
+                      selection=Selection(since_ms=started_ms))
+    assert dict(replayed.published) == {"INVALID_JSON": 1}, replayed
+    again = good.end_offsets("tpch.orders")
+    tail = [r for r in good.read_ranges([("tpch.orders", p, ends[p], e)
+                                         for p, e in again.items() if e > ends[p]])]
+    assert [r.value for r in tail] == [b'{"o_orderkey": ']
+    assert ReplayLedger(url).replayed_refs(ds.dlq_topic)  # the ledger saw it
+
+    # the metrics exporter: offsets and dead letters read as the platform principal
+    samples = scrape(ConfluxCollector([ds], kafka=good, instance=instance))
+    assert samples[("conflux_up", (("source", "kafka"),))] == 1
+    assert samples[("conflux_dead_letters_total",
+                    (("dataset", ds.name), ("reason", "INVALID_JSON")))] >= 1
+    lag = {labels: v for (name, labels), v in samples.items()
+           if name == "conflux_consumer_lag_records" and ("dataset", ds.name) in labels}
+    assert sum(lag.values()) == sum(again.values())  # no cursor: every record is behind
