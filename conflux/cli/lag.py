@@ -6,18 +6,20 @@ on each event dataset (the asset's *Plots* in the UI); this command answers righ
 when a sensor is stopped or stuck and records nothing. It prints a line for each offset gap not
 acknowledged yet (``conflux.observe.offset_gaps``) and for each one the sensor will record at its
 next tick (its cursor is behind a log start, or the topic was recreated); the lag counts from
-past such gaps, as the sensor will read.
+past such gaps, as the sensor will read. Records requested from ingest runs that no run has
+applied yet (runs mode: the cursor has moved past them) are shown apart, as *unsettled*.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from conflux.cli import dagster_api as api
 from conflux.core.errors import UsageError
 from conflux.core.declarations import EventDataset
-from conflux.event.offsets import find_gaps, lag_by_partition, parse_state
+from conflux.event.offsets import find_gaps, lag_by_partition, parse_state, unsettled_records
 
 
 @dataclass
@@ -29,6 +31,8 @@ class DatasetLag:
     partitions: list[dict]  # {topic, partition, cursor, end, lag}
     gaps: list[dict]  # open offset gaps (``recorded`` false: the sensor records it next tick)
     gaps_unknown: str = ""  # why the recorded gaps could not be read ("" when they were)
+    unsettled: int = 0  # records requested from ingest runs and not applied yet
+    unsettled_batches: list[dict] = field(default_factory=list)  # Pending.as_json() of each
 
 
 def consumer_lag(datasets: list[EventDataset], *, kafka, url: str,
@@ -57,8 +61,19 @@ def consumer_lag(datasets: list[EventDataset], *, kafka, url: str,
             unknown = str(exc)
         gaps += [{"recorded": False, "dataset": ds.name, **g.as_json()} for g in found]
         out.append(DatasetLag(ds.name, state.name, state.status, sum(lag.values()), parts,
-                              gaps, unknown))
+                              gaps, unknown, unsettled_records(tick),
+                              [p.as_json() for p in tick.pending]))
     return out
+
+
+def unsettled_line(r: DatasetLag) -> str:
+    """How ``conflux lag`` shows the records requested from ingest runs and not applied yet."""
+    oldest = min(b["requested_at"] for b in r.unsettled_batches)
+    again = sum(b["attempts"] for b in r.unsettled_batches)
+    at = dt.datetime.fromtimestamp(oldest, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return (f"  unsettled: {r.unsettled:,} record(s) in {len(r.unsettled_batches)} batch(es) "
+            f"requested from ingest runs and not applied yet (oldest requested {at}"
+            + (f", {again} re-request(s)" if again else "") + ")")
 
 
 def gap_line(ds: EventDataset, gap: dict) -> str:
@@ -94,6 +109,8 @@ def cmd_lag(args) -> int:
         for p in r.partitions:
             print(f"  {p['topic']}[{p['partition']}]: cursor {p['cursor']:,} end {p['end']:,} "
                   f"lag {p['lag']:,}")
+        if r.unsettled_batches:
+            print(unsettled_line(r))
         for gap in r.gaps:
             print(gap_line(known[r.dataset], gap))
         if r.gaps_unknown:

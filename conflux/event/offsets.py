@@ -320,6 +320,11 @@ def consumer_group(dataset: str) -> str:
     return f"{GROUP_PREFIX}{dataset}"
 
 
+def unsettled_records(state: TickState) -> int:
+    """Records in ranges requested from ingest runs that no run has applied yet."""
+    return sum(r.end - r.start for p in state.pending for r in p.ranges)
+
+
 def group_offsets(state: TickState) -> Cursor:
     """What the consumer group shows of a saved tick state (pure): the cursor, each partition
     held back to the start of its earliest range requested from a run and not yet applied (runs

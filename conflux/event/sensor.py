@@ -50,7 +50,7 @@ from conflux.event.group_mirror import mirror_cursor
 from conflux.event.offsets import (Cursor, Gap, Pending, Range, TickState, advance,
                                    batch_ranges, dump_state, find_gaps, gap_at,
                                    lag_by_partition, next_batch, observe_every_s, parse_state,
-                                   plan_ranges, run_key, tick_gap)
+                                   plan_ranges, run_key, tick_gap, unsettled_records)
 
 INFLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
             dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
@@ -100,8 +100,7 @@ def lag_observation(ds: EventDataset, lag: dict[str, int], caught_up_as_of: floa
         return [], state
     meta = {"conflux/lag_records": sum(lag.values()),
             "conflux/lag_by_partition": dg.MetadataValue.json(lag),
-            "conflux/unsettled_records": sum(r.end - r.start for p in state.pending
-                                             for r in p.ranges)}
+            "conflux/unsettled_records": unsettled_records(state)}
     if caught_up_as_of is not None:
         meta[LAST_UPDATED] = dg.MetadataValue.timestamp(caught_up_as_of)
     return [dg.AssetObservation(asset_key=ds.name, metadata=meta)], state.with_(observed_at=now)

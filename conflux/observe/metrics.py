@@ -114,7 +114,7 @@ class ConfluxCollector(Collector):
     def _dagster(self, states: dict) -> Iterator[Metric]:
         import dagster as dg
 
-        from conflux.event.offsets import parse_state
+        from conflux.event.offsets import parse_state, unsettled_records
         from conflux.observe.notify import WATCHED_CHECKS, _check_state
 
         instance, now = self.instance, time.time()
@@ -127,6 +127,10 @@ class ConfluxCollector(Collector):
                                       labels=["dataset"])
         running = GaugeMetricFamily("conflux_sensor_running",
                                     "1 when the dataset's Kafka sensor is running", labels=["dataset"])
+        unsettled = GaugeMetricFamily("conflux_unsettled_records",
+                                      "Records requested from ingest runs that no run has "
+                                      "applied yet (runs mode; not in the consumer lag)",
+                                      labels=["dataset"])
         since = GaugeMetricFamily("conflux_seconds_since_caught_up",
                                   "Seconds since the start of the sensor's last tick that ended "
                                   "caught up", labels=["dataset"])
@@ -154,6 +158,7 @@ class ConfluxCollector(Collector):
             applied.add_metric([ds.name], sum(o for parts in tick.offsets.values()
                                               for o in parts.values()))
             running.add_metric([ds.name], int(bool(state) and state.is_running))
+            unsettled.add_metric([ds.name], unsettled_records(tick))
             if tick.caught_up_at:
                 since.add_metric([ds.name], max(now - tick.caught_up_at, 0.0))
             for check in WATCHED_CHECKS:
@@ -170,7 +175,7 @@ class ConfluxCollector(Collector):
                       and r.start_time and r.end_time
                       and r.dagster_run.status == dg.DagsterRunStatus.SUCCESS]
             batches.add_metric([ds.name], *buckets(micro))
-        yield from (applied, running, since, checks, ticks, batches, runs)
+        yield from (applied, running, unsettled, since, checks, ticks, batches, runs)
 
     # --- Kafka ---------------------------------------------------------------------------------
     def _close(self) -> None:

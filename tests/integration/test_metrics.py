@@ -75,6 +75,9 @@ def test_metrics_follow_the_events(stack, kafka, instance):
     assert 0 <= value(now, "conflux_seconds_since_caught_up", "conflux_seconds_since_caught_up",
                       dataset="orders") < 60
     assert value(now, "conflux_sensor_running", "conflux_sensor_running", dataset="orders") == 1
+    for name in ("orders", "lineitem", "customer_ledger"):  # 0 unless a run owes a range
+        assert value(now, "conflux_unsettled_records", "conflux_unsettled_records",
+                     dataset=name) >= 0
     ticks = now["conflux_sensor_tick_duration_seconds"]
     count = ticks[("conflux_sensor_tick_duration_seconds_count", (("dataset", "orders"),))]
     assert count > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,3 +50,39 @@ def test_unreachable_sources_are_a_gauge_not_an_error():
     families = {f.name: f for f in text_string_to_metric_families(text)}
     up = {s.labels["source"]: s.value for s in families["conflux_up"].samples}
     assert up == {"dagster": 0.0, "kafka": 0.0}
+
+
+class _Instance:
+    """An instance holding one Kafka sensor's state and nothing else."""
+
+    def __init__(self, name: str, cursor: str):
+        self.state = SimpleNamespace(instigator_name=name, is_running=True,
+                                     instigator_data=SimpleNamespace(cursor=cursor),
+                                     instigator_origin_id="origin", selector_id="selector")
+
+    def all_instigator_state(self):
+        return [self.state]
+
+    def get_run_records(self, limit):
+        return []
+
+    def get_ticks(self, origin_id, selector_id, limit):
+        return []
+
+    def get_latest_asset_check_evaluation_record(self, key):
+        return None
+
+
+def test_unsettled_records_are_the_ranges_runs_owe():
+    from conflux.event.offsets import Pending, Range, TickState, dump_state
+    from pipelines.catalog import ORDERS
+
+    state = TickState(offsets={"tpch.orders": {0: 500}},
+                      pending=(Pending("k", (Range("tpch.orders", 0, 100, 400),), 1.0),))
+    collector = ConfluxCollector([ORDERS], kafka=None,
+                                 instance=_Instance("orders__kafka", dump_state(state)))
+    families = {f.name: f for f in collector._dagster({})}
+    [sample] = families["conflux_unsettled_records"].samples
+    assert (sample.labels, sample.value) == ({"dataset": "orders"}, 300)
+    [applied] = families["conflux_records_applied"].samples
+    assert applied.value == 500

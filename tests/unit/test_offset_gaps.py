@@ -183,3 +183,21 @@ def test_conflux_lag_shows_a_gap_the_sensor_has_not_reached_and_counts_past_it(m
                                      "removed before they were read (retention or "
                                      "delete_records)")
     assert "does not answer" in row.gaps_unknown
+
+
+def test_conflux_lag_shows_ranges_requested_from_runs_and_not_applied_apart(monkeypatch, capsys):
+    from conflux.cli import lag
+    from conflux.event.offsets import Pending, Range
+
+    owed = (Pending("k1", (Range(T, 0, 100, 150),), requested_at=1_700_000_000.0, attempts=2),
+            Pending("k2", (Range(T, 0, 150, 160),), requested_at=1_700_000_100.0))
+    state = TickState(offsets={T: {0: 160}}, topic_ids={T: "id-1"}, pending=owed)
+    monkeypatch.setattr(lag.api, "sensor_state", lambda url, name: SimpleNamespace(
+        name=name, status="RUNNING", cursor=dump_state(state)))
+    kafka = SimpleNamespace(log_bounds=lambda topic: TopicBounds("id-1", {0: 0}, {0: 170}))
+    [row] = lag.consumer_lag([DS], kafka=kafka, url="u",
+                             ledger=SimpleNamespace(gaps=lambda names: []))
+    assert (row.lag, row.unsettled, len(row.unsettled_batches)) == (10, 60, 2)
+    assert lag.unsettled_line(row) == (
+        "  unsettled: 60 record(s) in 2 batch(es) requested from ingest runs and not applied "
+        "yet (oldest requested 2023-11-14 22:13:20Z, 2 re-request(s))")
