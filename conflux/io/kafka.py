@@ -227,12 +227,11 @@ class Deliveries:
         self.refused: Counter = Counter()  # reason -> records
         self._waiting: list = []
 
-    def track(self, future):
+    def track(self, future) -> None:
         self.sent += 1
         self._waiting.append(future)
         if len(self._waiting) >= self.PRUNE_AT:
             self._prune()
-        return future
 
     def _prune(self) -> None:
         waiting = []
@@ -716,17 +715,9 @@ class KafkaResource(dg.ConfigurableResource):
     def send_raw(self, topic: str,
                  rows: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> int:
         """Publish (key, value, headers) triples as they are and wait for every ack."""
-        producer = self.producer()
-        try:
-            futures = [producer.send(topic, key=key, value=value, headers=list(headers))
-                       for key, value, headers in rows]
-            producer.flush(timeout=self.request_timeout_ms / 1000 * 6)
-        finally:
-            producer.close(timeout=5)
-        if bad := unacknowledged(futures):
-            raise KafkaError(f"{topic}: record {bad[0] + 1} of {len(futures)} not acknowledged: "
-                             f"{bad[1]}")
-        return len(futures)
+        with self.publisher(topic) as publish:
+            return len(publish([Outgoing(key, value, list(headers))
+                                for key, value, headers in rows]))
 
     def send_json(
         self, topic: str, rows: Iterable[tuple[bytes | None, dict, list[tuple[str, bytes]]]]
